@@ -1,0 +1,384 @@
+"""Prometheus metrics for mssql_pool pools (optional; needs the ``metrics`` extra).
+
+``pip install 'mssql_pool[metrics]'`` installs prometheus-client. Then::
+
+    from mssql_pool.metrics import register
+    register(pool)                      # the default registry; label pool="<pool.name>"
+    register(other_pool)                # same collector, second label value
+
+or, for full control::
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from mssql_pool.metrics import PoolCollector
+    registry = CollectorRegistry()
+    registry.register(PoolCollector([orders_pool, reports_pool]))
+    print(generate_latest(registry).decode())
+
+Every scrape calls ``pool.get_stats()`` (which does not reset anything; avoid
+``pop_stats()`` on a pool you scrape, or counters will appear to restart, which
+Prometheus tolerates but dashboards show as a dip). Each sample carries the label
+``pool`` with the pool's ``name``; several pools may share one collector, but their
+names must differ.
+
+Metric table. Names are shown without the namespace prefix (default ``mssql_pool_``,
+so ``size`` is scraped as ``mssql_pool_size``); Prometheus appends ``_total`` to
+counters, shown here. The last column names the OpenTelemetry semantic-convention
+instrument each corresponds to (database client metrics, ``db.client.connection.*``;
+OTel attribute ``db.client.connection.pool.name`` = our label ``pool``, and
+``db.client.connection.state`` = our label ``state``), for users who bridge the data
+into an OpenTelemetry pipeline or name their own instruments after it.
+
+=================================  =======  =======================  =============================
+name (after ``mssql_pool_``)       type     ``get_stats()`` key      OpenTelemetry instrument
+=================================  =======  =======================  =============================
+connections{state="idle"}          gauge    pool_available           db.client.connection.count
+connections{state="used"}          gauge    pool_size-pool_available db.client.connection.count
+size                               gauge    pool_size                (sum of the two above)
+min_size                           gauge    pool_min                 db.client.connection.idle.min
+max_size                           gauge    pool_max                 db.client.connection.max
+requests_waiting                   gauge    requests_waiting         ...connection.pending_requests
+requests_total                     counter  requests_num             count of ...wait_time
+requests_wait_seconds_total        counter  requests_wait_ms / 1000  sum of ...wait_time
+requests_timeouts_total            counter  requests_timeouts        db.client.connection.timeouts
+connections_opened_total           counter  connections_num          count of ...create_time
+connections_open_seconds_total     counter  connections_ms / 1000    sum of ...create_time
+usage_seconds_total                counter  usage_ms / 1000          sum of ...use_time
+connections_errors_total           counter  connections_errors       --
+connections_lost_total             counter  connections_lost         --
+checks_total                       counter  checks_run               --
+checks_skipped_total               counter  checks_skipped           --
+checks_failed_total                counter  checks_failed            --
+resets_rollback_total              counter  resets_rollback          --
+resets_full_total                  counter  resets_full              --
+connections_discarded_total        counter  connections_discarded    --
+connections_expired_total          counter  connections_expired      --
+connections_idle_closed_total      counter  connections_idle_closed  --
+=================================  =======  =======================  =============================
+
+``...`` abbreviates ``db.client.connection.``; ``wait_time``, ``create_time`` and
+``use_time`` are OTel histograms in seconds, of which these counters carry the count
+and the sum (rate(sum) / rate(count) = the mean). ``connections_ms`` and ``usage_ms``
+are exported only when the pool reports them.
+
+Keys that a pool reports but this table does not know are exported as gauges named
+``mssql_pool_<key>`` (a gauge is never wrong about a value that may go down; a
+counter that went down would be). Keys absent from a pool's stats are simply not
+exported for it. Milliseconds become seconds, per Prometheus convention.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .errors import ConfigError
+
+__all__ = ["PoolCollector", "register", "unregister", "METRICS"]
+
+
+class _StatsSource(Protocol):
+    """What the collector needs from a pool: a name and a stats dict."""
+
+    name: str
+
+    def get_stats(self) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How one ``get_stats()`` key is exported."""
+
+    key: str
+    name: str  # without namespace and without the ``_total`` suffix
+    kind: str  # "gauge" or "counter"
+    help: str
+    scale: float = 1.0
+    otel: str = ""
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "pool_size",
+        "size",
+        "gauge",
+        "Connections open (idle + used).",
+        otel="sum of db.client.connection.count",
+    ),
+    MetricSpec(
+        "pool_min",
+        "min_size",
+        "gauge",
+        "Configured minimum pool size.",
+        otel="db.client.connection.idle.min",
+    ),
+    MetricSpec(
+        "pool_max",
+        "max_size",
+        "gauge",
+        "Configured maximum pool size.",
+        otel="db.client.connection.max",
+    ),
+    MetricSpec(
+        "requests_waiting",
+        "requests_waiting",
+        "gauge",
+        "Callers currently waiting for a connection.",
+        otel="db.client.connection.pending_requests",
+    ),
+    MetricSpec(
+        "requests_num",
+        "requests",
+        "counter",
+        "Connection requests (checkouts asked for).",
+        otel="count of db.client.connection.wait_time",
+    ),
+    MetricSpec(
+        "requests_wait_ms",
+        "requests_wait_seconds",
+        "counter",
+        "Total time callers spent waiting for a connection, in seconds.",
+        0.001,
+        otel="sum of db.client.connection.wait_time",
+    ),
+    MetricSpec(
+        "requests_timeouts",
+        "requests_timeouts",
+        "counter",
+        "Requests that ended in PoolTimeout.",
+        otel="db.client.connection.timeouts",
+    ),
+    MetricSpec(
+        "connections_num",
+        "connections_opened",
+        "counter",
+        "Connections opened (logins that succeeded).",
+        otel="count of db.client.connection.create_time",
+    ),
+    MetricSpec(
+        "connections_ms",
+        "connections_open_seconds",
+        "counter",
+        "Total time spent opening connections, in seconds.",
+        0.001,
+        otel="sum of db.client.connection.create_time",
+    ),
+    MetricSpec(
+        "connections_errors", "connections_errors", "counter", "Connection attempts that failed."
+    ),
+    MetricSpec(
+        "connections_lost",
+        "connections_lost",
+        "counter",
+        "Connections found dead (by a check or by an error while in use).",
+    ),
+    MetricSpec("checks_run", "checks", "counter", "Health checks run on checkout."),
+    MetricSpec(
+        "checks_skipped",
+        "checks_skipped",
+        "counter",
+        "Health checks skipped (connection returned within validate_after).",
+    ),
+    MetricSpec("checks_failed", "checks_failed", "counter", "Health checks that failed."),
+    MetricSpec("resets_rollback", "resets_rollback", "counter", "Returns that needed a rollback."),
+    MetricSpec(
+        "resets_full",
+        "resets_full",
+        "counter",
+        "Returns that needed a full session reset (sp_reset_connection).",
+    ),
+    MetricSpec(
+        "connections_discarded",
+        "connections_discarded",
+        "counter",
+        "Connections closed because they were broken or could not be reset.",
+    ),
+    MetricSpec(
+        "connections_expired",
+        "connections_expired",
+        "counter",
+        "Connections retired at the end of their max_lifetime.",
+    ),
+    MetricSpec(
+        "connections_idle_closed",
+        "connections_idle_closed",
+        "counter",
+        "Idle connections closed after max_idle.",
+    ),
+    MetricSpec(
+        "usage_ms",
+        "usage_seconds",
+        "counter",
+        "Total time connections were borrowed, in seconds.",
+        0.001,
+        otel="sum of db.client.connection.use_time",
+    ),
+)
+_BY_KEY: dict[str, MetricSpec] = {spec.key: spec for spec in METRICS}
+# pool_available feeds the state-labelled connections gauge, not a metric of its own.
+_CONSUMED = frozenset({"pool_available"})
+_NAME_OK = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _prometheus() -> Any:
+    """Import prometheus_client's collector core, or explain how to get it."""
+    try:
+        from prometheus_client import core
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "mssql_pool.metrics needs prometheus-client: pip install 'mssql_pool[metrics]'"
+        ) from exc
+    return core
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+class PoolCollector:
+    """A Prometheus collector exporting one or more pools' ``get_stats()``.
+
+    ``pools`` is a pool or an iterable of pools (anything with ``name`` and
+    ``get_stats()``). Register it with ``registry.register(collector)``, or use
+    :func:`register`. Pools can be added and removed later with :meth:`add` and
+    :meth:`remove`; the collector is thread-safe.
+    """
+
+    def __init__(
+        self, pools: _StatsSource | Iterable[_StatsSource] = (), namespace: str = "mssql_pool"
+    ) -> None:
+        _prometheus()
+        if not namespace or _NAME_OK.search(namespace) or namespace[0].isdigit():
+            raise ConfigError("namespace", f"must be a Prometheus identifier, got {namespace!r}")
+        self.namespace = namespace
+        self._lock = threading.Lock()
+        self._pools: list[_StatsSource] = []
+        if isinstance(pools, Iterable):
+            for pool in pools:
+                self.add(pool)
+        else:
+            self.add(pools)
+
+    @property
+    def pools(self) -> tuple[_StatsSource, ...]:
+        with self._lock:
+            return tuple(self._pools)
+
+    def add(self, pool: _StatsSource) -> None:
+        """Export ``pool`` too. Its name must differ from every pool already exported."""
+        name = getattr(pool, "name", None)
+        if not callable(getattr(pool, "get_stats", None)) or not isinstance(name, str):
+            raise ConfigError("pool", f"needs a str .name and a .get_stats() method, got {pool!r}")
+        with self._lock:
+            if any(p is pool for p in self._pools):
+                return
+            if any(p.name == name for p in self._pools):
+                raise ConfigError("pool", f"another exported pool is already named {name!r}")
+            self._pools.append(pool)
+
+    def remove(self, pool: _StatsSource) -> None:
+        """Stop exporting ``pool`` (no error if it was not exported)."""
+        with self._lock:
+            self._pools = [p for p in self._pools if p is not pool]
+
+    def _full(self, name: str) -> str:
+        return f"{self.namespace}_{name}"
+
+    def describe(self) -> list[Any]:
+        """The metric families this collector can produce (without samples)."""
+        return list(self._families([]))
+
+    def collect(self) -> Iterator[Any]:
+        """Called by prometheus_client on every scrape."""
+        samples: list[tuple[str, Mapping[str, Any]]] = []
+        for pool in self.pools:
+            samples.append((pool.name, dict(pool.get_stats())))
+        return self._families(samples)
+
+    def _families(self, samples: list[tuple[str, Mapping[str, Any]]]) -> Iterator[Any]:
+        core = _prometheus()
+        conns = core.GaugeMetricFamily(
+            self._full("connections"),
+            "Connections in the pool by state (idle = available, used = borrowed).",
+            labels=["pool", "state"],
+        )
+        for pool_name, stats in samples:
+            size, idle = _number(stats.get("pool_size")), _number(stats.get("pool_available"))
+            if size is not None and idle is not None:
+                conns.add_metric([pool_name, "idle"], idle)
+                conns.add_metric([pool_name, "used"], max(size - idle, 0.0))
+        yield conns
+        for spec in METRICS:
+            family_cls = (
+                core.CounterMetricFamily if spec.kind == "counter" else core.GaugeMetricFamily
+            )
+            family = family_cls(self._full(spec.name), spec.help, labels=["pool"])
+            for pool_name, stats in samples:
+                value = _number(stats.get(spec.key))
+                if value is not None:
+                    family.add_metric([pool_name], value * spec.scale)
+            yield family
+        # Keys this version does not know: gauges, one family per key.
+        extra: dict[str, list[tuple[str, float]]] = {}
+        for pool_name, stats in samples:
+            for key, raw in stats.items():
+                value = _number(raw)
+                if key in _BY_KEY or key in _CONSUMED or value is None:
+                    continue
+                extra.setdefault(_NAME_OK.sub("_", str(key)), []).append((pool_name, value))
+        for key, values in sorted(extra.items()):
+            gauge = core.GaugeMetricFamily(
+                self._full(key), f"Pool statistic {key!r} (see get_stats()).", labels=["pool"]
+            )
+            for pool_name, value in values:
+                gauge.add_metric([pool_name], value)
+            yield gauge
+
+
+_registered: weakref.WeakKeyDictionary[Any, dict[str, PoolCollector]] = weakref.WeakKeyDictionary()
+_registered_lock = threading.Lock()
+
+
+def _resolve_registry(registry: Any) -> Any:
+    if registry is None:
+        return _prometheus().REGISTRY
+    return registry
+
+
+def register(
+    pool: _StatsSource, registry: Any = None, *, namespace: str = "mssql_pool"
+) -> PoolCollector:
+    """Export ``pool`` in ``registry`` (default: prometheus_client's global REGISTRY).
+
+    One collector per registry and namespace is created on first use and reused, so
+    calling this for several pools adds them under the same metric names with their
+    own ``pool`` label. Returns that collector.
+    """
+    registry = _resolve_registry(registry)
+    with _registered_lock:
+        per_registry = _registered.setdefault(registry, {})
+        collector = per_registry.get(namespace)
+        if collector is None:
+            collector = PoolCollector((), namespace=namespace)
+            collector.add(pool)
+            registry.register(collector)
+            per_registry[namespace] = collector
+        else:
+            collector.add(pool)
+    return collector
+
+
+def unregister(pool: _StatsSource, registry: Any = None, *, namespace: str = "mssql_pool") -> None:
+    """Stop exporting ``pool`` from ``registry`` (e.g. after ``pool.close()``)."""
+    registry = _resolve_registry(registry)
+    with _registered_lock:
+        collector = _registered.get(registry, {}).get(namespace)
+    if collector is not None:
+        collector.remove(pool)

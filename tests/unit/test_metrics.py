@@ -1,0 +1,208 @@
+"""The Prometheus collector: names, types, labels, values, scraped as Prometheus would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+prometheus_client = pytest.importorskip("prometheus_client")
+from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from mssql_pool.errors import ConfigError  # noqa: E402
+from mssql_pool.metrics import METRICS, PoolCollector, register, unregister  # noqa: E402
+
+
+class StubPool:
+    """Anything with a name and get_stats() can be exported."""
+
+    def __init__(self, name: str, **stats: Any) -> None:
+        self.name = name
+        self.stats: dict[str, Any] = {
+            "pool_min": 1,
+            "pool_max": 10,
+            "pool_size": 4,
+            "pool_available": 3,
+            "requests_waiting": 0,
+            "requests_num": 17,
+            "requests_wait_ms": 2500,
+            "requests_timeouts": 1,
+            "connections_num": 5,
+            "connections_errors": 2,
+            "connections_lost": 1,
+            "checks_run": 9,
+            "checks_skipped": 8,
+            "checks_failed": 1,
+            "resets_rollback": 6,
+            "resets_full": 2,
+            "connections_discarded": 1,
+            "connections_expired": 0,
+            "connections_idle_closed": 0,
+        }
+        self.stats.update(stats)
+
+    def get_stats(self) -> dict[str, Any]:
+        return dict(self.stats)
+
+
+def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Parse the exposition text back: {(sample name, sorted labels): value}."""
+    text = generate_latest(registry).decode()
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def types(registry: CollectorRegistry) -> dict[str, str]:
+    text = generate_latest(registry).decode()
+    return {f.name: f.type for f in text_string_to_metric_families(text)}
+
+
+def test_scrape_exposes_gauges_counters_and_states() -> None:
+    registry = CollectorRegistry()
+    registry.register(PoolCollector(StubPool("orders")))
+    got = scrape(registry)
+    lab = (("pool", "orders"),)
+    assert got[("mssql_pool_size", lab)] == 4
+    assert got[("mssql_pool_min_size", lab)] == 1
+    assert got[("mssql_pool_max_size", lab)] == 10
+    assert got[("mssql_pool_requests_waiting", lab)] == 0
+    assert got[("mssql_pool_connections", (("pool", "orders"), ("state", "idle")))] == 3
+    assert got[("mssql_pool_connections", (("pool", "orders"), ("state", "used")))] == 1
+    assert got[("mssql_pool_requests_total", lab)] == 17
+    assert got[("mssql_pool_requests_wait_seconds_total", lab)] == pytest.approx(2.5)
+    assert got[("mssql_pool_checks_failed_total", lab)] == 1
+    assert got[("mssql_pool_connections_opened_total", lab)] == 5
+    kinds = types(registry)
+    assert kinds["mssql_pool_size"] == "gauge"
+    assert kinds["mssql_pool_requests"] == "counter"
+    assert kinds["mssql_pool_connections_lost"] == "counter"
+
+
+def test_every_documented_key_is_in_the_docstring_table() -> None:
+    import mssql_pool.metrics as m
+
+    doc = m.__doc__ or ""
+    for spec in METRICS:
+        suffix = "_total" if spec.kind == "counter" else ""
+        assert f"\n{spec.name}{suffix} " in doc, spec
+        assert spec.key in doc, spec
+
+
+def test_two_pools_share_names_with_their_own_label() -> None:
+    registry = CollectorRegistry()
+    register(StubPool("a", pool_size=2), registry)
+    register(StubPool("b", pool_size=7), registry)
+    got = scrape(registry)
+    assert got[("mssql_pool_size", (("pool", "a"),))] == 2
+    assert got[("mssql_pool_size", (("pool", "b"),))] == 7
+
+
+def test_values_are_read_at_scrape_time() -> None:
+    registry = CollectorRegistry()
+    pool = StubPool("live")
+    register(pool, registry)
+    pool.stats["requests_num"] = 100
+    pool.stats["requests_waiting"] = 5
+    got = scrape(registry)
+    assert got[("mssql_pool_requests_total", (("pool", "live"),))] == 100
+    assert got[("mssql_pool_requests_waiting", (("pool", "live"),))] == 5
+
+
+def test_unknown_keys_become_gauges_and_non_numbers_are_ignored() -> None:
+    registry = CollectorRegistry()
+    register(StubPool("x", connections_busy=3, server="db.example.com"), registry)
+    got = scrape(registry)
+    assert got[("mssql_pool_connections_busy", (("pool", "x"),))] == 3
+    assert types(registry)["mssql_pool_connections_busy"] == "gauge"
+    assert not any("server" in name for name, _ in got)
+
+
+def test_missing_keys_are_not_exported() -> None:
+    registry = CollectorRegistry()
+    pool = StubPool("thin")
+    pool.stats = {"pool_size": 1}
+    register(pool, registry)
+    got = scrape(registry)
+    assert got == {("mssql_pool_size", (("pool", "thin"),)): 1}
+
+
+def test_duplicate_pool_names_are_refused() -> None:
+    collector = PoolCollector([StubPool("same")])
+    with pytest.raises(ConfigError) as info:
+        collector.add(StubPool("same"))
+    assert info.value.parameter == "pool"
+    with pytest.raises(ConfigError):
+        collector.add(object())  # type: ignore[arg-type]
+
+
+def test_bad_namespace_names_the_parameter() -> None:
+    with pytest.raises(ConfigError) as info:
+        PoolCollector([], namespace="bad-name")
+    assert info.value.parameter == "namespace"
+
+
+def test_custom_namespace_and_unregister() -> None:
+    registry = CollectorRegistry()
+    pool = StubPool("n")
+    register(pool, registry, namespace="app_db")
+    assert ("app_db_size", (("pool", "n"),)) in scrape(registry)
+    unregister(pool, registry, namespace="app_db")
+    assert not any(labels for _, labels in scrape(registry))
+
+
+class _FakeCursor:
+    rowcount = -1
+    description = None
+
+    def execute(self, sql: str, params: Any = None) -> None:
+        self.description = (("x", None, None, None, None, None, None),)
+
+    def fetchone(self) -> tuple[int]:
+        return (1,)
+
+    def fetchall(self) -> list[tuple[int]]:
+        return [(1,)]
+
+    def close(self) -> None:
+        pass
+
+
+class _FakeConn:
+    """The least a DB-API connection offers; enough for the pool's checks and resets."""
+
+    def cursor(self) -> _FakeCursor:
+        return _FakeCursor()
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_pool_over_a_fake_driver_is_scraped() -> None:
+    """A real ConnectionPool (over a zero-argument connect callable) exports its stats."""
+    import mssql_pool
+
+    pool_cls = getattr(mssql_pool, "ConnectionPool", None)
+    if pool_cls is None:
+        pytest.skip("ConnectionPool has not landed yet")
+    registry = CollectorRegistry()
+    lab = (("pool", "fake"),)
+    with pool_cls(connect=_FakeConn, min_size=1, max_size=3, name="fake") as pool:
+        register(pool, registry)
+        with pool.connection(timeout=5.0) as conn:
+            conn.cursor().execute("SELECT 1")
+            got = scrape(registry)
+            assert got[("mssql_pool_connections", (("pool", "fake"), ("state", "used")))] == 1
+        got = scrape(registry)
+        assert got[("mssql_pool_requests_total", lab)] >= 1
+        assert got[("mssql_pool_max_size", lab)] == 3
+        assert got[("mssql_pool_connections", (("pool", "fake"), ("state", "used")))] == 0
