@@ -1,0 +1,166 @@
+"""The mssql-pool command without sockets: parsing, redaction, explanations, exit codes."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+
+import pytest
+
+from mssql_pool import cli
+
+
+def test_parse_target_full_url() -> None:
+    t = cli.parse_target("mssql://app%40corp:p%40ss%3Aword@db.example.com:1444/orders?appname=x")
+    assert (t.host, t.port, t.user, t.password, t.database) == (
+        "db.example.com",
+        1444,
+        "app@corp",
+        "p@ss:word",
+        "orders",
+    )
+    assert t.params == {"appname": "x"}
+    kwargs = t.connect_kwargs(timeout=3)
+    assert kwargs["tds_version"] == "7.4"
+    assert kwargs["login_timeout"] == 3 and kwargs["appname"] == "x"
+
+
+def test_parse_target_defaults_and_password_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MSSQL_POOL_PASSWORD", "FromEnv-123")
+    t = cli.parse_target("mssql://sa@localhost")
+    assert (t.port, t.database, t.password) == (1433, "", "FromEnv-123")
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("http://sa:pw@host/db", "mssql://"),
+        ("mssql://sa:pw@:1433/db", "no host"),
+        ("mssql://sa:pw@host:99999/db", "port"),
+        ("mssql://sa:pw@host/db?colour=blue", "colour"),
+        ("mssql://sa:pw@host/db?timeout=soon", "timeout"),
+    ],
+)
+def test_parse_target_rejects_bad_urls(url: str, fragment: str) -> None:
+    with pytest.raises(cli.UsageError) as info:
+        cli.parse_target(url)
+    assert fragment in str(info.value)
+    assert "pw" not in str(info.value).replace("port", "")
+
+
+def test_target_repr_and_redacted_never_show_the_password() -> None:
+    t = cli.parse_target("mssql://sa:Sup3r-Secret@h:1/db?tds_version=7.3")
+    assert "Sup3r-Secret" not in repr(t)
+    assert t.redacted() == "mssql://sa:***@h:1/db?tds_version=7.3"
+
+
+def test_scrubber_hides_raw_and_quoted_password() -> None:
+    scrub = cli._scrubber("p@ss word!")
+    assert scrub("a p@ss word! b p%40ss%20word%21 c") == "a *** b *** c"
+    assert cli._scrubber("ab")("ab abc") == "ab abc"  # too short to scrub safely
+
+
+def test_first_line_handles_pymssql_arg_shapes() -> None:
+    connect_shape = Exception((18456, b"Login failed for user 'sa'.DB-Lib error message 20018"))
+    assert cli._first_line(connect_shape).startswith("Login failed for user 'sa'")
+    execute_shape = Exception(208, b"Invalid object name 'nope'.\nDB-Lib error message 20018")
+    assert cli._first_line(execute_shape) == "Invalid object name 'nope'."
+    assert cli._first_line(RuntimeError("plain\nsecond")) == "plain"
+    assert cli._first_line(RuntimeError()) == "RuntimeError"
+
+
+def test_explain_gives_meaning_and_remedy() -> None:
+    info = cli.explain(Exception((18456, b"Login failed for user 'sa'.")))
+    assert info["meaning"] and info["try"]
+    assert info["type"] == "Exception"
+
+
+def test_hex_ip_decodes_proc_net_addresses() -> None:
+    assert cli._hex_ip("0100007F", 8) == "127.0.0.1"
+    v4_mapped = "0000000000000000FFFF00000100007F"
+    assert cli._hex_ip(v4_mapped, 32) == "127.0.0.1"
+
+
+def test_print_check_text_and_exit_line() -> None:
+    result = cli.CheckResult(target="mssql://sa:***@h:1/db")
+    result.steps.append(cli.Step("dns", True, 1.0, "h -> 10.0.0.1"))
+    result.steps.append(
+        cli.Step(
+            "tcp",
+            False,
+            2.0,
+            "cannot connect to h:1",
+            {"type": "ConnectionRefusedError", "message": "refused", "meaning": "m", "try": "t"},
+        )
+    )
+    result.exit_code = cli.EXIT_TCP
+    out = io.StringIO()
+    cli.print_check(result, out, lambda s: s)
+    text = out.getvalue()
+    assert "  ok    dns" in text and "  FAIL  tcp" in text
+    assert "meaning: m" in text and "try:     t" in text
+    assert text.rstrip().endswith("exit 4")
+    data = result.as_dict()
+    assert data["ok"] is False and data["exit_meaning"] == "TCP connect failed"
+    json.dumps(data)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bogus"],
+        ["check"],
+        ["check", "http://x"],
+        ["check", "mssql://sa:pw@h/db", "--timeout", "0"],
+        ["demo", "--threads", "0"],
+        ["demo", "--duration", "-1"],
+        ["demo", "--threads", "many"],
+    ],
+)
+def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == cli.EXIT_USAGE
+    assert "error" in capsys.readouterr().err
+
+
+def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == cli.EXIT_USAGE
+    assert "demo" in capsys.readouterr().err
+
+
+def test_help_lists_the_commands_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("demo", "check", "serve", "Exit codes"):
+        assert word in out
+
+
+def test_check_dns_failure_is_exit_3_without_network(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_dns(*args: object, **kwargs: object) -> object:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(cli.socket, "getaddrinfo", no_dns)
+    code = cli.main(["check", "mssql://sa:Hidden-Pass-1@db.invalid/x", "--json"])
+    assert code == cli.EXIT_DNS
+    out = capsys.readouterr().out
+    data = json.loads(out)
+    assert data["exit_code"] == 3 and data["steps"][0]["name"] == "dns"
+    assert "Hidden-Pass-1" not in out
+
+
+def test_serve_delegates_or_explains(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+    import types
+
+    seen: list[list[str]] = []
+    fake = types.ModuleType("mssql_pool.testing.server")
+    fake.serve_main = lambda argv: seen.append(argv) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mssql_pool.testing.server", fake)
+    assert cli.main(["serve", "--port", "0"]) == 0
+    assert seen == [["--port", "0"]]
