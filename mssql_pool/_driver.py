@@ -1,0 +1,305 @@
+"""The one module that knows the shapes of driver exceptions.
+
+pymssql reports the same kind of failure in several shapes (FACTS.md, "How pymssql
+reports errors"); python-tds and raw sockets add their own. :func:`extract` turns any
+of them into a :class:`RawError`: the SQL Server / DB-Library numbers involved, the
+highest severity, a short text, and hints about the state of the connection.
+Everything else in mssql_pool works with :mod:`mssql_pool.classify`'s view instead.
+
+Shapes handled:
+
+* ``cursor.execute``: ``pymssql.OperationalError`` (or ProgrammingError,
+  IntegrityError...) with ``args[0]`` the number and ``args[1]`` the text as bytes;
+  ``__context__`` is a ``_mssql.MSSQLDatabaseException``.
+* ``pymssql.connect``: ``args[0]`` is a tuple ``(number, bytes)``. The number is
+  stale after an earlier failed login (``clr_err()`` never resets the module
+  globals), so numbers are read from the text (``DB-Lib error message NNNNN``,
+  ``SQL Server message NNNNN``, ``Msg NNNNN``) and ``args[0][0]`` is used only when
+  the text names none.
+* ``conn.commit()``: a plain string; the number only on ``__context__.number``.
+* ``_mssql.MSSQLDatabaseException`` (``.number .severity .state .text``) and
+  ``_mssql.MSSQLDriverException`` (not a ``pymssql.Error``; raised by ``rollback()``
+  on a dead connection).
+* ``InterfaceError('Not connected to any MS SQL server')`` after a 20017.
+* python-tds (``pytds.tds_base.Error`` subclasses with ``msg_no``/``number``), imported
+  lazily and only if installed.
+* ``OSError`` / ``ConnectionError`` / ``TimeoutError`` from sockets.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["RawError", "extract", "numbers_in_text"]
+
+# "DB-Lib error message 20009", "SQL Server message 40613", "Msg 1205", "Error 10054".
+_NUMBER_RE = re.compile(r"(?:\b[Mm]essage|\bMsg|\bError)\s+(\d{1,6})\b")
+_SERVER_NUMBER_RE = re.compile(r"(?:SQL Server message|\bMsg)\s+(\d{1,6})\b")
+_SEVERITY_RE = re.compile(r"\b[Ss]everity:?\s+(\d{1,3})\b")
+_SECRET_RE = re.compile(r"(?i)\b(password|pwd|secret|token)\s*([=:])\s*[^\s;,&'\"]+")
+_DEAD_TEXT_RE = re.compile(
+    r"Not connected to any MS SQL server|Connection is closed|DBPROCESS is dead"
+    r"|Adaptive Server connection failed|Unexpected EOF from the server"
+    r"|Write to the server failed|Read from the server failed|Server closed the connection"
+    r"|Connection reset by peer|Broken pipe|Connection refused"
+    r"|Unable to connect: Adaptive Server is unavailable",
+    re.IGNORECASE,
+)
+_TIMEOUT_TEXT_RE = re.compile(r"timed out|timeout expired", re.IGNORECASE)
+
+_MAX_MESSAGE = 240
+
+
+@dataclass(frozen=True)
+class RawError:
+    """What a driver exception says, before any policy is applied.
+
+    ``numbers`` lists every error number found, the primary one first; ``number``
+    is that primary number (None when the error carries none). ``dead`` is True
+    when the exception's shape alone says the connection is unusable (socket
+    errors, ``Not connected``, ``MSSQLDriverException`` on a dead connection);
+    ``timeout`` when it reports a timeout.
+    """
+
+    numbers: tuple[int, ...] = ()
+    number: int | None = None
+    severity: int | None = None
+    text: str = ""
+    dead: bool = False
+    timeout: bool = False
+    connect: bool = False
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def short_text(text: str) -> str:
+    """Collapse whitespace, hide anything that looks like a secret, and truncate."""
+    text = _SECRET_RE.sub(r"\1\2***", " ".join(text.split()))
+    if len(text) > _MAX_MESSAGE:
+        text = text[: _MAX_MESSAGE - 3] + "..."
+    return text
+
+
+def numbers_in_text(text: str) -> tuple[int, ...]:
+    """Every error number a pymssql/FreeTDS message names, server messages first."""
+    server = [int(n) for n in _SERVER_NUMBER_RE.findall(text)]
+    others = [int(n) for n in _NUMBER_RE.findall(text)]
+    return _dedupe(server + others)
+
+
+def _dedupe(values: list[int]) -> tuple[int, ...]:
+    seen: dict[int, None] = {}
+    for v in values:
+        seen.setdefault(v, None)
+    return tuple(seen)
+
+
+def _severity_in_text(text: str) -> int | None:
+    found = [int(s) for s in _SEVERITY_RE.findall(text)]
+    return max(found) if found else None
+
+
+def _int_attr(exc: BaseException, *names: str) -> int | None:
+    for name in names:
+        value = getattr(exc, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _pymssql_module() -> Any:
+    try:
+        import pymssql  # noqa: PLC0415
+        from pymssql import _mssql  # noqa: PLC0415
+    except Exception:  # pragma: no cover - pymssql is a hard dependency
+        return None, None
+    return pymssql, _mssql
+
+
+def _pytds_error_type() -> Any:
+    import sys
+
+    mod = sys.modules.get("pytds.tds_base")
+    if mod is None:
+        # Only look at python-tds errors when python-tds has been imported by someone:
+        # an exception from it cannot exist otherwise.
+        return None
+    return getattr(mod, "Error", None)
+
+
+_PYMSSQL, _MSSQL = _pymssql_module()
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception, then whatever it wraps (.orig for SQLAlchemy, __cause__, __context__)."""
+    out: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo and len(out) < 6:
+        e = todo.pop(0)
+        if e is None or any(e is seen for seen in out):
+            continue
+        out.append(e)
+        orig = getattr(e, "orig", None)
+        if isinstance(orig, BaseException):
+            todo.append(orig)
+        todo.append(e.__cause__)
+        todo.append(e.__context__)
+    return out
+
+
+def _from_one(exc: BaseException) -> RawError | None:
+    """Numbers and text from one exception object; None if it is not a driver error."""
+    args = exc.args
+    # _mssql.MSSQLDatabaseException: args == ((number, bytes),) plus .number .severity.
+    # Never read .text: it is a C char* and a hand-made instance segfaults on access.
+    if _MSSQL is not None and isinstance(exc, _MSSQL.MSSQLDatabaseException):
+        first = args[0] if args else ""
+        raw_text = first[1] if isinstance(first, tuple) and len(first) >= 2 else first
+        text = _to_text(raw_text)
+        number = _int_attr(exc, "number") or None
+        if number is None and isinstance(first, tuple) and first and isinstance(first[0], int):
+            number = first[0] or None
+        severity = _int_attr(exc, "severity") or None
+        nums = _dedupe(([number] if number else []) + list(numbers_in_text(text)))
+        return RawError(numbers=nums, number=nums[0] if nums else None, severity=severity,
+                        text=text)
+    # pymssql connect(): args[0] == (number, bytes); the number may be stale.
+    if args and isinstance(args[0], tuple) and len(args[0]) >= 2:
+        stale, raw_text = args[0][0], args[0][1]
+        text = _to_text(raw_text)
+        nums = numbers_in_text(text)
+        if not nums and isinstance(stale, int):
+            nums = (stale,)
+        return RawError(
+            numbers=nums,
+            number=nums[0] if nums else None,
+            severity=_severity_in_text(text),
+            text=text,
+            connect=True,
+        )
+    if _MSSQL is not None and isinstance(exc, _MSSQL.MSSQLDriverException):
+        text = _to_text(args[0] if args else exc)
+        nums = numbers_in_text(text)
+        # Raised for dead connections ("Not connected to any MS SQL server", DB-Lib
+        # 200xx) but also for parameter conversion problems: only the former are dead.
+        return RawError(
+            numbers=nums, number=nums[0] if nums else None, text=text,
+            dead=bool(_DEAD_TEXT_RE.search(text)),
+        )
+    # cursor.execute(): args[0] number, args[1] bytes text.
+    if len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], (bytes, bytearray, str)):
+        text = _to_text(args[1])
+        nums = _dedupe([args[0]] + list(numbers_in_text(text)))
+        severity = _int_attr(exc, "severity")
+        ctx = exc.__context__
+        if severity is None and ctx is not None:
+            severity = _int_attr(ctx, "severity")
+        return RawError(numbers=nums, number=args[0], severity=severity, text=text)
+    # python-tds: .msg_no (older) or .number, .severity, .text/.msg
+    tds_error = _pytds_error_type()
+    if tds_error is not None and isinstance(exc, tds_error):
+        number = _int_attr(exc, "msg_no", "number")
+        text = _to_text(getattr(exc, "text", None) or (args[0] if args else exc))
+        name = type(exc).__name__
+        nums = (number,) if number else numbers_in_text(text)
+        return RawError(
+            numbers=nums,
+            number=nums[0] if nums else None,
+            severity=_int_attr(exc, "severity"),
+            text=text,
+            dead=name in ("ClosedConnectionError",),
+            timeout=name == "TimeoutError",
+        )
+    # Any other driver error with an integer .number (pyodbc-free duck typing).
+    number = _int_attr(exc, "number", "msg_no")
+    if number is not None:
+        text = _to_text(getattr(exc, "text", None) or (args[0] if args else exc))
+        return RawError(numbers=(number,), number=number, severity=_int_attr(exc, "severity"),
+                        text=text)
+    return None
+
+
+def extract(exc: BaseException) -> RawError:
+    """Read numbers, severity and text out of any driver, socket or wrapped exception."""
+    chain = _chain(exc)
+    top_text = _to_text(exc.args[0]) if exc.args and not isinstance(exc.args[0], tuple) else ""
+    numbers: list[int] = []
+    severity: int | None = None
+    text = ""
+    dead = False
+    timeout = False
+    connect = False
+    primary: int | None = None
+    for i, e in enumerate(chain):
+        if connect and _MSSQL is not None and isinstance(e, _MSSQL.MSSQLDatabaseException):
+            # The exception under a failed connect() carries the stale module-global
+            # number and severity (FACTS.md): the text read above is all we trust.
+            continue
+        raw = _from_one(e)
+        if raw is None:
+            continue
+        if i > 0 and not text:
+            text = top_text  # commit(): "Cannot commit transaction: (20047, b'...')"
+        if primary is None:
+            primary = raw.number
+        numbers.extend(raw.numbers)
+        if raw.severity is not None:
+            severity = raw.severity if severity is None else max(severity, raw.severity)
+        text = text or raw.text
+        dead = dead or raw.dead
+        timeout = timeout or raw.timeout
+        connect = connect or raw.connect
+    # commit(): a plain string; the number only on __context__.number (found above).
+    if not text:
+        text = top_text or _to_text(exc)
+    if not numbers:
+        numbers.extend(numbers_in_text(text))
+        if numbers and primary is None:
+            primary = numbers[0]
+    if severity is None:
+        severity = _severity_in_text(text)
+    # Shape-level hints: sockets and "not connected" messages.
+    for e in chain:
+        if isinstance(e, TimeoutError) and not _is_our_error(e):
+            timeout = True
+        elif isinstance(e, OSError) and not _is_our_error(e):
+            dead = True
+        if _PYMSSQL is not None and isinstance(e, _PYMSSQL.InterfaceError):
+            dead = dead or bool(_DEAD_TEXT_RE.search(_to_text(e)))
+    if _DEAD_TEXT_RE.search(text):
+        dead = True
+    if _TIMEOUT_TEXT_RE.search(text) and (numbers or timeout or _is_driver(exc)):
+        timeout = True
+    nums = _dedupe(numbers)
+    if primary is None and nums:
+        primary = nums[0]
+    if primary is not None:
+        nums = _dedupe([primary, *nums])
+    return RawError(
+        numbers=nums,
+        number=primary,
+        severity=severity,
+        text=short_text(text),
+        dead=dead,
+        timeout=timeout,
+        connect=connect,
+    )
+
+
+def _is_our_error(exc: BaseException) -> bool:
+    from .errors import MssqlPoolError
+
+    return isinstance(exc, MssqlPoolError)
+
+
+def _is_driver(exc: BaseException) -> bool:
+    if _PYMSSQL is not None and isinstance(exc, (_PYMSSQL.Error, _MSSQL.MSSQLException)):
+        return True
+    tds_error = _pytds_error_type()
+    return tds_error is not None and isinstance(exc, tds_error)
