@@ -219,6 +219,24 @@ def _choose_backend(config: pytest.Config) -> tuple[str | None, str]:
     return wanted, ""
 
 
+_decision: dict[int, tuple[str | None, str]] = {}
+
+
+def backend_for(config: pytest.Config) -> tuple[str | None, str]:
+    """The backend to use (decided once per session), or None and why not."""
+    key = id(config)
+    if key not in _decision:
+        _decision[key] = _choose_backend(config)
+    return _decision[key]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip from here, not per test, so ``-ra`` folds every skip into one reason line."""
+    backend, reason = backend_for(item.config)
+    if backend is None:
+        pytest.skip(f"real SQL Server tests: {reason}")
+
+
 @pytest.fixture(scope="session")
 def docker_compose_file() -> str:
     """pytest-docker: our compose file (used by --backend=compose only)."""
@@ -227,8 +245,8 @@ def docker_compose_file() -> str:
 
 @pytest.fixture(scope="session")
 def real_server(request: pytest.FixtureRequest) -> Iterator[RealServer]:
-    backend, reason = _choose_backend(request.config)
-    if backend is None:
+    backend, reason = backend_for(request.config)
+    if backend is None:  # pragma: no cover - pytest_runtest_setup skipped already
         pytest.skip(f"real SQL Server tests: {reason}")
     if backend == "url":
         server = parse_test_url(os.environ["MSSQL_POOL_TEST_URL"])
