@@ -38,6 +38,8 @@ min_size                           gauge    pool_min                 db.client.c
 max_size                           gauge    pool_max                 db.client.connection.max
 requests_waiting                   gauge    requests_waiting         ...connection.pending_requests
 requests_total                     counter  requests_num             count of ...wait_time
+requests_queued_total              counter  requests_queued          --
+requests_errors_total              counter  requests_errors          --
 requests_wait_seconds_total        counter  requests_wait_ms / 1000  sum of ...wait_time
 requests_timeouts_total            counter  requests_timeouts        db.client.connection.timeouts
 connections_opened_total           counter  connections_num          count of ...create_time
@@ -53,6 +55,9 @@ resets_full_total                  counter  resets_full              --
 connections_discarded_total        counter  connections_discarded    --
 connections_expired_total          counter  connections_expired      --
 connections_idle_closed_total      counter  connections_idle_closed  --
+connections_leaked_total           counter  connections_leaked       --
+keepalives_total                   counter  keepalives_run           --
+resets_none_total                  counter  resets_none              --
 =================================  =======  =======================  =============================
 
 ``...`` abbreviates ``db.client.connection.``; ``wait_time``, ``create_time`` and
@@ -133,16 +138,25 @@ METRICS: tuple[MetricSpec, ...] = (
         "requests_num",
         "requests",
         "counter",
-        "Connection requests (checkouts asked for).",
+        "Checkouts granted.",
         otel="count of db.client.connection.wait_time",
     ),
     MetricSpec(
         "requests_wait_ms",
         "requests_wait_seconds",
         "counter",
-        "Total time callers spent waiting for a connection, in seconds.",
+        "Total time queued checkouts spent waiting for a connection, in seconds.",
         0.001,
         otel="sum of db.client.connection.wait_time",
+    ),
+    MetricSpec(
+        "requests_queued", "requests_queued", "counter", "Checkouts that had to wait in the queue."
+    ),
+    MetricSpec(
+        "requests_errors",
+        "requests_errors",
+        "counter",
+        "Checkouts refused with TooManyRequests or PoolClosed.",
     ),
     MetricSpec(
         "requests_timeouts",
@@ -208,6 +222,14 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         "Idle connections closed after max_idle.",
     ),
+    MetricSpec(
+        "connections_leaked",
+        "connections_leaked",
+        "counter",
+        "Connections garbage-collected without being returned.",
+    ),
+    MetricSpec("keepalives_run", "keepalives", "counter", "Keepalive pings of idle connections."),
+    MetricSpec("resets_none", "resets_none", "counter", "Returns that needed no reset round trip."),
     MetricSpec(
         "usage_ms",
         "usage_seconds",
