@@ -51,6 +51,22 @@ _TIMEOUT_TEXT_RE = re.compile(r"timed out|timeout expired", re.IGNORECASE)
 
 _MAX_MESSAGE = 240
 
+# Server messages recognised by their wording, for shapes that lose the number.
+_KNOWN_TEXTS: tuple[tuple[re.Pattern[str], int], ...] = tuple(
+    (re.compile(p, re.IGNORECASE), n)
+    for p, n in (
+        (r"Login failed for user", 18456),
+        (r"is not currently available", 40613),
+        (r"Cannot open database .* requested by the login", 4060),
+        (r"service is currently busy", 40501),
+        (r"was deadlocked on .*resources", 1205),
+        (r"Lock request time ?out period exceeded", 1222),
+        (r"session is in the kill state", 596),
+        (r"Resource ID\s*:\s*\d+.*limit .* has been reached", 10928),
+        (r"minimum guarantee", 10929),
+    )
+)
+
 
 @dataclass(frozen=True)
 class RawError:
@@ -153,6 +169,43 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
+def _server_part(text: str) -> str:
+    """The server's own message: what precedes the first DB-Library line."""
+    i = text.find("DB-Lib error message")
+    return (text if i < 0 else text[:i]).strip()
+
+
+def numbers_from_known_text(text: str) -> tuple[int, ...]:
+    """Numbers of well-known server messages recognised by their wording."""
+    return tuple(n for pattern, n in _KNOWN_TEXTS if pattern.search(text))
+
+
+def _from_connect_args(first: Any, text: str) -> RawError:
+    """A failed login. pymssql keeps the number and severity in module globals that are
+    never reset, while the text is fresh: the server's message (stored together with the
+    number, so the number is current exactly when that message is present) followed by
+    DB-Library lines. Without a server message, ``first`` is stale and ignored."""
+    server_text = _server_part(text)
+    nums: list[int] = []
+    if server_text:
+        if isinstance(first, int) and not _is_dblib(first) and first > 0:
+            nums.append(first)
+        nums.extend(numbers_from_known_text(server_text))
+    nums.extend(numbers_in_text(text))
+    found = _dedupe(nums)
+    return RawError(
+        numbers=found,
+        number=found[0] if found else None,
+        severity=None,  # the global severity is stale; the text's are DB-Library's
+        text=text,
+        connect=True,
+    )
+
+
+def _is_dblib(number: int) -> bool:
+    return 20000 <= number <= 20999
+
+
 def _from_one(exc: BaseException) -> RawError | None:
     """Numbers and text from one exception object; None if it is not a driver error."""
     args = exc.args
@@ -171,18 +224,7 @@ def _from_one(exc: BaseException) -> RawError | None:
                         text=text)
     # pymssql connect(): args[0] == (number, bytes); the number may be stale.
     if args and isinstance(args[0], tuple) and len(args[0]) >= 2:
-        stale, raw_text = args[0][0], args[0][1]
-        text = _to_text(raw_text)
-        nums = numbers_in_text(text)
-        if not nums and isinstance(stale, int):
-            nums = (stale,)
-        return RawError(
-            numbers=nums,
-            number=nums[0] if nums else None,
-            severity=_severity_in_text(text),
-            text=text,
-            connect=True,
-        )
+        return _from_connect_args(args[0][0], _to_text(args[0][1]))
     if _MSSQL is not None and isinstance(exc, _MSSQL.MSSQLDriverException):
         text = _to_text(args[0] if args else exc)
         nums = numbers_in_text(text)
@@ -198,8 +240,8 @@ def _from_one(exc: BaseException) -> RawError | None:
         nums = _dedupe([args[0]] + list(numbers_in_text(text)))
         severity = _int_attr(exc, "severity")
         ctx = exc.__context__
-        if severity is None and ctx is not None:
-            severity = _int_attr(ctx, "severity")
+        if not severity and ctx is not None:
+            severity = _int_attr(ctx, "severity") or None
         return RawError(numbers=nums, number=args[0], severity=severity, text=text)
     # python-tds: .msg_no (older) or .number, .severity, .text/.msg
     tds_error = _pytds_error_type()
@@ -258,11 +300,14 @@ def extract(exc: BaseException) -> RawError:
     # commit(): a plain string; the number only on __context__.number (found above).
     if not text:
         text = top_text or _to_text(exc)
-    if not numbers:
-        numbers.extend(numbers_in_text(text))
+    # Text is only trusted from driver errors: "Error 1205" in a user's own
+    # RuntimeError is not a deadlock.
+    driver = any(_is_driver(e) for e in chain)
+    if not numbers and driver:
+        numbers.extend(numbers_in_text(text) or numbers_from_known_text(text))
         if numbers and primary is None:
             primary = numbers[0]
-    if severity is None:
+    if severity is None and not connect and driver:
         severity = _severity_in_text(text)
     # Shape-level hints: sockets and "not connected" messages.
     for e in chain:
@@ -272,9 +317,9 @@ def extract(exc: BaseException) -> RawError:
             dead = True
         if _PYMSSQL is not None and isinstance(e, _PYMSSQL.InterfaceError):
             dead = dead or bool(_DEAD_TEXT_RE.search(_to_text(e)))
-    if _DEAD_TEXT_RE.search(text):
+    if driver and _DEAD_TEXT_RE.search(text):
         dead = True
-    if _TIMEOUT_TEXT_RE.search(text) and (numbers or timeout or _is_driver(exc)):
+    if driver and _TIMEOUT_TEXT_RE.search(text):
         timeout = True
     nums = _dedupe(numbers)
     if primary is None and nums:
