@@ -1,0 +1,308 @@
+"""CircuitBreaker: stop sending logins at a server that is down.
+
+Three states:
+
+* ``CLOSED``: every attempt goes ahead; consecutive failures are counted.
+* ``OPEN``: after ``failure_threshold`` consecutive failures. Attempts fail fast with
+  :class:`~mssql_pool.errors.CircuitOpenError` (carrying the last error and when the
+  next probe is due) until ``reset_timeout`` has passed.
+* ``HALF_OPEN``: exactly one attempt (the probe) goes ahead; everyone else fails fast
+  or waits. The probe's success closes the circuit; its failure opens it again, for a
+  reset timeout that grows (x2) up to ``max_reset_timeout`` when one is given.
+
+However many threads wait, at most one login reaches the server per probe interval.
+The breaker only decides; callers report outcomes with :meth:`record_success` /
+:meth:`record_failure`. :meth:`call` wraps a function with both.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ._driver import short_text
+from .errors import CircuitOpenError, ConfigError
+
+__all__ = ["CircuitBreaker", "CircuitState"]
+
+logger = logging.getLogger("mssql_pool.breaker")
+
+T = TypeVar("T")
+
+
+class CircuitState(str, enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class CircuitBreaker:
+    """A thread-safe circuit breaker for connecting (see the module docstring).
+
+    ``failure_threshold`` consecutive failures open it; ``reset_timeout`` seconds later
+    one probe is let through; ``max_reset_timeout`` (optional) lets the interval double
+    after each failed probe up to that bound; ``probe_timeout`` is how long a probe may
+    stay unanswered before another caller may probe (a probe whose thread died must not
+    wedge the breaker). ``clock`` is injectable; it must be monotonic.
+    """
+
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        reset_timeout: float = 5.0,
+        *,
+        max_reset_timeout: float | None = None,
+        probe_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "",
+    ) -> None:
+        if (
+            isinstance(failure_threshold, bool)
+            or not isinstance(failure_threshold, int)
+            or failure_threshold < 1
+        ):
+            raise ConfigError(
+                "failure_threshold", f"must be an int >= 1, got {failure_threshold!r}"
+            )
+        if not isinstance(reset_timeout, (int, float)) or reset_timeout <= 0:
+            raise ConfigError("reset_timeout", f"must be a number > 0, got {reset_timeout!r}")
+        if max_reset_timeout is not None and max_reset_timeout < reset_timeout:
+            raise ConfigError(
+                "max_reset_timeout",
+                f"must be >= reset_timeout ({reset_timeout}), got {max_reset_timeout!r}",
+            )
+        if probe_timeout is not None and probe_timeout <= 0:
+            raise ConfigError("probe_timeout", f"must be > 0, got {probe_timeout!r}")
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = float(reset_timeout)
+        self.max_reset_timeout = None if max_reset_timeout is None else float(max_reset_timeout)
+        self.probe_timeout = (
+            float(probe_timeout) if probe_timeout is not None else max(30.0, self.reset_timeout)
+        )
+        self.clock = clock
+        self.name = name
+        self._cond = threading.Condition(threading.Lock())
+        self._state = CircuitState.CLOSED
+        self._consecutive = 0
+        self._interval = self.reset_timeout
+        self._retry_at = 0.0
+        self._probe_since: float | None = None  # set while a probe is in flight
+        self._last_error: BaseException | None = None
+        # counters
+        self._successes = 0
+        self._failures = 0
+        self._rejected = 0
+        self._opened = 0
+        self._probes = 0
+
+    # -- observation ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> CircuitState:
+        """The current state (OPEN turns into HALF_OPEN only when a caller probes)."""
+        return self._state
+
+    @property
+    def last_error(self) -> BaseException | None:
+        return self._last_error
+
+    @property
+    def retry_at(self) -> float:
+        """Clock time at which the next probe is allowed (meaningful when not CLOSED)."""
+        return self._retry_at
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._consecutive
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: ``state``, ``consecutive_failures``, ``failures``, ``successes``,
+        ``rejected`` (fast failures), ``opened`` (times opened), ``probes``,
+        ``retry_in`` (seconds until the next probe, 0 when closed)."""
+        with self._cond:
+            now = self.clock()
+            return {
+                "state": self._state.value,
+                "consecutive_failures": self._consecutive,
+                "failures": self._failures,
+                "successes": self._successes,
+                "rejected": self._rejected,
+                "opened": self._opened,
+                "probes": self._probes,
+                "retry_in": max(0.0, self._retry_at - now)
+                if self._state is not CircuitState.CLOSED
+                else 0.0,
+            }
+
+    def __repr__(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
+        return (
+            f"<CircuitBreaker{name} state={self._state.value} "
+            f"failures={self._consecutive}/{self.failure_threshold}>"
+        )
+
+    # -- decisions --------------------------------------------------------------------------
+
+    def _permit_locked(self, now: float) -> float:
+        """0.0 when the caller may attempt now (it may be the probe), else seconds to wait."""
+        if self._state is CircuitState.CLOSED:
+            return 0.0
+        if self._state is CircuitState.OPEN:
+            if now < self._retry_at:
+                return self._retry_at - now
+            self._state = CircuitState.HALF_OPEN
+            self._probe_since = now
+            self._probes += 1
+            logger.info("circuit%s half-open: letting one probe through", self._label())
+            return 0.0
+        # HALF_OPEN
+        if self._probe_since is None or now - self._probe_since >= self.probe_timeout:
+            if self._probe_since is not None:
+                logger.warning(
+                    "circuit%s: probe unanswered for %.1fs; letting another through",
+                    self._label(),
+                    now - self._probe_since,
+                )
+            self._probe_since = now
+            self._probes += 1
+            return 0.0
+        # A probe is in flight: wait for its verdict (but no longer than the probe timeout).
+        return max(0.0, min(self._interval, self._probe_since + self.probe_timeout - now)) or 1e-3
+
+    def _error_locked(self, now: float) -> CircuitOpenError:
+        self._rejected += 1
+        retry_at = self._retry_at if self._state is CircuitState.OPEN else now
+        retry_in = max(0.0, retry_at - now)
+        last = self._last_error
+        why = short_text(f"{type(last).__name__}: {last}") if last is not None else "unknown"
+        if self._state is CircuitState.HALF_OPEN:
+            msg = f"circuit{self._label()} is half-open: a probe connection is in flight"
+        else:
+            msg = (
+                f"circuit{self._label()} is open after {self._consecutive} consecutive connect "
+                f"failure(s); next probe in {retry_in:.2f}s"
+            )
+        return CircuitOpenError(
+            f"{msg}; last error: {why}", last_error=last, retry_at=retry_at, retry_in=retry_in
+        )
+
+    def before_attempt(self, wait: bool = False) -> float:
+        """Ask to make one attempt.
+
+        Returns 0.0 when the caller may go ahead (and must then report with
+        :meth:`record_success` or :meth:`record_failure`). Otherwise raises
+        :class:`CircuitOpenError`, or with ``wait=True`` returns the seconds to wait
+        before asking again.
+        """
+        with self._cond:
+            now = self.clock()
+            delay = self._permit_locked(now)
+            if delay <= 0.0:
+                return 0.0
+            if wait:
+                return delay
+            raise self._error_locked(now)
+
+    def wait_for_permission(self, timeout: float | None) -> None:
+        """Block until the caller may attempt, or raise CircuitOpenError after ``timeout``.
+
+        Waiters wake as soon as a probe's verdict arrives; only one of them becomes the
+        next probe. ``timeout=None`` waits as long as it takes; 0 never waits.
+        """
+        with self._cond:
+            deadline = None if timeout is None else self.clock() + timeout
+            while True:
+                now = self.clock()
+                delay = self._permit_locked(now)
+                if delay <= 0.0:
+                    return
+                remaining = None if deadline is None else deadline - now
+                if remaining is not None and remaining <= 0:
+                    raise self._error_locked(now)
+                self._cond.wait(delay if remaining is None else min(delay, remaining))
+
+    def record_success(self) -> None:
+        """Report a successful attempt: the circuit closes."""
+        with self._cond:
+            self._successes += 1
+            was = self._state
+            self._state = CircuitState.CLOSED
+            self._consecutive = 0
+            self._interval = self.reset_timeout
+            self._probe_since = None
+            self._retry_at = 0.0
+            if was is not CircuitState.CLOSED:
+                logger.info("circuit%s closed: connecting works again", self._label())
+                self._cond.notify_all()
+
+    def record_failure(self, exc: BaseException | None = None) -> None:
+        """Report a failed attempt; may open (or re-open) the circuit."""
+        with self._cond:
+            now = self.clock()
+            self._failures += 1
+            self._consecutive += 1
+            if exc is not None:
+                self._last_error = exc
+            if self._state is CircuitState.HALF_OPEN:
+                # The probe failed (or a straggler from before): open again, longer.
+                if self.max_reset_timeout is not None:
+                    self._interval = min(self.max_reset_timeout, self._interval * 2.0)
+                self._open_locked(now)
+            elif self._state is CircuitState.CLOSED:
+                if self._consecutive >= self.failure_threshold:
+                    self._open_locked(now)
+            # OPEN: a late failure from an attempt that started earlier; nothing changes.
+
+    def _open_locked(self, now: float) -> None:
+        self._state = CircuitState.OPEN
+        self._retry_at = now + self._interval
+        self._probe_since = None
+        self._opened += 1
+        num = ""
+        if self._last_error is not None:
+            from .classify import classify
+
+            info = classify(self._last_error)
+            num = f" (last error {info.number if info.number is not None else '-'} {info.kind})"
+        logger.warning(
+            "circuit%s open after %d consecutive connect failure(s)%s; next probe in %.2fs",
+            self._label(),
+            self._consecutive,
+            num,
+            self._interval,
+        )
+        self._cond.notify_all()
+
+    def reset(self) -> None:
+        """Close the circuit and forget the failures (e.g. after reconfiguring)."""
+        with self._cond:
+            self._state = CircuitState.CLOSED
+            self._consecutive = 0
+            self._interval = self.reset_timeout
+            self._probe_since = None
+            self._retry_at = 0.0
+            self._cond.notify_all()
+
+    def call(self, fn: Callable[..., T], *args: Any, wait: float | None = 0.0, **kwargs: Any) -> T:
+        """Run ``fn`` under the breaker; ``wait`` seconds may be spent waiting for permission."""
+        if wait:
+            self.wait_for_permission(wait)
+        else:
+            self.before_attempt()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self.record_failure(exc)
+            raise
+        self.record_success()
+        return result
+
+    def _label(self) -> str:
+        return f" {self.name!r}" if self.name else ""

@@ -1,0 +1,240 @@
+"""CircuitBreaker transitions with a fake clock, and the one-probe bound under threads."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from mssql_pool.breaker import CircuitBreaker, CircuitState
+from mssql_pool.errors import CircuitOpenError, ConfigError
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def boom(i: int = 0) -> Exception:
+    return ConnectionRefusedError(111, f"refused {i}")
+
+
+def trip(b: CircuitBreaker, n: int) -> None:
+    for i in range(n):
+        assert b.before_attempt() == 0.0
+        b.record_failure(boom(i))
+
+
+def test_closed_until_threshold() -> None:
+    clock = FakeClock()
+    b = CircuitBreaker(failure_threshold=3, reset_timeout=5.0, clock=clock)
+    trip(b, 2)
+    assert b.state is CircuitState.CLOSED and b.consecutive_failures == 2
+    b.record_success()
+    assert b.consecutive_failures == 0
+    trip(b, 3)
+    assert b.state is CircuitState.OPEN
+    assert b.retry_at == pytest.approx(105.0)
+
+
+def test_open_fails_fast_with_details() -> None:
+    clock = FakeClock()
+    b = CircuitBreaker(failure_threshold=2, reset_timeout=5.0, clock=clock)
+    trip(b, 2)
+    clock.now += 1.0
+    with pytest.raises(CircuitOpenError) as ei:
+        b.before_attempt()
+    e = ei.value
+    assert isinstance(e.last_error, ConnectionRefusedError)
+    assert e.retry_at == pytest.approx(105.0)
+    assert e.retry_in == pytest.approx(4.0)
+    assert "open" in str(e) and "refused 1" in str(e)
+    assert b.before_attempt(wait=True) == pytest.approx(4.0)
+    assert b.stats()["rejected"] == 1
+
+
+def test_half_open_lets_exactly_one_probe() -> None:
+    clock = FakeClock()
+    b = CircuitBreaker(failure_threshold=1, reset_timeout=5.0, clock=clock)
+    trip(b, 1)
+    clock.now += 5.0
+    assert b.before_attempt() == 0.0  # the probe
+    assert b.state is CircuitState.HALF_OPEN
+    for _ in range(10):
+        with pytest.raises(CircuitOpenError) as ei:
+            b.before_attempt()
+        assert "probe" in str(ei.value)
+        assert b.before_attempt(wait=True) > 0
+    b.record_success()
+    assert b.state is CircuitState.CLOSED
+    assert b.before_attempt() == 0.0 and b.before_attempt() == 0.0
+    s = b.stats()
+    assert s["probes"] == 1 and s["opened"] == 1 and s["successes"] == 1
+
+
+def test_failed_probe_reopens_with_growing_interval() -> None:
+    clock = FakeClock()
+    b = CircuitBreaker(failure_threshold=1, reset_timeout=2.0, max_reset_timeout=5.0, clock=clock)
+    trip(b, 1)
+    intervals = []
+    for _ in range(4):
+        clock.now = b.retry_at
+        assert b.before_attempt() == 0.0
+        b.record_failure(boom())
+        assert b.state is CircuitState.OPEN
+        intervals.append(b.retry_at - clock.now)
+    assert intervals == pytest.approx([4.0, 5.0, 5.0, 5.0])
+    clock.now = b.retry_at
+    b.before_attempt()
+    b.record_success()
+    trip(b, 1)  # after closing, the interval is back to reset_timeout
+    assert b.retry_at - clock.now == pytest.approx(2.0)
+
+
+def test_constant_interval_without_max() -> None:
+    clock = FakeClock()
+    b = CircuitBreaker(failure_threshold=1, reset_timeout=3.0, clock=clock)
+    trip(b, 1)
+    for _ in range(3):
+        clock.now = b.retry_at
+        b.before_attempt()
+        b.record_failure(boom())
+        assert b.retry_at - clock.now == pytest.approx(3.0)
+
+
+def test_abandoned_probe_expires() -> None:
+    clock = FakeClock()
+    b = CircuitBreaker(failure_threshold=1, reset_timeout=1.0, probe_timeout=10.0, clock=clock)
+    trip(b, 1)
+    clock.now += 1.0
+    assert b.before_attempt() == 0.0  # probe, never reported
+    clock.now += 9.0
+    with pytest.raises(CircuitOpenError):
+        b.before_attempt()
+    clock.now += 1.0
+    assert b.before_attempt() == 0.0  # a new probe after probe_timeout
+
+
+def test_late_failure_while_open_does_not_extend() -> None:
+    clock = FakeClock()
+    b = CircuitBreaker(failure_threshold=1, reset_timeout=5.0, clock=clock)
+    trip(b, 1)
+    at = b.retry_at
+    clock.now += 2.0
+    b.record_failure(boom(9))
+    assert b.retry_at == at and b.state is CircuitState.OPEN
+    assert str(b.last_error) == str(boom(9))
+
+
+def test_success_from_straggler_closes() -> None:
+    clock = FakeClock()
+    b = CircuitBreaker(failure_threshold=1, reset_timeout=5.0, clock=clock)
+    trip(b, 1)
+    b.record_success()
+    assert b.state is CircuitState.CLOSED
+
+
+def test_call_wrapper_and_reset() -> None:
+    clock = FakeClock()
+    b = CircuitBreaker(failure_threshold=2, reset_timeout=5.0, clock=clock)
+    assert b.call(lambda x: x + 1, 1) == 2
+    for _ in range(2):
+        with pytest.raises(ConnectionRefusedError):
+            b.call(lambda: (_ for _ in ()).throw(boom()))
+    with pytest.raises(CircuitOpenError):
+        b.call(lambda: 1)
+    b.reset()
+    assert b.state is CircuitState.CLOSED and b.call(lambda: 3) == 3
+    assert "closed" in repr(b)
+
+
+@pytest.mark.parametrize(
+    "kwargs,param",
+    [
+        ({"failure_threshold": 0}, "failure_threshold"),
+        ({"failure_threshold": True}, "failure_threshold"),
+        ({"reset_timeout": 0}, "reset_timeout"),
+        ({"reset_timeout": 5, "max_reset_timeout": 1}, "max_reset_timeout"),
+        ({"probe_timeout": 0}, "probe_timeout"),
+    ],
+)
+def test_bad_config(kwargs: dict[str, object], param: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        CircuitBreaker(**kwargs)  # type: ignore[arg-type]
+    assert ei.value.parameter == param
+
+
+def test_open_logs_warning(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mssql_pool.breaker")
+    b = CircuitBreaker(failure_threshold=1, reset_timeout=1.0, clock=FakeClock())
+    trip(b, 1)
+    assert any(r.levelno == logging.WARNING and "open" in r.getMessage() for r in caplog.records)
+
+
+# --------------------------------------------------------------------------- threads
+def test_many_waiting_threads_one_login_per_probe_interval() -> None:
+    """200 threads wait on an open circuit for ~0.6 s; the server stays down: the
+    breaker lets through at most one attempt per probe interval (0.1 s)."""
+    interval = 0.1
+    b = CircuitBreaker(failure_threshold=1, reset_timeout=interval, probe_timeout=5.0)
+    b.before_attempt()
+    b.record_failure(boom())
+    attempts: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + 0.6
+
+    def worker() -> None:
+        while time.monotonic() < stop_at:
+            try:
+                b.wait_for_permission(timeout=stop_at - time.monotonic())
+            except CircuitOpenError:
+                return
+            with lock:
+                attempts.append(time.monotonic())
+            time.sleep(0.005)  # a failing login takes a moment
+            b.record_failure(boom())
+
+    threads = [threading.Thread(target=worker, name=f"w{i}", daemon=True) for i in range(200)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5.0)
+    assert not any(t.is_alive() for t in threads)
+    elapsed = time.monotonic() - start
+    # at most one attempt per interval (+1 for the boundary)
+    assert 1 <= len(attempts) <= int(elapsed / interval) + 1
+    gaps = [b2 - a for a, b2 in zip(attempts, attempts[1:])]
+    assert all(g >= interval * 0.9 for g in gaps), gaps
+
+
+def test_waiters_proceed_after_probe_success() -> None:
+    b = CircuitBreaker(failure_threshold=1, reset_timeout=0.05)
+    b.before_attempt()
+    b.record_failure(boom())
+    results: list[str] = []
+    probe_started = threading.Event()
+
+    def worker() -> None:
+        b.wait_for_permission(timeout=2.0)
+        if b.state is CircuitState.HALF_OPEN and not probe_started.is_set():
+            probe_started.set()
+            time.sleep(0.05)
+            b.record_success()
+            results.append("probe")
+            return
+        results.append("ok")
+        b.record_success()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(3.0)
+    assert len(results) == 20 and results.count("probe") == 1
+    assert b.state is CircuitState.CLOSED
