@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from .config import PoolConfig
+from .connection import PooledConnection, PooledCursor
 from .errors import (
     CircuitOpenError,
     CommitUnknownError,
@@ -17,6 +19,7 @@ from .errors import (
     RetryExhausted,
     TooManyRequests,
 )
+from .pool import ConnectionPool
 
 __version__ = "0.1.0"
 
@@ -26,9 +29,13 @@ __all__ = [
     "CircuitOpenError",
     "CommitUnknownError",
     "ConfigError",
+    "ConnectionPool",
     "ConnectionCheckFailed",
     "MssqlPoolError",
     "PoolClosed",
+    "PoolConfig",
+    "PooledConnection",
+    "PooledCursor",
     "PoolError",
     "PoolTimeout",
     "RedirectError",

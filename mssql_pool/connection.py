@@ -1,0 +1,313 @@
+"""The pooled connection: the record the pool keeps, and the proxy a borrower holds.
+
+A :class:`ConnectionRecord` lives as long as one driver connection; the pool keeps it
+while idle. Each checkout hands out a fresh, small :class:`PooledConnection` proxy that
+points at the record, so a proxy kept after ``close()`` can no longer reach a connection
+that now belongs to someone else.
+
+The proxy behaves as a DB-API connection:
+
+* ``cursor()`` returns a :class:`PooledCursor` that passes everything to the driver's
+  cursor and records what ran (the reset bits of :mod:`mssql_pool.reset`: work done,
+  session state changed) with a cached text scan: a dict lookup per known statement;
+* ``commit()`` / ``rollback()`` pass through and clear the "work done" bit;
+* ``autocommit(status)`` and ``autocommit_state`` pass through (pymssql); toggling it is
+  a session change, undone on return;
+* ``close()`` returns the connection to the pool (not a real close; idempotent);
+  ``with conn:`` does the same on exit;
+* ``invalidate(reason)`` marks it dead: the pool closes it instead of reusing it;
+* ``raw`` is the driver's connection (statements run on it directly are not tracked:
+  call ``mark_session_changed()`` after changing session state through it);
+* ``info`` is a dict for user data that lives as long as the driver connection.
+
+Any error raised by the driver connection or its cursors that
+:func:`mssql_pool.classify.is_disconnect` calls a disconnect marks the connection dead
+and every connection the pool opened before it as suspect (checked on next checkout).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .errors import PoolError
+from .reset import SESSION, WORK, scan_sql
+
+if TYPE_CHECKING:
+    from .pool import ConnectionPool
+
+__all__ = ["ConnState", "ConnectionRecord", "PooledConnection", "PooledCursor"]
+
+
+class ConnState(enum.Enum):
+    """Where a connection is in its life."""
+
+    IDLE = "idle"
+    BUSY = "busy"
+    CLOSED = "closed"
+
+
+class ConnectionRecord:
+    """Internal: one driver connection and what the pool knows about it."""
+
+    __slots__ = (
+        "raw", "seq", "generation", "created_at", "expires_at", "returned_at", "checkout_at",
+        "state", "flags", "dead", "_info", "autocommit", "stack", "leak_warned", "pid",
+        "pinged_at", "conn_properties",
+    )
+
+    def __init__(self, raw: Any, seq: int, generation: int, now: float, expires_at: float,
+                 autocommit: bool | None, pid: int) -> None:
+        self.raw = raw
+        self.seq = seq                    # creation order; suspect marking compares it
+        self.generation = generation      # drain() bumps the pool's generation
+        self.created_at = now
+        self.expires_at = expires_at      # jittered max_lifetime (inf when off)
+        self.returned_at = now            # last time it became idle (or was checked)
+        self.checkout_at = now
+        self.state = ConnState.IDLE
+        self.flags = 0                    # reset bits since the last reset
+        self.dead: str | None = None      # why it must be discarded
+        self._info: dict[str, Any] | None = None
+        self.autocommit = autocommit      # mode at creation, restored by a full reset
+        self.stack: str | None = None     # checkout stack, kept only with leak_timeout
+        self.leak_warned = False
+        self.pid = pid
+        self.pinged_at = now              # last keepalive ping
+        self.conn_properties: str | None = None   # pymssql conn_properties given at connect
+
+    @property
+    def info(self) -> dict[str, Any]:
+        if self._info is None:
+            self._info = {}
+        return self._info
+
+    def __repr__(self) -> str:
+        return f"<ConnectionRecord #{self.seq} {self.state.value}{' dead' if self.dead else ''}>"
+
+
+def _closed_error() -> PoolError:
+    return PoolError("this pooled connection was returned to the pool; get a new one")
+
+
+class PooledConnection:
+    """What ``pool.getconn()`` / ``pool.connection()`` hand out (see the module docstring).
+
+    If a proxy is garbage-collected without being returned, the pool logs a WARNING,
+    closes the driver connection and frees its slot.
+    """
+
+    __slots__ = ("_rec", "_pool", "raw")
+
+    def __init__(self, rec: ConnectionRecord, pool: ConnectionPool) -> None:
+        self._rec: ConnectionRecord | None = rec
+        self._pool = pool
+        self.raw = rec.raw
+
+    # -- DB-API ----------------------------------------------------------------------
+    def cursor(self, *args: Any, **kwargs: Any) -> PooledCursor:
+        """A tracked cursor of the driver connection."""
+        rec = self._rec
+        if rec is None:
+            raise _closed_error()
+        try:
+            return PooledCursor(self.raw.cursor(*args, **kwargs), rec, self)
+        except Exception as exc:
+            self._pool._on_error(rec, exc)
+            raise
+
+    def _end_transaction(self, method: str) -> None:
+        rec = self._rec
+        if rec is None:
+            raise _closed_error()
+        try:
+            getattr(self.raw, method)()
+        except Exception as exc:
+            self._pool._on_error(rec, exc)
+            raise
+        rec.flags &= ~WORK
+
+    def commit(self) -> None:
+        self._end_transaction("commit")
+
+    def rollback(self) -> None:
+        self._end_transaction("rollback")
+
+    def autocommit(self, status: bool) -> None:
+        """pymssql's ``autocommit(status)``; the pool restores the original mode on return."""
+        rec = self._rec
+        if rec is None:
+            raise _closed_error()
+        try:
+            self.raw.autocommit(status)
+        except Exception as exc:
+            self._pool._on_error(rec, exc)
+            raise
+        rec.flags |= SESSION
+
+    @property
+    def autocommit_state(self) -> bool:
+        return bool(self.raw.autocommit_state)
+
+    def close(self) -> None:
+        """Return the connection to the pool. Calling it again does nothing."""
+        if self._rec is not None:
+            self._pool.putconn(self)
+
+    # -- pool-specific -----------------------------------------------------------------
+    def invalidate(self, reason: str | None = None) -> None:
+        """Mark the connection dead: it is closed, not reused, when it comes back."""
+        rec = self._rec
+        if rec is not None and rec.dead is None:
+            rec.dead = reason or "invalidated by its user"
+
+    def mark_session_changed(self) -> None:
+        """Ask for a full session reset on return (after using ``raw`` directly)."""
+        if self._rec is not None:
+            self._rec.flags |= SESSION | WORK
+
+    @property
+    def closed(self) -> bool:
+        """True once returned to the pool."""
+        return self._rec is None
+
+    @property
+    def invalidated(self) -> bool:
+        rec = self._rec
+        return rec is not None and rec.dead is not None
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """User data tied to the driver connection (survives checkouts, not reconnects)."""
+        rec = self._rec
+        if rec is None:
+            raise _closed_error()
+        return rec.info
+
+    @property
+    def pool(self) -> ConnectionPool:
+        return self._pool
+
+    def __enter__(self) -> PooledConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._rec is not None:
+            self._pool.putconn(self)
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else the driver offers (bulk_copy, as_dict, ...) counts as work.
+        rec = self._rec
+        if rec is None:
+            raise _closed_error()
+        rec.flags |= WORK
+        return getattr(self.raw, name)
+
+    def __del__(self) -> None:
+        rec = self._rec
+        if rec is not None:
+            self._rec = None
+            self._pool._orphaned(rec)
+
+    def __repr__(self) -> str:
+        rec = self._rec
+        state = "returned" if rec is None else f"#{rec.seq}"
+        return f"<PooledConnection {state} of pool {self._pool.name!r}>"
+
+
+class PooledCursor:
+    """A driver cursor that tells its record what ran. Everything else passes through."""
+
+    __slots__ = ("_cur", "_rec", "_conn")
+
+    def __init__(self, cur: Any, rec: ConnectionRecord, conn: PooledConnection) -> None:
+        self._cur = cur
+        self._rec = rec
+        self._conn = conn
+
+    @property
+    def connection(self) -> PooledConnection:
+        return self._conn
+
+    def execute(self, operation: Any, params: Any = None) -> Any:
+        rec = self._rec
+        rec.flags |= scan_sql(operation)
+        try:
+            if params is None:
+                return self._cur.execute(operation)
+            return self._cur.execute(operation, params)
+        except Exception as exc:
+            self._conn._pool._on_error(rec, exc)
+            raise
+
+    def executemany(self, operation: Any, seq_of_params: Sequence[Any]) -> Any:
+        rec = self._rec
+        rec.flags |= scan_sql(operation)
+        try:
+            return self._cur.executemany(operation, seq_of_params)
+        except Exception as exc:
+            self._conn._pool._on_error(rec, exc)
+            raise
+
+    def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
+        rec = self._rec
+        rec.flags |= scan_sql(procname)
+        try:
+            return self._cur.callproc(procname, parameters)
+        except Exception as exc:
+            self._conn._pool._on_error(rec, exc)
+            raise
+
+    def _call(self, name: str, *args: Any) -> Any:
+        try:
+            return getattr(self._cur, name)(*args)
+        except Exception as exc:
+            self._conn._pool._on_error(self._rec, exc)
+            raise
+
+    def fetchone(self) -> Any:
+        try:
+            return self._cur.fetchone()
+        except Exception as exc:
+            self._conn._pool._on_error(self._rec, exc)
+            raise
+
+    def fetchmany(self, size: int | None = None) -> Any:
+        return self._call("fetchmany") if size is None else self._call("fetchmany", size)
+
+    def fetchall(self) -> Any:
+        try:
+            return self._cur.fetchall()
+        except Exception as exc:
+            self._conn._pool._on_error(self._rec, exc)
+            raise
+
+    def nextset(self) -> Any:
+        return self._call("nextset")
+
+    def close(self) -> None:
+        try:
+            self._cur.close()
+        except Exception as exc:
+            self._conn._pool._on_error(self._rec, exc)
+            raise
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            row = self.fetchone()
+            if row is None:
+                return
+            yield row
+
+    def __enter__(self) -> PooledCursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+    def __repr__(self) -> str:
+        return f"<PooledCursor on {self._conn!r}>"

@@ -1,0 +1,163 @@
+"""What happens when a connection comes back: the cheapest reset that is still complete.
+
+The proxy records, per connection, a small bit set (:data:`WORK`, :data:`SESSION`,
+:data:`DISCARD`) from the statements it saw. On return the pool picks:
+
+==========================  ====================================================================
+what happened               reset="auto" (default)
+==========================  ====================================================================
+nothing executed since the  nothing: no round trip
+last commit/rollback
+statements executed         ``rollback()`` (pymssql: ROLLBACK TRAN + its own BEGIN TRAN)
+session state changed       full reset (below)
+(SET option, ``#temp``,
+USE, CONTEXT_INFO,
+sp_set_session_context,
+isolation level, DECLARE
+CURSOR, autocommit toggled)
+app role / session app      discard the connection (``sp_reset_connection`` cannot undo them)
+lock / read-only session
+context key
+==========================  ====================================================================
+
+``reset="full"`` does the full reset on every return; ``reset="rollback"`` never sends
+``sp_reset_connection``: work is rolled back and a connection whose session state
+changed is discarded instead (the next borrower must never see it). A callable
+``reset(raw_conn)`` replaces the built-in logic and runs whenever anything was executed;
+if it raises, the connection is discarded.
+
+**Full reset on pymssql** (``raw._conn.init_procedure`` present):
+
+1. if the borrower toggled ``autocommit``, put it back first (pymssql sends ROLLBACK TRAN
+   or BEGIN TRAN for the toggle; doing it before step 2 keeps that valid);
+2. ``sp_reset_connection`` as an RPC: aborts the transaction (including pymssql's own
+   BEGIN TRAN), drops #temp tables, closes cursors, resets SET options and CONTEXT_INFO,
+   returns to the login database;
+3. one batch restoring what the reset does not: ``SET TRANSACTION ISOLATION LEVEL READ
+   COMMITTED``, pymssql's SET baseline (or the ``conn_properties`` given at connect), and
+   ``BEGIN TRAN`` when autocommit is off: pymssql's contract is that a transaction is
+   always open in that mode (its ``commit()``/``rollback()`` end one and begin the next),
+   so we re-open the one the reset aborted rather than leaving the driver out of step;
+4. ``configure(raw)`` again.
+
+**Full reset on other drivers** (``connect=factory`` without ``_conn``): ``rollback()``,
+then the hook ``raw.reset_session()`` if the connection has one (the fake driver in
+tests/unit/fakedb.py does), then ``configure``. Without a hook the session state cannot
+be cleared and the connection is discarded.
+
+The scan (:func:`scan_sql`) is a dict lookup for a statement text seen before and one
+precompiled regex search otherwise: cheap enough for every ``execute``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "WORK", "SESSION", "DISCARD", "scan_sql", "PYMSSQL_BASELINE", "full_reset",
+    "plan", "NONE", "ROLLBACK", "FULL", "CALLBACK",
+]
+
+WORK = 1       #: statements ran since the last commit/rollback
+SESSION = 2    #: session state changed: needs a full reset
+DISCARD = 4    #: state no reset can clear: close the connection
+
+NONE, ROLLBACK, FULL, CALLBACK = 0, 1, 2, 3
+
+#: What pymssql sends after login (``_mssql.pyx``), restored after sp_reset_connection.
+PYMSSQL_BASELINE = (
+    "SET ARITHABORT ON;SET CONCAT_NULL_YIELDS_NULL ON;SET ANSI_NULLS ON;"
+    "SET ANSI_NULL_DFLT_ON ON;SET ANSI_PADDING ON;SET ANSI_WARNINGS ON;"
+    "SET CURSOR_CLOSE_ON_COMMIT ON;SET QUOTED_IDENTIFIER ON;SET TEXTSIZE 2147483647;"
+)
+
+_SET_OPTIONS = (
+    r"ANSI_\w+|ARITHABORT|ARITHIGNORE|CONCAT_NULL_YIELDS_NULL|CONTEXT_INFO|CURSOR_CLOSE_ON_COMMIT"
+    r"|DATEFIRST|DATEFORMAT|DEADLOCK_PRIORITY|FIPS_FLAGGER|FMTONLY|FORCEPLAN|IDENTITY_INSERT"
+    r"|IMPLICIT_TRANSACTIONS|LANGUAGE|LOCK_TIMEOUT|NOCOUNT|NOEXEC|NO_BROWSETABLE"
+    r"|NUMERIC_ROUNDABORT|OFFSETS|PARSEONLY|QUERY_GOVERNOR_COST_LIMIT|QUOTED_IDENTIFIER"
+    r"|REMOTE_PROC_TRANSACTIONS|ROWCOUNT|SHOWPLAN_\w+|STATISTICS|TEXTSIZE|TRANSACTION|XACT_ABORT"
+)
+# Matched against the lower-cased text; the leading look-ahead lets the engine skip
+# positions that cannot start a match (4x faster than a plain alternation).
+_SCAN = re.compile(
+    r"(?=[#@cdsu])(?:(?P<discard>sp_setapprole|sp_getapplock|@read_only\s*=\s*1)"
+    r"|(?P<session>\#\#?[\w@$]|\buse\s|\bcontext_info\b|sp_set_session_context|\bcursor\b"
+    r"|\bset\s+(?:" + _SET_OPTIONS.lower() + r")\b(?!\s*=)))"
+)
+#: Substrings one of which every match contains: most statements never reach the regex.
+_HINTS = ("#", "set", "use", "cursor", "context_info", "applock", "read_only")
+_cache: dict[str, int] = {}
+_CACHE_MAX = 4096
+
+
+def scan_sql(sql: object) -> int:
+    """Return the reset bits a statement implies: always :data:`WORK`, plus SESSION/DISCARD.
+
+    Conservative by design: a false positive costs one full reset, a miss would leak
+    session state. ``SET @var = ...`` and ``UPDATE ... SET col = ...`` are not session
+    changes. Results are cached per statement text (bounded).
+    """
+    cached: int | None = _cache.get(sql)  # type: ignore[call-overload]
+    if cached is not None:
+        return cached
+    text = (sql if isinstance(sql, str) else str(sql)).lower()
+    flags = WORK
+    for hint in _HINTS:
+        if hint in text:
+            for m in _SCAN.finditer(text):
+                flags |= DISCARD if m.lastgroup == "discard" else SESSION
+                if flags & DISCARD:
+                    break
+            break
+    if isinstance(sql, str):
+        if len(_cache) >= _CACHE_MAX:
+            _cache.clear()
+        _cache[sql] = flags
+    return flags
+
+
+def plan(flags: int, mode: str | Callable[[Any], object]) -> int | str:
+    """Decide the reset for a returned connection. A str result is a reason to discard."""
+    if flags & DISCARD:
+        return "it holds session state no reset can clear (app role, app lock, read-only key)"
+    if mode == "auto":
+        return FULL if flags & SESSION else (ROLLBACK if flags else NONE)
+    if mode == "full":
+        return FULL
+    if mode == "rollback":
+        if flags & SESSION:
+            return "its session state changed and reset='rollback' forbids a full reset"
+        return ROLLBACK if flags else NONE
+    return CALLBACK if flags else NONE
+
+
+def full_reset(raw: Any, *, autocommit: bool | None, conn_properties: str | None,
+               configure: Callable[[Any], None] | None) -> None:
+    """Full session reset; see the module docstring. Raises on any failure (-> discard).
+
+    ``autocommit`` is the mode the connection was created in (None when unknown).
+    """
+    inner: Any = getattr(raw, "_conn", None)
+    init_procedure = getattr(inner, "init_procedure", None)
+    if init_procedure is not None:
+        if autocommit is not None and bool(raw.autocommit_state) != autocommit:
+            raw.autocommit(autocommit)
+        init_procedure("sp_reset_connection").execute()
+        batch = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED;" + (
+            PYMSSQL_BASELINE if conn_properties is None else conn_properties
+        )
+        if autocommit is False or (autocommit is None and not raw.autocommit_state):
+            batch += " BEGIN TRAN"
+        inner.execute_non_query(batch)
+    else:
+        hook = getattr(raw, "reset_session", None)
+        if hook is None:
+            raise RuntimeError("the driver connection has neither sp_reset_connection support "
+                               "nor a reset_session() hook")
+        raw.rollback()
+        hook()
+    if configure is not None:
+        configure(raw)
