@@ -209,7 +209,7 @@ def test_many_waiting_threads_one_login_per_probe_interval() -> None:
     elapsed = time.monotonic() - start
     # at most one attempt per interval (+1 for the boundary)
     assert 1 <= len(attempts) <= int(elapsed / interval) + 1
-    gaps = [b2 - a for a, b2 in zip(attempts, attempts[1:])]
+    gaps = [b2 - a for a, b2 in zip(attempts, attempts[1:], strict=False)]
     assert all(g >= interval * 0.9 for g in gaps), gaps
 
 

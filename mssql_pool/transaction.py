@@ -1,0 +1,442 @@
+"""Retry-wrapped units of work: run_transaction, transactional, run.
+
+A *unit* is a function ``fn(conn, *args, **kwargs)`` that does its work on ``conn``
+and does not commit. :func:`run_transaction` runs it as one transaction:
+
+1. a validated connection from the pool (within what is left of the policy's deadline);
+2. ``SET TRANSACTION ISOLATION LEVEL`` if asked;
+3. ``fn(conn, ...)``;
+4. COMMIT.
+
+On a retryable error (deadlock 1205, lock timeout 1222, throttling, failover, a dead
+connection...) the transaction is rolled back if the connection lives, or the
+connection is invalidated if it is dead; then the policy backs off and the *whole unit*
+runs again on a fresh connection. A non-retryable error is rolled back and propagates
+unchanged.
+
+Ambiguous commits: if the connection dies while COMMIT is in flight, nobody knows whether
+the unit landed. It is never re-run blindly: :class:`~mssql_pool.errors.CommitUnknownError`
+is raised, unless the unit is declared ``idempotent=True`` (then it is re-run) or a
+``verify(conn) -> bool`` callable is given, which is run on a fresh connection: True means
+it landed (the first run's result is returned), False means it did not (re-run).
+
+With pymssql (``autocommit=False``, the default) the connection always has an implicit
+``BEGIN TRAN`` open and ``commit()`` sends ``COMMIT TRAN`` then ``BEGIN TRAN`` as two
+batches, reporting a failure of either the same way. The commit here sends them as two
+separate statements so that a connection lost on the *second* one is known to have
+committed.
+
+:func:`run` offers statement-level retry outside a transaction, only for work the caller
+declares idempotent.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Protocol, TypeVar, cast
+
+from .classify import Classifier, ErrorInfo, get_default_classifier
+from .errors import CommitUnknownError, ConfigError, RetryExhausted
+from .retry import ExponentialBackoff, RetryPolicy
+
+__all__ = [
+    "run_transaction",
+    "transactional",
+    "run",
+    "TRANSACTION_POLICY",
+    "ISOLATION_LEVELS",
+]
+
+logger = logging.getLogger("mssql_pool.transaction")
+
+T = TypeVar("T")
+
+#: The default policy for units of work: 5 attempts within 30 s, exponential backoff from
+#: 50 ms with full jitter, capped at 5 s (server hints such as 40501's 10 s still apply).
+TRANSACTION_POLICY = RetryPolicy(
+    max_attempts=5,
+    deadline=30.0,
+    backoff=ExponentialBackoff(base=0.05, factor=2.0, cap=5.0, jitter="full"),
+    name="transaction",
+)
+
+#: Accepted ``isolation_level`` values (case and underscores are forgiven).
+ISOLATION_LEVELS = frozenset(
+    {"READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SNAPSHOT", "SERIALIZABLE"}
+)
+
+
+class _Pool(Protocol):
+    def connection(self, timeout: float | None = ...) -> Any: ...
+
+
+def _isolation_sql(level: str | None) -> str | None:
+    if level is None:
+        return None
+    if not isinstance(level, str):
+        raise ConfigError("isolation_level", f"must be a string, got {level!r}")
+    norm = " ".join(level.replace("_", " ").upper().split())
+    if norm not in ISOLATION_LEVELS:
+        raise ConfigError(
+            "isolation_level",
+            f"must be one of {', '.join(sorted(ISOLATION_LEVELS))}; got {level!r}",
+        )
+    return f"SET TRANSACTION ISOLATION LEVEL {norm}"
+
+
+def _check_policy(policy: RetryPolicy | None) -> RetryPolicy:
+    if policy is None:
+        return TRANSACTION_POLICY
+    if not isinstance(policy, RetryPolicy):
+        raise ConfigError("policy", f"must be a RetryPolicy or None, got {policy!r}")
+    return policy.new() if policy.history or policy.started_at is not None else policy
+
+
+# --------------------------------------------------------------------------- commit protocol
+
+
+class _CommitOutcome(Exception):
+    """Internal: COMMIT failed. ``ambiguous`` when the connection died with it in flight."""
+
+    def __init__(self, error: BaseException, ambiguous: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.ambiguous = ambiguous
+        self.result: object = None  # what fn returned before the COMMIT
+
+
+def _raw(conn: Any) -> Any:
+    return getattr(conn, "raw", conn)
+
+
+def _pymssql_mode(conn: Any) -> bool | None:
+    """For a pymssql connection: its autocommit state; None for any other driver."""
+    raw = _raw(conn)
+    if not (type(raw).__module__.startswith("pymssql") or getattr(raw, "_split_commit", False)):
+        return None
+    return bool(getattr(raw, "autocommit_state", False))
+
+
+def _execute(conn: Any, sql: str) -> None:
+    cur = conn.cursor()
+    try:
+        cur.execute(sql)
+    finally:
+        try:
+            cur.close()
+        except Exception:  # noqa: S110 - a cursor on a dead connection may not close
+            pass
+
+
+def _begin(conn: Any, isolation_sql: str | None) -> None:
+    if _pymssql_mode(conn) is True:
+        # autocommit=True: no implicit transaction; open one ourselves.
+        _execute(conn, "BEGIN TRAN")
+    if isolation_sql is not None:
+        _execute(conn, isolation_sql)
+
+
+def _commit(conn: Any, classifier: Classifier) -> None:
+    """COMMIT; raises _CommitOutcome on failure (ambiguous when the connection died)."""
+    mode = _pymssql_mode(conn)
+    if mode is None:
+        try:
+            conn.commit()
+        except Exception as exc:
+            raise _CommitOutcome(exc, classifier.classify(exc).connection_dead) from exc
+        return
+    try:
+        _execute(conn, "COMMIT TRAN")
+    except Exception as exc:
+        raise _CommitOutcome(exc, classifier.classify(exc).connection_dead) from exc
+    if mode is False:
+        # Restore pymssql's invariant (a transaction is always open). The unit is
+        # committed whatever happens here; a failure only costs the connection.
+        try:
+            _execute(conn, "BEGIN TRAN")
+        except Exception as exc:
+            logger.warning(
+                "transaction committed, but re-opening pymssql's transaction failed (%s); "
+                "discarding the connection",
+                classifier.classify(exc).describe(),
+            )
+            _invalidate(conn, "BEGIN TRAN after COMMIT failed")
+
+
+def _invalidate(conn: Any, reason: str) -> None:
+    invalidate = getattr(conn, "invalidate", None)
+    if invalidate is not None:
+        try:
+            invalidate(reason)
+        except Exception:  # pragma: no cover - defensive
+            logger.exception("invalidate() raised")
+
+
+def _rollback(conn: Any, info: ErrorInfo | None, classifier: Classifier) -> None:
+    """Roll back if the connection lives; otherwise (or if rollback fails) invalidate it."""
+    if info is not None and info.connection_dead:
+        _invalidate(conn, f"connection lost: {info.describe()}")
+        return
+    try:
+        if _pymssql_mode(conn) is True:
+            _execute(conn, "IF @@TRANCOUNT > 0 ROLLBACK TRAN")
+        else:
+            conn.rollback()
+    except Exception as exc:
+        logger.warning(
+            "rollback failed (%s); discarding the connection", classifier.classify(exc).describe()
+        )
+        _invalidate(conn, "rollback failed")
+
+
+def _acquire(pool: _Pool, policy: RetryPolicy) -> Any:
+    remaining = policy.remaining()
+    if remaining is None:
+        return pool.connection()
+    return pool.connection(timeout=max(remaining, 0.001))
+
+
+# --------------------------------------------------------------------------- run_transaction
+
+
+def run_transaction(
+    pool: Any,
+    fn: Callable[..., T],
+    *args: Any,
+    policy: RetryPolicy | None = None,
+    isolation_level: str | None = None,
+    idempotent: bool = False,
+    verify: Callable[[Any], bool] | None = None,
+    **kwargs: Any,
+) -> T:
+    """Run ``fn(conn, *args, **kwargs)`` as one transaction, retrying the whole unit.
+
+    See the module docstring for the rules. Returns ``fn``'s result. Raises the original
+    error for non-retryable failures, :class:`RetryExhausted` when the policy gives up,
+    and :class:`CommitUnknownError` when the outcome of COMMIT is unknown and neither
+    ``idempotent=True`` nor ``verify=`` lets the unit continue.
+    """
+    if not callable(fn):
+        raise ConfigError("fn", f"must be callable, got {fn!r}")
+    if verify is not None and not callable(verify):
+        raise ConfigError("verify", f"must be callable(conn) -> bool, got {verify!r}")
+    iso = _isolation_sql(isolation_level)
+    base = _check_policy(policy)
+    classifier = base.classifier if base.classifier is not None else get_default_classifier()
+    state = base.begin()
+    while True:
+        try:
+            return cast(T, _one_unit(pool, fn, args, kwargs, iso, classifier, state))
+        except _CommitOutcome as outcome:
+            exc = outcome.error
+            if not outcome.ambiguous:
+                state = state.increment(exc)  # raises exc or RetryExhausted
+            else:
+                decided = _resolve_ambiguous(
+                    pool, outcome, state, idempotent=idempotent, verify=verify,
+                    classifier=classifier,
+                )
+                if isinstance(decided, _Landed):
+                    return cast(T, decided.result)
+                state = decided
+        except Exception as exc:
+            state = state.increment(exc)  # raises exc or RetryExhausted
+        state.wait()
+        state = state.begin()
+
+
+class _Landed:
+    __slots__ = ("result",)
+
+    def __init__(self, result: object) -> None:
+        self.result = result
+
+
+def _one_unit(
+    pool: Any,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    iso: str | None,
+    classifier: Classifier,
+    policy: RetryPolicy,
+) -> Any:
+    with _acquire(pool, policy) as conn:
+        try:
+            _begin(conn, iso)
+            result = fn(conn, *args, **kwargs)
+        except BaseException as exc:
+            _rollback(conn, classifier.classify(exc) if isinstance(exc, Exception) else None,
+                      classifier)
+            if not isinstance(exc, Exception):
+                _invalidate(conn, f"interrupted by {type(exc).__name__}")
+            raise
+        try:
+            _commit(conn, classifier)
+        except _CommitOutcome as outcome:
+            if outcome.ambiguous:
+                _invalidate(conn, "connection lost during COMMIT")
+            else:
+                _rollback(conn, classifier.classify(outcome.error), classifier)
+            outcome.result = result
+            raise
+        except BaseException:
+            _invalidate(conn, "interrupted during COMMIT")
+            raise
+        return result
+
+
+def _resolve_ambiguous(
+    pool: Any,
+    outcome: _CommitOutcome,
+    state: RetryPolicy,
+    *,
+    idempotent: bool,
+    verify: Callable[[Any], bool] | None,
+    classifier: Classifier,
+) -> RetryPolicy | _Landed:
+    """Decide what an ambiguous commit means; returns the next policy state or _Landed."""
+    exc = outcome.error
+    first_result = outcome.result
+    info = classifier.classify(exc)
+    logger.warning(
+        "connection lost while COMMIT was in flight (%s): outcome unknown", info.describe()
+    )
+    if idempotent:
+        return _next_or_exhausted(state, exc, "idempotent unit re-run after an unknown commit")
+    if verify is None:
+        record_state = _record(state, exc)
+        raise CommitUnknownError(
+            "the connection was lost while COMMIT was in flight: the unit may or may not "
+            f"have been applied ({info.describe()}). It was not re-run. Pass verify= or "
+            "idempotent=True to let mssql_pool find out.",
+            original=exc,
+            attempts=record_state,
+        ) from exc
+    # verify= on a fresh connection, itself retried under the same policy.
+    vstate = state
+    while True:
+        try:
+            with _acquire(pool, vstate) as vconn:
+                landed = bool(verify(vconn))
+            break
+        except Exception as verr:
+            try:
+                vstate = vstate.increment(verr)
+            except Exception as final:
+                raise CommitUnknownError(
+                    "the connection was lost while COMMIT was in flight and verify() could "
+                    f"not tell whether the unit landed: {type(final).__name__}: {final}",
+                    original=exc,
+                    attempts=_record(vstate, exc),
+                ) from exc
+            vstate.wait()
+            vstate = vstate.begin()
+    if landed:
+        logger.warning("verify() says the unit landed despite the lost COMMIT; not re-running")
+        return _Landed(first_result)
+    logger.warning("verify() says the unit did not land; re-running it")
+    return _next_or_exhausted(vstate, exc, "re-run after verify() returned False")
+
+
+def _record(state: RetryPolicy, exc: BaseException) -> tuple[Any, ...]:
+    """The history with the ambiguous attempt appended (no retry decision)."""
+    from .retry import AttemptRecord
+
+    info = (state.classifier or get_default_classifier()).classify(exc)
+    now = state.clock()
+    started = state.attempt_started_at if state.attempt_started_at is not None else now
+    rec = AttemptRecord(len(state.history) + 1, exc, info.kind, info.number, 0.0, now,
+                        now - started)
+    return (*state.history, rec)
+
+
+def _next_or_exhausted(state: RetryPolicy, exc: BaseException, why: str) -> RetryPolicy:
+    # An ambiguous commit is re-run only because the caller allowed it: retry_on (which
+    # may reject e.g. query timeouts) is not consulted, attempts and deadline still are.
+    result = replace(state, retry_on=lambda e: True)._decide(exc, None)
+    if isinstance(result, RetryExhausted):
+        raise result from exc
+    logger.info("%s", why)
+    return replace(result, retry_on=state.retry_on)
+
+
+# --------------------------------------------------------------------------- decorator, run
+
+
+def transactional(
+    pool: Any,
+    *,
+    policy: RetryPolicy | None = None,
+    isolation_level: str | None = None,
+    idempotent: bool = False,
+    verify: Callable[[Any], bool] | None = None,
+) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Decorator factory: ``@transactional(pool, policy=...)`` on ``fn(conn, *args)``
+    makes ``fn(*args)`` run through :func:`run_transaction` (the connection is supplied)."""
+    _isolation_sql(isolation_level)  # validate now, not at the first call
+    _check_policy(policy)
+
+    def decorate(fn: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> T:
+            return run_transaction(
+                pool,
+                fn,
+                *args,
+                policy=policy,
+                isolation_level=isolation_level,
+                idempotent=idempotent,
+                verify=verify,
+                **kwargs,
+            )
+
+        wrapper.__wrapped_unit__ = fn  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+def run(
+    pool: Any,
+    fn: Callable[..., T],
+    *args: Any,
+    idempotent: bool = False,
+    policy: RetryPolicy | None = None,
+    **kwargs: Any,
+) -> T:
+    """Statement-level retry outside a transaction, for idempotent work only.
+
+    ``fn(conn, *args, **kwargs)`` runs on a pooled connection and what it did is
+    committed; on a retryable error (including a lost COMMIT) it runs again on a fresh
+    connection. Refused unless ``idempotent=True``: re-running non-idempotent work
+    after an unknown outcome could apply it twice (use :func:`run_transaction`).
+    """
+    if idempotent is not True:
+        raise ConfigError(
+            "idempotent",
+            "run() retries statements blindly and is only for idempotent work; pass "
+            "idempotent=True, or use run_transaction() for a unit that must apply once",
+        )
+    if not callable(fn):
+        raise ConfigError("fn", f"must be callable, got {fn!r}")
+    base = _check_policy(policy)
+    classifier = base.classifier if base.classifier is not None else get_default_classifier()
+    state = base.begin()
+    while True:
+        try:
+            with _acquire(pool, state) as conn:
+                try:
+                    result = fn(conn, *args, **kwargs)
+                    conn.commit()
+                except Exception as exc:
+                    _rollback(conn, classifier.classify(exc), classifier)
+                    raise
+                return result
+        except Exception as exc:
+            state = state.increment(exc)
+        state.wait()
+        state = state.begin()
