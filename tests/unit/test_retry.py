@@ -8,6 +8,7 @@ import random
 
 import pymssql
 import pytest
+from fakedb import FakeClock
 
 from mssql_pool import retry as R
 from mssql_pool.classify import ErrorKind, retry_if_kind
@@ -23,19 +24,6 @@ from mssql_pool.retry import (
     connect_policy,
     set_testing,
 )
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, d: float) -> None:
-        self.sleeps.append(d)
-        self.now += d
 
 
 def err(number: int, text: str = "x") -> pymssql.OperationalError:
@@ -241,7 +229,7 @@ def test_call_retries_then_returns() -> None:
         return f"{o}{a}{b}"
 
     assert p.call(work, 1, b=2) == "ok12"
-    assert clock.sleeps == [0.5, 0.5]
+    assert clock.slept == [0.5, 0.5]
     assert [r.number for r in seen] == [1205, 1222]
     assert p.history == ()  # the policy value itself never changes
 
@@ -256,7 +244,7 @@ def test_call_non_retryable_propagates_at_once() -> None:
 
     with pytest.raises(pymssql.OperationalError):
         policy(clock).call(work)
-    assert calls == [1] and clock.sleeps == []
+    assert calls == [1] and clock.slept == []
 
 
 def test_never_retries_bare_exception_by_default() -> None:
@@ -294,7 +282,7 @@ def test_attempts_iterator() -> None:
             o = outcomes.pop(0)
             if o is not None:
                 raise o
-    assert numbers == [1, 2, 3] and clock.sleeps == [0.25, 0.25]
+    assert numbers == [1, 2, 3] and clock.slept == [0.25, 0.25]
 
 
 def test_attempts_iterator_non_retryable_and_exhaustion() -> None:
@@ -362,7 +350,7 @@ def test_set_testing_skips_sleeps_and_caps_attempts() -> None:
 
         with pytest.raises(RetryExhausted):
             policy(clock, backoff=FixedBackoff(5.0)).call(work)
-        assert calls == [1, 1] and clock.sleeps == []
+        assert calls == [1, 1] and clock.slept == []
     finally:
         set_testing(old)
     assert not R.is_testing()

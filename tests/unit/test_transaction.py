@@ -12,6 +12,7 @@ from typing import Any
 
 import pymssql
 import pytest
+from fakedb import FakeClock
 
 from mssql_pool.errors import CommitUnknownError, ConfigError, RetryExhausted
 from mssql_pool.retry import FixedBackoff, RetryPolicy
@@ -173,21 +174,8 @@ class FakePool:
         return [p.invalidated for p in self.handed_out if p.invalidated]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, d: float) -> None:
-        self.sleeps.append(d)
-        self.now += d
-
-
 def fast_policy(**kw: Any) -> RetryPolicy:
-    clock = Clock()
+    clock = FakeClock(0.0)
     kw.setdefault("backoff", FixedBackoff(0.01))
     return RetryPolicy(clock=clock, sleep=clock.sleep, random=lambda: 0.5, **kw)
 
