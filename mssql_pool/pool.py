@@ -32,8 +32,7 @@ import threading
 import traceback
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from ._dsn import parse_conninfo, redact
@@ -150,108 +149,106 @@ class ConnectionPool:
         return self._getconn_slow(now, self.config.timeout if timeout is None else timeout)
 
     def _getconn_slow(self, start: float, timeout: float) -> PooledConnection:
+        """Everything but the fast path: stale idle connections, connecting, queueing.
+
+        Each turn of the loop decides under the lock (take an idle connection, reserve a
+        slot to connect, or queue), then acts outside it. After a failed connect the
+        caller queues for a backoff pause (a returned connection still reaches it) before
+        connecting again, until its deadline.
+        """
         clock = self._clock
         deadline = start + timeout
         now = start
         connect_error: BaseException | None = None
         backoff = _CONNECT_BACKOFF[0]
+        backing_off = False     # a connect just failed: pause before the next attempt
+        reserved = False        # we hold a reserved slot (handed over or kept)
         queued = False
         while True:
             rec: ConnectionRecord | None = None
             to_close: ConnectionRecord | None = None
             waiter: _Waiter | None = None
-            connect = False
+            connect = reserved
+            reserved = False
             check = False
             if self._orphans:
                 self._reap_orphans()
-            with self._lock:
-                if self._closed:
-                    self._stats.requests_errors += 1
-                    raise PoolClosed(f"pool {self.name!r} is closed")
-                if self._idle:
-                    rec = self._idle.pop()
-                    if now >= rec.expires_at or rec.generation != self._generation:
-                        to_close = rec
-                        self._drop_locked(rec)
-                        self._stats.connections_expired += 1
-                        rec = None
-                    else:
-                        rec.state = ConnState.BUSY
-                        self._nbusy += 1
-                        check = self._needs_check_locked(rec, now)
-                elif self._size < self._max_size:
-                    self._size += 1
-                    self._opening += 1
-                    connect = True
-                else:
-                    mw = self.config.max_waiting
-                    if mw and len(self._waiters) >= mw:
+            if not connect:
+                with self._lock:
+                    if self._closed:
                         self._stats.requests_errors += 1
-                        raise TooManyRequests(
-                            f"pool {self.name!r}: {len(self._waiters)} callers already waiting "
-                            f"(max_waiting={mw}); shed load or raise max_waiting/max_size")
-                    remaining = deadline - now
-                    if remaining > 0:
-                        waiter = _Waiter()
-                        self._waiters.append(waiter)
+                        raise PoolClosed(f"pool {self.name!r} is closed")
+                    if self._idle:
+                        rec = self._idle.pop()
+                        if now >= rec.expires_at or rec.generation != self._generation:
+                            to_close = rec
+                            self._drop_locked(rec)
+                            self._stats.connections_expired += 1
+                            rec = None
+                        else:
+                            rec.state = ConnState.BUSY
+                            self._nbusy += 1
+                            check = self._needs_check_locked(rec, now)
+                    elif self._size < self._max_size and not backing_off:
+                        self._size += 1
+                        self._opening += 1
+                        connect = True
+                    else:
+                        waiter = self._enqueue_locked(now, deadline, start, connect_error)
                         if not queued:
                             queued = True
                             self._stats.requests_queued += 1
-                    else:
-                        self._raise_timeout_locked(now - start, connect_error)
             if to_close is not None:
                 self._close_record(to_close, "past its lifetime")
                 continue
             if waiter is not None:
                 limit = deadline - now
-                if connect_error is not None:
-                    limit = min(limit, backoff)
+                if backing_off:
+                    limit = min(limit, backoff * (0.5 + self.config.random()))
+                    backoff = min(backoff * 2, _CONNECT_BACKOFF[1])
+                    backing_off = False
                 waiter.lock.acquire(True, max(limit, 0.0))
                 now = clock()
                 with self._lock:
                     result = waiter.result
                     if result is None:
-                        self._waiters.remove(waiter)
+                        self._waiters.remove(waiter)   # out of the queue: no late delivery
                         if now >= deadline:
                             self._raise_timeout_locked(now - start, connect_error)
-                        waiter.result = _CLOSED  # refuses late delivery (it is out of the queue)
-                        continue                  # backoff elapsed: try connecting again
+                        continue                       # backoff pause over: connect again
                     if queued:
                         self._stats.requests_wait_ms += int((now - start) * 1000)
+                    if isinstance(result, ConnectionRecord):
+                        rec = result
+                        check = self._needs_check_locked(rec, now)
                 if result is _CLOSED:
                     raise PoolClosed(f"pool {self.name!r} closed while waiting")
                 if result is _SLOT:
                     connect = True
-                else:
-                    assert isinstance(result, ConnectionRecord)
-                    rec = result
-                    with self._lock:
-                        check = self._needs_check_locked(rec, now)
             if connect:
                 try:
                     rec = self._connect_new()
                 except Exception as exc:
                     connect_error = exc
+                    backing_off = True
                     with self._lock:
                         self._opening -= 1
                         self._size -= 1
                         self._slot_freed_locked()
-                    now = clock()
-                    if now >= deadline:
-                        with self._lock:
+                        now = clock()
+                        if now >= deadline:
                             self._raise_timeout_locked(now - start, connect_error)
-                    backoff = min(backoff * 2, _CONNECT_BACKOFF[1])
                     continue
                 with self._lock:
                     self._opening -= 1
                     if self._closed:
-                        self._drop_locked(rec, busy=False)
+                        self._drop_locked(rec)
                         to_close = rec
                     else:
                         rec.state = ConnState.BUSY
                         self._nbusy += 1
                 if to_close is not None:
-                    self._close_record(to_close, "pool closed")
+                    self._close_record(to_close, "the pool is closed")
                     raise PoolClosed(f"pool {self.name!r} is closed")
                 check = False
             assert rec is not None
@@ -264,10 +261,15 @@ class ConnectionPool:
                     with self._lock:
                         self._stats.checks_failed += 1
                         self._stats.connections_lost += 1
+                        self._stats.connections_discarded += 1
                         self._nbusy -= 1
-                        self._drop_locked(rec, busy=False)
-                        # Our slot stays ours: the loop takes an idle one or opens anew.
-                    self._close_record(rec, f"its check failed: {redact(exc)}", level=logging.INFO)
+                        rec.state = ConnState.CLOSED
+                        if self._idle or not self._waiters:
+                            self._size -= 1          # the loop takes an idle one or reserves
+                        else:
+                            self._opening += 1       # others wait: keep the slot, reconnect
+                            reserved = True
+                    self._close_record(rec, f"its check failed: {redact(exc)}")
                     now = clock()
                     continue
                 rec.returned_at = now = clock()
@@ -277,6 +279,20 @@ class ConnectionPool:
             if self._busy_recs is not None:
                 self._track_busy(rec)
             return PooledConnection(rec, self)
+
+    def _enqueue_locked(self, now: float, deadline: float, start: float,
+                        connect_error: BaseException | None) -> _Waiter:
+        mw = self.config.max_waiting
+        if mw and len(self._waiters) >= mw:
+            self._stats.requests_errors += 1
+            raise TooManyRequests(
+                f"pool {self.name!r}: {len(self._waiters)} callers already waiting "
+                f"(max_waiting={mw}); shed load or raise max_waiting/max_size")
+        if deadline - now <= 0:
+            self._raise_timeout_locked(now - start, connect_error)
+        waiter = _Waiter()
+        self._waiters.append(waiter)
+        return waiter
 
     def _needs_check_locked(self, rec: ConnectionRecord, now: float) -> bool:
         if self._check is None:
@@ -304,14 +320,6 @@ class ConnectionPool:
         with self._lock:
             if self._busy_recs is not None:
                 self._busy_recs.add(rec)
-
-    @contextmanager
-    def _connection_cm(self, timeout: float | None) -> Iterator[PooledConnection]:
-        conn = self.getconn(timeout)
-        try:
-            yield conn
-        finally:
-            self.putconn(conn)
 
     def connection(self, timeout: float | None = None) -> PooledConnection:
         """Check a connection out for a ``with`` block; it goes back when the block ends.

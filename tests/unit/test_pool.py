@@ -122,7 +122,7 @@ def test_error_marks_dead_and_older_connections_suspect(make_pool: Any, db: Fake
     assert all(c.raw.alive for c in got)
     stats = pool.get_stats()
     assert stats["checks_failed"] == 3 and stats["checks_run"] == 3
-    assert stats["connections_discarded"] == 1
+    assert stats["connections_discarded"] == 4 and stats["connections_lost"] == 4
     for c in got:
         pool.putconn(c)
     # Fresh connections (opened after the error) are not suspect.

@@ -115,6 +115,35 @@ def test_discarded_connection_frees_slot_for_waiter() -> None:
     pool.close()
 
 
+def test_connect_failures_back_off_within_the_timeout() -> None:
+    db = FakeDB()
+    db.shutdown()
+    pool = ConnectionPool(connect=db.connect, min_size=0, max_size=4, background=False)
+    start = time.monotonic()
+    with pytest.raises(PoolTimeout) as info:
+        pool.getconn(timeout=0.4)
+    assert 0.35 <= time.monotonic() - start < 3
+    assert 2 <= db.round_trips <= 6          # backoff, not a hot loop of login attempts
+    assert info.value.last_error is not None and "20009" in str(info.value)
+    pool.close()
+
+
+def test_returned_connection_reaches_caller_in_connect_backoff() -> None:
+    db = FakeDB()
+    pool = ConnectionPool(connect=db.connect, min_size=0, max_size=2, background=False)
+    held = pool.getconn()
+    db.fail_next("connect", 100)
+    got: list[Any] = []
+    t = threading.Thread(target=lambda: got.append(pool.getconn(timeout=10)))
+    t.start()
+    wait_for(lambda: pool.get_stats()["connections_errors"] >= 1)
+    pool.putconn(held)
+    t.join(10)
+    assert len(got) == 1 and got[0].raw is held.raw
+    pool.putconn(got[0])
+    pool.close()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_child_after_fork_never_uses_parent_sockets() -> None:
     db = FakeDB()
