@@ -22,12 +22,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._driver import short_text
 from .errors import CircuitOpenError, ConfigError
 
-__all__ = ["CircuitBreaker", "CircuitState"]
+if TYPE_CHECKING:
+    from .retry import RetryPolicy
+
+__all__ = ["CircuitBreaker", "CircuitState", "guarded_connect"]
 
 logger = logging.getLogger("mssql_pool.breaker")
 
@@ -216,6 +220,9 @@ class CircuitBreaker:
         Waiters wake as soon as a probe's verdict arrives; only one of them becomes the
         next probe. ``timeout=None`` waits as long as it takes; 0 never waits.
         """
+        # Bounded by the injected clock and by real time alike, so a fake clock that
+        # nobody advances cannot turn a bounded wait into an endless one.
+        real_deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             deadline = None if timeout is None else self.clock() + timeout
             while True:
@@ -224,6 +231,9 @@ class CircuitBreaker:
                 if delay <= 0.0:
                     return
                 remaining = None if deadline is None else deadline - now
+                if real_deadline is not None:
+                    real_left = real_deadline - time.monotonic()
+                    remaining = real_left if remaining is None else min(remaining, real_left)
                 if remaining is not None and remaining <= 0:
                     raise self._error_locked(now)
                 self._cond.wait(delay if remaining is None else min(delay, remaining))
@@ -306,3 +316,48 @@ class CircuitBreaker:
 
     def _label(self) -> str:
         return f" {self.name!r}" if self.name else ""
+
+
+def guarded_connect(
+    connect: Callable[[], T],
+    *,
+    policy: RetryPolicy | None = None,
+    breaker: CircuitBreaker | None = None,
+    timeout: float | None = None,
+    wait: bool = False,
+) -> T:
+    """Open a connection through a connect policy and a circuit breaker.
+
+    Every login attempt first asks ``breaker`` (failing fast with CircuitOpenError, or
+    with ``wait=True`` waiting up to what is left of ``timeout`` for the next probe) and
+    reports its outcome to it. Failures that ``policy`` retries (transient logins,
+    network errors) are retried with its backoff, within ``timeout`` seconds when one is
+    given; others (18456) propagate at once, exhaustion raises RetryExhausted.
+    """
+    state = policy.begin() if policy is not None else None
+    if state is not None and timeout is not None:
+        deadline = timeout if state.deadline is None else min(state.deadline, timeout)
+        state = replace(state, deadline=max(deadline, 0.0))
+    clock = state.clock if state is not None else (breaker.clock if breaker else time.monotonic)
+    end = None if timeout is None else clock() + timeout
+    while True:
+        if breaker is not None:
+            left = None if end is None else end - clock()
+            if wait and (left is None or left > 0):
+                breaker.wait_for_permission(left)
+            else:
+                breaker.before_attempt()
+        try:
+            conn = connect()
+        except Exception as exc:
+            if breaker is not None:
+                breaker.record_failure(exc)
+            if state is None:
+                raise
+            state = state.increment(exc)  # raises exc itself or RetryExhausted
+            state.wait()
+            state = state.begin()
+            continue
+        if breaker is not None:
+            breaker.record_success()
+        return conn

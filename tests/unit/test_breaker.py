@@ -6,10 +6,12 @@ import logging
 import threading
 import time
 
+import pymssql
 import pytest
 
-from mssql_pool.breaker import CircuitBreaker, CircuitState
-from mssql_pool.errors import CircuitOpenError, ConfigError
+from mssql_pool.breaker import CircuitBreaker, CircuitState, guarded_connect
+from mssql_pool.errors import CircuitOpenError, ConfigError, RetryExhausted
+from mssql_pool.retry import RetryPolicy, connect_policy
 
 
 class FakeClock:
@@ -238,3 +240,98 @@ def test_waiters_proceed_after_probe_success() -> None:
         t.join(3.0)
     assert len(results) == 20 and results.count("probe") == 1
     assert b.state is CircuitState.CLOSED
+
+
+# --------------------------------------------------------------------------- guarded_connect
+def _policy(clock: FakeClock, **kw: object) -> RetryPolicy:
+    def sleep(d: float) -> None:
+        clock.now += d
+
+    return connect_policy(clock=clock, sleep=sleep, random=lambda: 0.5, **kw)  # type: ignore[arg-type]
+
+
+def _login(number: int, text: str) -> pymssql.OperationalError:
+    return pymssql.OperationalError((number, text.encode()))
+
+
+def test_guarded_connect_retries_transient_logins() -> None:
+    clock = FakeClock()
+    b = CircuitBreaker(failure_threshold=5, reset_timeout=5.0, clock=clock)
+    outcomes: list[object] = [_login(40613, "Database 'x' is not currently available."),
+                              ConnectionRefusedError(111, "refused"), "conn"]
+
+    def connect() -> object:
+        o = outcomes.pop(0)
+        if isinstance(o, Exception):
+            raise o
+        return o
+
+    assert guarded_connect(connect, policy=_policy(clock), breaker=b) == "conn"
+    s = b.stats()
+    assert (s["failures"], s["successes"], s["state"]) == (2, 1, "closed")
+    assert clock.now > 100.0  # backed off between logins
+
+
+def test_guarded_connect_auth_fails_at_once() -> None:
+    clock = FakeClock()
+    calls = []
+
+    def connect() -> object:
+        calls.append(1)
+        raise _login(18456, "Login failed for user 'app'.")
+
+    with pytest.raises(pymssql.OperationalError, match="Login failed"):
+        guarded_connect(connect, policy=_policy(clock))
+    assert calls == [1]
+
+
+def test_guarded_connect_open_circuit_fails_fast_without_login() -> None:
+    clock = FakeClock()
+    b = CircuitBreaker(failure_threshold=3, reset_timeout=5.0, clock=clock)
+    calls = []
+
+    def connect() -> object:
+        calls.append(clock.now)
+        raise ConnectionRefusedError(111, "refused")
+
+    with pytest.raises(CircuitOpenError) as ei:
+        guarded_connect(connect, policy=_policy(clock, max_attempts=10, deadline=60.0), breaker=b)
+    assert len(calls) == 3  # the policy's 4th attempt met the open circuit
+    assert isinstance(ei.value.last_error, ConnectionRefusedError)
+    with pytest.raises(CircuitOpenError):
+        guarded_connect(connect, policy=_policy(clock), breaker=b)
+    assert len(calls) == 3
+
+
+def test_guarded_connect_timeout_bounds_the_policy() -> None:
+    clock = FakeClock()
+
+    def connect() -> object:
+        clock.now += 0.5
+        raise ConnectionRefusedError(111, "refused")
+
+    with pytest.raises(RetryExhausted):
+        guarded_connect(connect, policy=_policy(clock, max_attempts=100, deadline=60.0),
+                        timeout=2.0)
+    assert clock.now - 100.0 <= 2.0
+
+
+def test_guarded_connect_waits_for_the_probe_when_asked() -> None:
+    b = CircuitBreaker(failure_threshold=1, reset_timeout=0.05)
+    b.before_attempt()
+    b.record_failure(boom())
+    start = time.monotonic()
+    assert guarded_connect(lambda: "conn", breaker=b, timeout=2.0, wait=True) == "conn"
+    assert 0.03 <= time.monotonic() - start < 1.0
+    assert b.state is CircuitState.CLOSED
+
+
+def test_wait_for_permission_with_frozen_fake_clock_is_bounded_in_real_time() -> None:
+    clock = FakeClock()
+    b = CircuitBreaker(failure_threshold=1, reset_timeout=50.0, clock=clock)
+    b.before_attempt()
+    b.record_failure(boom())
+    start = time.monotonic()
+    with pytest.raises(CircuitOpenError):
+        b.wait_for_permission(0.05)
+    assert time.monotonic() - start < 1.0
