@@ -4,6 +4,18 @@ from __future__ import annotations
 
 import logging
 
+from .breaker import CircuitBreaker, CircuitState
+from .classify import (
+    Classifier,
+    ErrorInfo,
+    ErrorKind,
+    classify,
+    is_disconnect,
+    retry_if_exception_type,
+    retry_if_kind,
+    retry_if_number,
+    retry_if_retryable,
+)
 from .config import PoolConfig
 from .connection import PooledConnection, PooledCursor
 from .errors import (
@@ -20,12 +32,46 @@ from .errors import (
     TooManyRequests,
 )
 from .pool import ConnectionPool
+from .retry import (
+    CONNECT_POLICY,
+    AttemptRecord,
+    ExponentialBackoff,
+    FixedBackoff,
+    LinearBackoff,
+    PhasedBackoff,
+    RetryPolicy,
+    connect_policy,
+    set_testing,
+)
+from .transaction import run_transaction, transactional
 
 __version__ = "0.1.0"
 
 logging.getLogger("mssql_pool").addHandler(logging.NullHandler())
 
 __all__ = [
+    "CONNECT_POLICY",
+    "AttemptRecord",
+    "CircuitBreaker",
+    "CircuitState",
+    "Classifier",
+    "ErrorInfo",
+    "ErrorKind",
+    "ExponentialBackoff",
+    "FixedBackoff",
+    "LinearBackoff",
+    "PhasedBackoff",
+    "RetryPolicy",
+    "classify",
+    "connect_policy",
+    "is_disconnect",
+    "retry_if_exception_type",
+    "retry_if_kind",
+    "retry_if_number",
+    "retry_if_retryable",
+    "run_transaction",
+    "set_testing",
+    "transactional",
     "CircuitOpenError",
     "CommitUnknownError",
     "ConfigError",
