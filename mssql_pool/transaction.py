@@ -21,10 +21,11 @@ is raised, unless the unit is declared ``idempotent=True`` (then it is re-run) o
 it landed (the first run's result is returned), False means it did not (re-run).
 
 With pymssql (``autocommit=False``, the default) the connection always has an implicit
-``BEGIN TRAN`` open and ``commit()`` sends ``COMMIT TRAN`` then ``BEGIN TRAN`` as two
-batches, reporting a failure of either the same way. The commit here sends them as two
-separate statements so that a connection lost on the *second* one is known to have
-committed.
+``BEGIN TRAN`` open and ``commit()`` sends ``COMMIT TRAN`` then ``BEGIN TRAN``, reporting a
+failure of either the same way. Here ``COMMIT TRAN`` is sent on its own through a cursor
+(only its failure is ambiguous); pymssql's transaction is then re-opened with
+``rollback()`` (``ROLLBACK TRAN``, a harmless 3903 that pymssql ignores, then ``BEGIN
+TRAN``), so a connection lost at that point is known to have committed.
 
 :func:`run` offers statement-level retry outside a transaction, only for work the caller
 declares idempotent.
@@ -153,10 +154,12 @@ def _commit(conn: Any, classifier: Classifier) -> None:
     except Exception as exc:
         raise _CommitOutcome(exc, classifier.classify(exc).connection_dead) from exc
     if mode is False:
-        # Restore pymssql's invariant (a transaction is always open). The unit is
-        # committed whatever happens here; a failure only costs the connection.
+        # The unit is committed. pymssql's invariant wants a transaction open again:
+        # rollback() sends ROLLBACK TRAN (no transaction: error 3903, which pymssql
+        # ignores) and then BEGIN TRAN, and tells the pool's proxy the connection holds
+        # no work, so its return costs nothing. A failure here only costs the connection.
         try:
-            _execute(conn, "BEGIN TRAN")
+            conn.rollback()
         except Exception as exc:
             logger.warning(
                 "transaction committed, but re-opening pymssql's transaction failed (%s); "

@@ -85,7 +85,7 @@ class FakeConn:
         if sql == "COMMIT TRAN":
             self._commit()
         elif sql == "BEGIN TRAN":
-            self._die_on("begin_after_commit")
+            pass
         elif sql.startswith("SET TRANSACTION ISOLATION LEVEL"):
             self.isolation = sql.rsplit("LEVEL ", 1)[1]
         elif sql == "IF @@TRANCOUNT > 0 ROLLBACK TRAN":
@@ -197,10 +197,11 @@ def test_commits_once_and_returns(pool: FakePool) -> None:
     assert pool.invalidated == []
 
 
-def test_pymssql_commit_is_split_in_two_statements() -> None:
+def test_pymssql_commit_is_split_from_the_next_begin() -> None:
     pool = FakePool(FakeServer(), pymssql_like=True)
     run_transaction(pool, work, "u1", policy=fast_policy())
-    assert pool.server.statements == ["WORK", "COMMIT TRAN", "BEGIN TRAN"]
+    assert pool.server.statements == ["WORK", "COMMIT TRAN"]
+    assert pool.handed_out[0].raw.rollbacks == 1  # pymssql's BEGIN TRAN re-opened
 
 
 def test_pymssql_autocommit_mode_opens_its_own_transaction() -> None:
@@ -378,7 +379,7 @@ def test_verify_retried_on_retryable_error_then_unknown(pool: FakePool) -> None:
 
 def test_commit_known_when_begin_after_commit_fails() -> None:
     pool = FakePool(FakeServer(), pymssql_like=True)
-    pool.server.fault("begin_after_commit", dead())
+    pool.server.fault("rollback", dead())
     assert run_transaction(pool, work, "u1", policy=fast_policy()) == "done u1"
     assert pool.server.ledger == ["u1"]
     assert pool.handed_out[0].invalidated  # pymssql's invariant is broken: discard
