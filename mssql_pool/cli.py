@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import quote
 
 __all__ = ["main", "EXIT_CODES", "run_check"]
 
@@ -83,65 +83,87 @@ class Target:
     user: str
     password: str = field(repr=False)
     database: str
-    params: dict[str, str] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def redacted(self) -> str:
         auth = quote(self.user, safe="") + (":***" if self.password else "")
-        query = "&".join(f"{k}={v}" for k, v in self.params.items())
+        extra = {
+            k: v
+            for k, v in self.kwargs.items()
+            if k not in ("server", "port", "user", "password", "database")
+        }
+        query = "&".join(f"{k}={v}" for k, v in extra.items())
         return f"mssql://{auth}@{self.host}:{self.port}/{quote(self.database, safe='')}" + (
             f"?{query}" if query else ""
         )
 
     def connect_kwargs(self, timeout: float) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "server": self.host,
-            "port": self.port,
-            "user": self.user,
-            "password": self.password,
-            "database": self.database,
-            "tds_version": "7.4",
-            "login_timeout": max(1, round(timeout)),
-            "timeout": max(1, round(timeout)),
-            "appname": "mssql-pool check",
-        }
-        for key, value in self.params.items():
-            kwargs[key] = int(value) if key in _INT_PARAMS else value
+        kwargs = dict(self.kwargs)
+        kwargs.setdefault("login_timeout", max(1, round(timeout)))
+        kwargs.setdefault("timeout", max(1, round(timeout)))
+        kwargs.setdefault("appname", "mssql-pool check")
+        kwargs["password"] = self.password
         return kwargs
 
 
-_INT_PARAMS = frozenset({"login_timeout", "timeout", "port"})
-_STR_PARAMS = frozenset({"tds_version", "appname", "charset", "encryption", "read_only"})
+_PYMSSQL_KWARGS = frozenset(
+    {
+        "server",
+        "port",
+        "user",
+        "password",
+        "database",
+        "timeout",
+        "login_timeout",
+        "charset",
+        "as_dict",
+        "appname",
+        "conn_properties",
+        "autocommit",
+        "tds_version",
+        "use_datetime2",
+        "arraysize",
+        "encryption",
+        "read_only",
+    }
+)
 
 
 def parse_target(url: str) -> Target:
     """Parse ``mssql://user:password@host:port/database?tds_version=7.4&appname=x``.
 
-    The password may also come from ``$MSSQL_POOL_PASSWORD`` (keeps it out of ``ps``).
+    Parsing is :func:`mssql_pool._dsn.parse_conninfo`'s (the pool's own); the password
+    may also come from ``$MSSQL_POOL_PASSWORD`` (keeps it out of ``ps``).
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("mssql", "mssql+pymssql", "sqlserver"):
+    from ._dsn import parse_conninfo
+    from .errors import ConfigError
+
+    if "://" not in url:
         raise UsageError("URL: expected mssql://user:password@host:port/database")
     try:
-        port = parts.port or 1433
-    except ValueError as exc:
-        raise UsageError(f"URL: bad port ({exc})") from None
-    if not parts.hostname:
-        raise UsageError("URL: no host name (mssql://user:password@HOST:port/database)")
-    params: dict[str, str] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key not in _INT_PARAMS and key not in _STR_PARAMS:
-            raise UsageError(f"URL: unknown parameter {key!r}")
-        if key in _INT_PARAMS and not value.isdigit():
-            raise UsageError(f"URL: parameter {key!r} must be a whole number")
-        params[key] = value
-    password = unquote(parts.password or "") or os.environ.get("MSSQL_POOL_PASSWORD", "")
+        kwargs = parse_conninfo(url)
+    except ConfigError as exc:
+        raise UsageError(f"URL: {exc}") from None
+    unknown = sorted(set(kwargs) - _PYMSSQL_KWARGS)
+    if unknown:
+        raise UsageError(f"URL: unknown parameter(s) {', '.join(unknown)}")
+    server = str(kwargs["server"])
+    port = kwargs.get("port")
+    if port is None and server.count(":") == 1:  # pymssql also takes "host:port"
+        server, _, port_text = server.partition(":")
+        port = int(port_text) if port_text.isdigit() else None
+    port = int(port) if port is not None else 1433
+    if not 0 < port < 65536:
+        raise UsageError(f"URL: port must be 1-65535, got {port}")
+    kwargs["server"], kwargs["port"] = server, port
+    password = str(kwargs.pop("password", "") or os.environ.get("MSSQL_POOL_PASSWORD", ""))
     return Target(
-        host=parts.hostname,
+        host=server,
         port=port,
-        user=unquote(parts.username or ""),
+        user=str(kwargs.get("user", "")),
         password=password,
-        database=unquote(parts.path.lstrip("/")),
-        params=params,
+        database=str(kwargs.get("database", "")),
+        kwargs=kwargs,
     )
 
 
@@ -580,10 +602,8 @@ def _server_facts(conn: Any) -> str:
 
 
 def _pool_step(target: Target, kwargs: dict[str, Any], timeout: float, check_sql: str) -> Step:
-    try:
-        from mssql_pool import ConnectionPool  # type: ignore[attr-defined]
-    except ImportError:
-        return Step("pool", True, None, "ConnectionPool not available in this build", skipped=True)
+    from mssql_pool import ConnectionPool
+
     start = time.perf_counter()
     try:
         conninfo = {k: v for k, v in kwargs.items() if k != "appname"}
@@ -614,13 +634,16 @@ def _pool_step(target: Target, kwargs: dict[str, Any], timeout: float, check_sql
 
 
 def _scrubber(secret: str) -> Callable[[str], str]:
-    """Replace the password (raw and URL-quoted) wherever it might appear."""
+    """Redact URLs and key=value secrets, and the password itself (raw and URL-quoted)
+    wherever it might appear (too short a password is not searched for)."""
+    from ._dsn import redact
+
     variants = [v for v in {secret, quote(secret, safe="")} if len(v) >= 4]
 
     def scrub(text: str) -> str:
         for v in variants:
             text = text.replace(v, "***")
-        return text
+        return redact(text)
 
     return scrub
 
