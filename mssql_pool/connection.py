@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import PoolError
 from .reset import SESSION, WORK, scan_sql
+from .reset import _cache as _scan_cache
 
 if TYPE_CHECKING:
     from .pool import ConnectionPool
@@ -112,7 +113,8 @@ class PooledConnection:
         if rec is None:
             raise _closed_error()
         try:
-            return PooledCursor(self.raw.cursor(*args, **kwargs), rec, self)
+            cur = self.raw.cursor(*args, **kwargs) if args or kwargs else self.raw.cursor()
+            return PooledCursor(cur, rec, self)
         except Exception as exc:
             self._pool._on_error(rec, exc)
             raise
@@ -232,7 +234,8 @@ class PooledCursor:
 
     def execute(self, operation: Any, params: Any = None) -> Any:
         rec = self._rec
-        rec.flags |= scan_sql(operation)
+        flags = _scan_cache.get(operation)  # the common case without a function call
+        rec.flags |= scan_sql(operation) if flags is None else flags
         try:
             if params is None:
                 return self._cur.execute(operation)

@@ -51,6 +51,7 @@ logger = logging.getLogger("mssql_pool.pool")
 T = TypeVar("T")
 
 _INF = float("inf")
+_IDLE = ConnState.IDLE
 _SLOT = object()     # delivered to a waiter: "a slot is reserved for you, open a connection"
 _CLOSED = object()   # delivered to a waiter: "the pool closed"
 _CONNECT_BACKOFF = (0.05, 2.0)   # first and largest pause between a caller's connect attempts
@@ -217,7 +218,7 @@ class ConnectionPool:
                             self._raise_timeout_locked(now - start, connect_error)
                         continue                       # backoff pause over: connect again
                     if queued:
-                        self._stats.requests_wait_ms += int((now - start) * 1000)
+                        self._stats.requests_wait_ms += (now - start) * 1000.0
                     if isinstance(result, ConnectionRecord):
                         rec = result
                         check = self._needs_check_locked(rec, now)
@@ -357,39 +358,41 @@ class ConnectionPool:
                     reason = f"its reset failed: {redact(exc)}"
         rec.flags = 0
         now = self._clock()
-        close = None
         with self._lock:
             st = self._stats
-            self._nbusy -= 1
-            st.usage_ms += int((now - rec.checkout_at) * 1000)
-            if done == ROLLBACK:
-                st.resets_rollback += 1
-            elif done == FULL:
-                st.resets_full += 1
-            else:
+            st.usage_ms += (now - rec.checkout_at) * 1000.0
+            if done == NONE:
                 st.resets_none += 1
+            elif done == ROLLBACK:
+                st.resets_rollback += 1
+            else:
+                st.resets_full += 1
             if self._busy_recs is not None:
                 self._busy_recs.discard(rec)
             if reason is None:
+                if now < rec.expires_at and rec.generation == self._generation \
+                        and not self._closed:
+                    rec.returned_at = now
+                    if self._waiters:      # straight to the oldest waiter, still busy
+                        rec.checkout_at = now
+                        self._waiters.popleft().deliver(rec)
+                    else:
+                        self._nbusy -= 1
+                        rec.state = _IDLE
+                        self._idle.append(rec)
+                    return
                 if self._closed:
                     reason = "the pool is closed"
-                elif rec.generation != self._generation:
-                    reason = "the pool was drained"
-                    st.connections_expired += 1
-                elif now >= rec.expires_at:
-                    reason = "past its lifetime"
-                    st.connections_expired += 1
                 else:
-                    rec.returned_at = now
-                    self._give_locked(rec, now)
-                    return
+                    st.connections_expired += 1
+                    reason = ("the pool was drained" if rec.generation != self._generation
+                              else "past its lifetime")
             else:
                 st.connections_discarded += 1
-            self._drop_locked(rec, busy=False)
-            close = rec
+            self._drop_locked(rec, busy=True)
         level = logging.WARNING if rec.dead is not None or "reset" in reason or "state" in reason \
             else logging.INFO
-        self._close_record(close, reason, level=level)
+        self._close_record(rec, reason, level=level)
 
     def _do_reset(self, rec: ConnectionRecord, decision: int) -> None:
         raw = rec.raw
@@ -496,7 +499,7 @@ class ConnectionPool:
                                    None if autocommit is None else bool(autocommit), os.getpid())
             st = self._stats
             st.connections_num += 1
-            st.connections_ms += int((now - start) * 1000)
+            st.connections_ms += (now - start) * 1000.0
         rec.conn_properties = conn_properties
         logger.debug("pool %r: opened connection #%d in %.1f ms", self.name, rec.seq,
                      (now - start) * 1000)

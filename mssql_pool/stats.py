@@ -75,12 +75,12 @@ class PoolStats:
     def __init__(self) -> None:
         self.requests_num = 0
         self.requests_queued = 0
-        self.requests_wait_ms = 0
+        self.requests_wait_ms = 0.0
         self.requests_timeouts = 0
         self.requests_errors = 0
-        self.usage_ms = 0
+        self.usage_ms = 0.0      # float internally; whole ms in snapshots
         self.connections_num = 0
-        self.connections_ms = 0
+        self.connections_ms = 0.0
         self.connections_errors = 0
         self.connections_lost = 0
         self.connections_discarded = 0

@@ -235,6 +235,11 @@ class FakeConnection:
             if failure is not None:
                 raise failure
 
+    def ping(self) -> None:
+        """One round trip. pymssql has no ping(); this exists so that DBUtils' ping
+        option (which calls ``ping()`` when present) can be measured in bench/."""
+        self._round_trip("execute", "<ping>")
+
     # ---- the pool's full-reset hook for non-pymssql drivers
     def reset_session(self) -> None:
         """Clear the session state (what sp_reset_connection does). One round trip."""
