@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from typing import TYPE_CHECKING
 
 from ._dsn import redact
@@ -46,7 +47,10 @@ class Maintenance:
     """The maintenance worker of one pool (thread optional: ``run_once`` is the work)."""
 
     def __init__(self, pool: ConnectionPool) -> None:
-        self._pool = pool
+        # A weak reference: a pool dropped without close() can still be collected; the
+        # thread then ends by itself.
+        self._pool_ref = weakref.ref(pool)
+        self._name = pool.name
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -55,12 +59,19 @@ class Maintenance:
         self._failing_since: float | None = None
         self._reported = False
 
+    @property
+    def _pool(self) -> ConnectionPool:
+        pool = self._pool_ref()
+        if pool is None:
+            raise ReferenceError("the pool is gone")
+        return pool
+
     # -------------------------------------------------------------- thread control
     def start(self) -> None:
         if self._thread is not None:
             return
         self._thread = threading.Thread(
-            target=self._run, name=f"mssql_pool-{self._pool.name}-maintenance", daemon=True)
+            target=self._run, name=f"mssql_pool-{self._name}-maintenance", daemon=True)
         self._thread.start()
 
     def wake(self) -> None:
@@ -74,22 +85,26 @@ class Maintenance:
             thread.join(timeout)
             if thread.is_alive():
                 logger.warning("pool %r: maintenance thread did not stop within %s s",
-                               self._pool.name, timeout)
+                               self._name, timeout)
 
     @property
     def thread(self) -> threading.Thread | None:
         return self._thread
 
     def _run(self) -> None:
-        interval = self._pool.config.maintenance_interval
         while not self._stopping:
+            pool = self._pool_ref()
+            if pool is None:
+                return
+            cfg = pool.config
             try:
                 self.run_once()
             except Exception:
-                logger.exception("pool %r: maintenance pass failed", self._pool.name)
-            delay = interval
+                logger.exception("pool %r: maintenance pass failed", self._name)
+            delay = cfg.maintenance_interval
             if self._failing_since is not None:
-                delay = min(interval, max(self._next_refill - self._pool.config.clock(), 0.01))
+                delay = min(delay, max(self._next_refill - cfg.clock(), 0.01))
+            del pool
             self._wake.wait(delay)
             self._wake.clear()
 

@@ -52,6 +52,7 @@ T = TypeVar("T")
 
 _INF = float("inf")
 _IDLE = ConnState.IDLE
+_BUSY = ConnState.BUSY
 _SLOT = object()     # delivered to a waiter: "a slot is reserved for you, open a connection"
 _CLOSED = object()   # delivered to a waiter: "the pool closed"
 _CONNECT_BACKOFF = (0.05, 2.0)   # first and largest pause between a caller's connect attempts
@@ -126,27 +127,28 @@ class ConnectionPool:
         :class:`TooManyRequests`. Give it back with :meth:`putconn` or ``conn.close()``.
         """
         now = self._clock()
-        lock = self._lock
+        rec = None
         # Fast path: an idle connection, fresh enough to skip its check.
-        lock.acquire()
-        if self._idle and not self._closed:
-            rec = self._idle.pop()
-            if (now - rec.returned_at < self._validate_after
-                    and rec.seq >= self._suspect_before and now < rec.expires_at
-                    and rec.generation == self._generation):
-                rec.state = ConnState.BUSY
-                rec.checkout_at = now
-                self._nbusy += 1
-                st = self._stats
-                st.requests_num += 1
-                if self._check is not None:
-                    st.checks_skipped += 1
-                lock.release()
-                if self._busy_recs is not None:
-                    self._track_busy(rec)
-                return PooledConnection(rec, self)
-            self._idle.append(rec)
-        lock.release()
+        with self._lock:
+            if self._idle:
+                rec = self._idle[-1]
+                if (now - rec.returned_at < self._validate_after
+                        and rec.seq >= self._suspect_before and now < rec.expires_at
+                        and rec.generation == self._generation):
+                    self._idle.pop()
+                    rec.state = _BUSY
+                    rec.checkout_at = now
+                    self._nbusy += 1
+                    st = self._stats
+                    st.requests_num += 1
+                    if self._check is not None:
+                        st.checks_skipped += 1
+                else:
+                    rec = None
+        if rec is not None:
+            if self._busy_recs is not None:
+                self._track_busy(rec)
+            return PooledConnection(rec, self)
         return self._getconn_slow(now, self.config.timeout if timeout is None else timeout)
 
     def _getconn_slow(self, start: float, timeout: float) -> PooledConnection:
@@ -522,10 +524,12 @@ class ConnectionPool:
 
     def _mark_suspects(self, seq: int) -> None:
         with self._lock:
-            if seq > self._suspect_before:
+            newer = seq > self._suspect_before
+            if newer:
                 self._suspect_before = seq
-                logger.info("pool %r: a connection died; checking all %d older ones on checkout",
-                            self.name, self._size)
+        if newer:
+            logger.info("pool %r: connection #%d died; every older one is checked on checkout",
+                        self.name, seq)
 
     def _orphaned(self, rec: ConnectionRecord) -> None:
         """A proxy was garbage-collected unreturned (from ``__del__``: no locks, no logging)."""

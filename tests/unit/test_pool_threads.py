@@ -173,3 +173,20 @@ def test_child_after_fork_never_uses_parent_sockets() -> None:
     assert not busy.raw.closed and not idle.raw.closed
     pool.putconn(busy)
     pool.close()
+
+
+def test_unclosed_pool_is_collected_and_its_thread_ends() -> None:
+    import gc
+    import weakref
+
+    db = FakeDB()
+    pool = ConnectionPool(connect=db.connect, min_size=1, maintenance_interval=0.01)
+    pool.wait(5)
+    thread = pool._maintenance.thread
+    ref = weakref.ref(pool)
+    del pool
+    gc.collect()
+    assert ref() is None
+    assert thread is not None
+    thread.join(5)
+    assert not thread.is_alive()
