@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -87,17 +87,21 @@ class RealServer:
 
 
 def parse_test_url(url: str) -> RealServer:
-    parts = urlsplit(url)
-    if parts.scheme not in ("mssql", "mssql+pymssql", "sqlserver") or not parts.hostname:
+    from mssql_pool._dsn import parse_conninfo
+    from mssql_pool.errors import ConfigError
+
+    try:
+        kw = parse_conninfo(url)
+    except ConfigError as exc:
         raise pytest.UsageError(
-            "MSSQL_POOL_TEST_URL must look like mssql://user:password@host:1433/database"
-        )
+            f"MSSQL_POOL_TEST_URL must look like mssql://user:password@host:1433/database ({exc})"
+        ) from None
     return RealServer(
-        host=parts.hostname,
-        port=parts.port or 1433,
-        user=unquote(parts.username or "sa"),
-        password=unquote(parts.password or ""),
-        database=unquote(parts.path.lstrip("/")) or "master",
+        host=str(kw["server"]),
+        port=int(kw.get("port", 1433)),
+        user=str(kw.get("user", "sa")),
+        password=str(kw.get("password", "")),
+        database=str(kw.get("database", "master")),
         backend="url",
     )
 
