@@ -1,0 +1,349 @@
+"""TdsServer: a SQL Server stand-in on a real TCP port, with faults on demand."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+from ..errors import ConfigError
+from ._engine import Engine
+from ._faults import Fault, FaultBook, compile_match, default_severity
+from ._session import Session
+
+__all__ = ["TdsServer", "serve_main"]
+
+log = logging.getLogger("mssql_pool.testing.server")
+
+STAT_KEYS = (
+    "logins", "logins_failed", "batches", "rpcs", "transactions", "attentions", "requests",
+    "kills", "sessions_open", "sessions_total", "connections",
+)
+
+
+class TdsServer:
+    """A TDS server that pymssql, FreeTDS and python-tds log into; SQL runs on SQLite.
+
+    Use it as a context manager (``with TdsServer() as server: ...``) or call
+    :meth:`start` and :meth:`close`. ``port=0`` picks a free port, kept across
+    :meth:`stop`/:meth:`start` so clients reconnect to the same address.
+    """
+
+    def __init__(
+        self,
+        users: Mapping[str, str] | None = None,
+        database: str = "master",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        databases: Iterable[str] = (),
+        max_sessions: int | None = None,
+        latency: float = 0.0,
+        login_latency: float = 0.0,
+        server_name: str = "TDSTEST",
+        lock_wait: float = 10.0,
+    ) -> None:
+        users = {"sa": "Secret123!"} if users is None else dict(users)
+        if not users:
+            raise ConfigError("users", "at least one user is needed, e.g. {'sa': 'Secret123!'}")
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError("port", f"must be an int in 0..65535, got {port!r}")
+        if max_sessions is not None and max_sessions < 0:
+            raise ConfigError("max_sessions", f"must be >= 0 or None, got {max_sessions!r}")
+        self._users = users
+        self.database = database
+        self.host = host
+        self.port = port
+        self.server_name = server_name
+        self.max_sessions = max_sessions
+        self.latency = float(latency)
+        self.login_latency = float(login_latency)
+        self._data_dir = tempfile.mkdtemp(prefix="mssql_pool_tds_")
+        self._engine = Engine(self._data_dir, [database, *databases], server_name, lock_wait)
+        self._engine.sessions_provider = self._session_infos
+        self._engine.kill = self.kill
+        self._faults = FaultBook()
+        self._lock = threading.Lock()
+        self._sessions: dict[int, Session] = {}
+        self._stats = dict.fromkeys(STAT_KEYS, 0)
+        self._next_spid = 51
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._blackholed = threading.Event()
+        self._redirect: tuple[str, int] | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def user(self) -> str:
+        return next(iter(self._users))
+
+    @property
+    def password(self) -> str:
+        return self._users[self.user]
+
+    @property
+    def url(self) -> str:
+        """A usable URL with the real password (repr and logs redact it)."""
+        return (f"mssql://{quote(self.user, safe='')}:{quote(self.password, safe='')}@"
+                f"{self.host}:{self.port}/{quote(self.database, safe='')}")
+
+    def connect_kwargs(self, **overrides: Any) -> dict[str, Any]:
+        """Keyword arguments for ``pymssql.connect(**...)``."""
+        kw: dict[str, Any] = {
+            "server": self.host, "port": str(self.port), "user": self.user,
+            "password": self.password, "database": self.database, "tds_version": "7.4",
+        }
+        kw.update(overrides)
+        return kw
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return (f"<TdsServer mssql://{self.user}:...@{self.host}:{self.port}/{self.database} "
+                f"{state} sessions={len(self._sessions)}>")
+
+    @property
+    def running(self) -> bool:
+        return self._listener is not None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> TdsServer:
+        self.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def start(self) -> TdsServer:
+        """Listen (again) on the same port. Data survives a stop()/start()."""
+        if self._closed:
+            raise RuntimeError("this TdsServer was closed; create a new one")
+        if self._listener is not None:
+            return self
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            lsock.bind((self.host, self.port))
+        except OSError:
+            lsock.close()
+            raise
+        lsock.listen(128)
+        lsock.settimeout(0.05)
+        self.port = lsock.getsockname()[1]
+        self._listener = lsock
+        self._stopping.clear()
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, args=(lsock,), name=f"mssql_pool-tds-accept-{self.port}",
+            daemon=True,
+        )
+        self._accept_thread.start()
+        log.info("TDS test server listening on %s:%d", self.host, self.port)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the listener and every session (like a server restart), keep the data."""
+        lsock = self._listener
+        if lsock is None:
+            return
+        self._stopping.set()
+        t = self._accept_thread
+        if t is not None:
+            t.join(timeout)
+        lsock.close()
+        self._listener = None
+        self._accept_thread = None
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for s in sessions:
+            s.close()
+        deadline = time.monotonic() + timeout
+        for s in sessions:
+            s.thread.join(max(0.0, deadline - time.monotonic()))
+        log.info("TDS test server on port %d stopped", self.port)
+
+    def close(self) -> None:
+        """stop() and delete the data."""
+        self.stop()
+        if not self._closed:
+            self._closed = True
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+
+    def _accept_loop(self, lsock: socket.socket) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, addr = lsock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                log.warning("accept failed", exc_info=True)
+                time.sleep(0.05)
+                continue
+            conn.settimeout(None)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                spid = self._next_spid
+                self._next_spid += 1
+                if self._next_spid > 32000:
+                    self._next_spid = 51
+                session = Session(self, conn, spid, f"{addr[0]}:{addr[1]}")
+                self._sessions[spid] = session
+                self._stats["connections"] += 1
+            session.start()
+
+    def _session_ended(self, session: Session) -> None:
+        with self._lock:
+            if self._sessions.get(session.spid) is session:
+                del self._sessions[session.spid]
+            if session.logged_in:
+                self._stats["sessions_open"] -= 1
+                session.logged_in = False
+
+    def _login_ok(self, session: Session) -> None:
+        with self._lock:
+            self._stats["sessions_open"] += 1
+            self._stats["sessions_total"] += 1
+
+    def _open_sessions(self) -> int:
+        with self._lock:
+            return sum(1 for s in self._sessions.values() if s.logged_in)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._stats[key] = self._stats.get(key, 0) + n
+
+    # ------------------------------------------------------------------ inspection
+
+    def _session_infos(self) -> list[dict[str, Any]]:
+        with self._lock:
+            live = [s for s in self._sessions.values() if s.logged_in]
+        return [s.info() for s in live]
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """Logged-in sessions: spid, user, database, login_time, in_request, requests, ..."""
+        out = []
+        for info in self._session_infos():
+            info.pop("_state", None)
+            out.append(info)
+        return out
+
+    def stats(self) -> dict[str, int]:
+        """Counters since creation (see docs/testing.md for the keys)."""
+        with self._lock:
+            return dict(self._stats)
+
+    # ------------------------------------------------------------------ faults
+
+    def kill(self, spid: int) -> bool:
+        """Like KILL: a session mid-request gets 596 (severity 21); then its socket closes."""
+        with self._lock:
+            s = self._sessions.get(spid)
+        if s is None:
+            return False
+        self._count("kills")
+        log.info("killing session %d", spid)
+        s.kill()
+        return True
+
+    def kill_all(self) -> int:
+        with self._lock:
+            spids = [s.spid for s in self._sessions.values()]
+        return sum(1 for spid in spids if self.kill(spid))
+
+    def fail_next(self, number: int, match: str | None = None, times: int = 1,
+                  severity: int | None = None, message: str | None = None) -> None:
+        """The next ``times`` requests matching ``match`` (a regex) fail with this error.
+
+        1205 also rolls the session's transaction back, as a deadlock victim's is; a
+        severity of 20 or more closes the connection after the error, as SQL Server does.
+        """
+        _check_times(times)
+        self._faults.add(Fault("error", compile_match(match), times, number=number,
+                               severity=default_severity(number) if severity is None else severity,
+                               message=message))
+
+    def fail_logins(self, number: int, times: int = 1, message: str | None = None,
+                    severity: int | None = None, user: str | None = None) -> None:
+        """The next ``times`` logins fail with ``number`` and SQL Server's text for it."""
+        _check_times(times)
+        self._faults.add(Fault("login", None if user is None else compile_match(f"^{user}$"),
+                               times, number=number, severity=severity, message=message))
+
+    def drop_next(self, match: str | None = None, after_execute: bool = False,
+                  times: int = 1) -> None:
+        """Close the socket of the next matching request, before or after running it."""
+        _check_times(times)
+        self._faults.add(Fault("drop", compile_match(match), times, after_execute=after_execute))
+
+    def delay_next(self, seconds: float, match: str | None = None, times: int = 1) -> None:
+        """Delay the reply of the next matching request (an attention cuts it short)."""
+        _check_times(times)
+        self._faults.add(Fault("delay", compile_match(match), times, seconds=float(seconds)))
+
+    def blackhole(self) -> None:
+        """Stop answering anything, keeping sockets open (a network partition)."""
+        log.info("TDS test server on port %d: blackhole", self.port)
+        self._blackholed.set()
+
+    def heal(self) -> None:
+        """End a blackhole and forget pending faults."""
+        self._blackholed.clear()
+        self._faults.clear()
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def redirect_to(self, other: TdsServer | tuple[str, int] | None) -> None:
+        """Answer logins with a routing ENVCHANGE to ``other`` (Azure gateway style)."""
+        if other is None:
+            self._redirect = None
+        elif isinstance(other, TdsServer):
+            self._redirect = (other.host, other.port)
+        else:
+            self._redirect = (str(other[0]), int(other[1]))
+
+
+def _check_times(times: int) -> None:
+    if not isinstance(times, int) or times < 1:
+        raise ConfigError("times", f"must be an int >= 1, got {times!r}")
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """``mssql-pool serve``: run a TdsServer in the foreground until Ctrl-C."""
+    p = argparse.ArgumentParser(prog="mssql-pool serve",
+                                description="Run the TDS test server (a SQL Server stand-in).")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1433)
+    p.add_argument("--user", default="sa")
+    p.add_argument("--password", default="Secret123!")
+    p.add_argument("--database", default="master")
+    p.add_argument("--max-sessions", type=int, default=None)
+    p.add_argument("--latency", type=float, default=0.0)
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    server = TdsServer({args.user: args.password}, args.database, args.host, args.port,
+                       max_sessions=args.max_sessions, latency=args.latency)
+    with server:
+        print(f"listening on {server.host}:{server.port} database {server.database} "
+              f"user {server.user} (Ctrl-C stops)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
