@@ -160,6 +160,8 @@ def infer_columns(names: list[str], rows: list[tuple[Any, ...]]) -> list[P.Colum
             elif isinstance(v, bytes):
                 k = P.K_VARBINARY
                 size = max(size, len(v))
+            elif isinstance(v, str) and _DT_TEXT.match(v):
+                k = P.K_DATETIME
             else:
                 k = P.K_NVARCHAR
                 size = max(size, 2 * len(str(v)))
@@ -172,6 +174,12 @@ def infer_columns(names: list[str], rows: list[tuple[Any, ...]]) -> list[P.Colum
             size = -1 if size > 8000 else 8000
         elif kind == P.K_VARBINARY:
             size = -1 if size > 8000 else 8000
+        if kind in (P.K_DATETIME, P.K_DATETIME2):
+            for r_i, r in enumerate(rows):
+                v = r[i]
+                if isinstance(v, str):
+                    rows[r_i] = r[:i] + (_dt.datetime.fromisoformat(v[:26]),) + r[i + 1 :]
+                    r = rows[r_i]
         cols.append(P.Column(_column_name(name), kind, size=size, precision=38,
                              scale=min(scale, 38)))
     return cols
@@ -975,7 +983,7 @@ class Executor:
             return "DELETE FROM " + self._rewrite(toks[2:]), None, "dml"
         if w0 == "DROP" and len(toks) > 2 and toks[1].up == "TABLE":
             return self._drop_table(toks), None, "ddl"
-        text = self._rewrite(toks)
+        text = self._rewrite(_values_alias(toks))
         try:
             import sqlglot
 
@@ -1223,6 +1231,47 @@ _TEMP_PREFIX = "tmp__"
 
 def _temp_name(text: str) -> str:
     return _TEMP_PREFIX + text.lstrip("#")
+
+
+def _values_alias(toks: list[Tok]) -> list[Tok]:
+    """``(VALUES ...) AS a(c1, c2)`` -> ``(SELECT column1 AS c1, ... FROM (VALUES ...)) AS a``."""
+    out = list(toks)
+    i = 0
+    while i < len(out):
+        if out[i].text == "(" and i + 1 < len(out) and out[i + 1].up == "VALUES":
+            depth = 0
+            j = i
+            while j < len(out):
+                if out[j].text == "(":
+                    depth += 1
+                elif out[j].text == ")":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            # j: closing paren of (VALUES ...)
+            k = j + 1
+            if k < len(out) and out[k].up == "AS":
+                k += 1
+            if k + 1 < len(out) and out[k + 1].text == "(":
+                e = k + 2
+                cols: list[str] = []
+                while e < len(out) and out[e].text != ")":
+                    if out[e].text != ",":
+                        cols.append(out[e].text)
+                    e += 1
+                sel = ", ".join(f"column{n + 1} AS {c}" for n, c in enumerate(cols))
+                mk = [Tok("word", x, 0, 0) for x in ("(", "SELECT", sel, "FROM")]
+                new = mk + out[i : j + 1] + [Tok("op", ")", 0, 0), Tok("word", "AS", 0, 0),
+                                              out[k]]
+                out[i : e + 1] = new
+                i += len(new)
+                continue
+        i += 1
+    return out
+
+
+_DT_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,7})?$")
 
 
 def _selects_into(toks: list[Tok]) -> bool:
