@@ -196,10 +196,24 @@ def _from_connect_args(first: Any, text: str) -> RawError:
     return RawError(
         numbers=found,
         number=found[0] if found else None,
-        severity=None,  # the global severity is stale; the text's are DB-Library's
+        severity=_server_severity(text),
         text=text,
         connect=True,
     )
+
+
+_GENERAL_RE = re.compile(r"DB-Lib error message 20018, severity (\d{1,3})")
+
+
+def _server_severity(text: str) -> int | None:
+    """The severity of the server's message at login, from DB-Library's 20018 line.
+
+    pymssql's global severity is stale, but FreeTDS reports every server error as
+    "20018 General SQL Server error" carrying that message's own severity, and this line
+    survives even when pymssql drops the message itself (seen).
+    """
+    m = _GENERAL_RE.search(text)
+    return int(m.group(1)) if m else None
 
 
 def _is_dblib(number: int) -> bool:

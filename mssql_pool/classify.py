@@ -59,6 +59,7 @@ __all__ = [
     "DISCONNECT_MEANINGS",
     "QUERY_TIMEOUT_NUMBERS",
     "AUTH_NUMBERS",
+    "AUTH_SEVERITY",
     "AUTH_MEANINGS",
     "PROGRAMMING_NUMBERS",
     "PROGRAMMING_MEANINGS",
@@ -186,6 +187,10 @@ DISCONNECT_MEANINGS: Mapping[int, str] = MappingProxyType(
     }
 )
 DISCONNECT_NUMBERS: frozenset[int] = frozenset(DISCONNECT_MEANINGS)
+
+#: Severity 14 is SQL Server's class of security-related errors (login failed, permission
+#: denied). A login failure of this class is AUTH even when its number was lost.
+AUTH_SEVERITY = 14
 
 #: A query timeout: the socket is gone and the work may or may not have happened.
 QUERY_TIMEOUT_NUMBERS: frozenset[int] = frozenset({20003})
@@ -417,6 +422,15 @@ class Classifier:
                 best = ErrorKind.QUERY_TIMEOUT
         if raw.dead and best is ErrorKind.OTHER:
             best = ErrorKind.DISCONNECT
+        if (
+            raw.connect
+            and raw.severity == AUTH_SEVERITY
+            and best in (ErrorKind.DISCONNECT, ErrorKind.OTHER)
+        ):
+            # A login failure whose server message pymssql dropped (FACTS.md: after one
+            # severe login failure) still shows its class: 14 is "security-related errors"
+            # (18456 and friends), so it fails fast instead of being retried.
+            best, decided = ErrorKind.AUTH, None
         min_delay = max((self.min_delays.get(n, 0.0) for n in raw.numbers), default=0.0)
         dead = raw.dead or any(
             self.number_kinds.get(n) in (ErrorKind.DISCONNECT, ErrorKind.QUERY_TIMEOUT)

@@ -298,14 +298,31 @@ def test_connect_stale_number_is_ignored_without_server_message() -> None:
     assert info.kind is ErrorKind.DISCONNECT and info.retryable
 
 
-def test_connect_stale_40613_then_wrong_password_is_bounded_not_auth() -> None:
-    # After one severity-20 login failure pymssql loses later server messages entirely.
-    e = connect_error(40613, DBLIB_20018 + "DB-Lib error message 20002, severity 9:\n"
-                             "Adaptive Server connection failed (127.0.0.1)\n")
-    info = classify(e)
+def lost_login(stale: int, severity: int) -> Exception:
+    """A login failure whose server message pymssql dropped (seen after a severe one)."""
+    return connect_error(
+        stale,
+        f"DB-Lib error message 20018, severity {severity}:\nGeneral SQL Server error: Check "
+        "messages from the SQL Server\nDB-Lib error message 20002, severity 9:\n"
+        "Adaptive Server connection failed (127.0.0.1)\n",
+    )
+
+
+def test_connect_lost_message_of_class_14_is_still_auth() -> None:
+    # After one 40613 a wrong password shows only 20018/20002 and the stale 40613; the
+    # 20018 line still carries the lost message's class: 14, security errors.
+    info = classify(lost_login(40613, 14))
     assert 40613 not in info.numbers
     assert set(info.numbers) == {20018, 20002}
-    assert info.kind is ErrorKind.DISCONNECT
+    assert info.kind is ErrorKind.AUTH and info.severity == 14
+    assert not info.retryable
+
+
+def test_connect_lost_message_of_other_class_is_retried() -> None:
+    # after an 18456, a 4060 (class 11) is lost the same way: retried, never taken as auth
+    info = classify(lost_login(18456, 11))
+    assert 18456 not in info.numbers
+    assert info.kind is ErrorKind.DISCONNECT and info.retryable
 
 
 def test_connect_numbers_from_sql_server_message_pattern() -> None:
