@@ -210,7 +210,7 @@ class ConnectionPool:
                     limit = min(limit, backoff * (0.5 + self.config.random()))
                     backoff = min(backoff * 2, _CONNECT_BACKOFF[1])
                     backing_off = False
-                waiter.lock.acquire(True, max(limit, 0.0))
+                waiter.lock.acquire(True, min(max(limit, 0.0), threading.TIMEOUT_MAX))
                 now = clock()
                 with self._lock:
                     result = waiter.result
