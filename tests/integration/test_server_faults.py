@@ -1,0 +1,315 @@
+"""Faults of the TDS test server, observed from real pymssql the way FACTS.md describes them."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pymssql
+import pytest
+
+from mssql_pool.testing import TdsServer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def connect(server: TdsServer, **kw: object) -> pymssql.Connection:
+    return pymssql.connect(**server.connect_kwargs(**kw))
+
+
+def wait_until(cond, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def test_kill_mid_request_gives_596_and_a_dead_connection(tds_server: TdsServer) -> None:
+    conn = connect(tds_server)
+    cur = conn.cursor()
+    cur.execute("SELECT @@SPID")
+    spid = cur.fetchone()[0]
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            cur.execute("WAITFOR DELAY '00:00:10'")
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert wait_until(lambda: any(s["in_request"] for s in tds_server.sessions()))
+    assert tds_server.kill(spid)
+    t.join(10)
+    assert not t.is_alive()
+    assert errors and isinstance(errors[0], pymssql.OperationalError)
+    assert "596" in str(errors[0]) or errors[0].args[0] == 596
+    assert "kill state" in str(errors[0])
+    with pytest.raises((pymssql.Error, pymssql._mssql.MSSQLDriverException)):
+        cur.execute("SELECT 1")
+    assert wait_until(lambda: tds_server.stats()["sessions_open"] == 0)
+
+
+def test_kill_idle_session_closes_it(tds_server: TdsServer) -> None:
+    conn = connect(tds_server)
+    spid = tds_server.sessions()[0]["spid"]
+    assert tds_server.kill_all() == 1
+    assert wait_until(lambda: not tds_server.sessions())
+    with pytest.raises(pymssql.OperationalError) as info:
+        conn.cursor().execute("SELECT 1")
+    assert "20047" in str(info.value) or "20017" in str(info.value) or "20006" in str(info.value)
+    assert tds_server.stats()["kills"] == 1
+    assert not tds_server.kill(spid)
+
+
+def test_fail_next_deadlock_rolls_back_the_transaction(tds_server: TdsServer) -> None:
+    conn = connect(tds_server)
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE acct (id INT PRIMARY KEY, bal INT)")
+    cur.execute("INSERT INTO acct VALUES (1, 100)")
+    conn.commit()
+    cur.execute("UPDATE acct SET bal = 50 WHERE id = 1")
+    tds_server.fail_next(1205, match=r"UPDATE", times=1)
+    with pytest.raises(pymssql.OperationalError) as info:
+        cur.execute("UPDATE acct SET bal = 0 WHERE id = 1")
+    assert info.value.args[0] == 1205
+    assert "deadlock victim" in str(info.value)
+    assert info.value.__context__.severity == 13
+    cur.execute("SELECT @@TRANCOUNT")
+    assert cur.fetchone()[0] == 0
+    cur.execute("SELECT bal FROM acct WHERE id = 1")
+    assert cur.fetchone()[0] == 100  # the first UPDATE was rolled back with the victim
+    # times=1: the next UPDATE runs
+    cur.execute("UPDATE acct SET bal = 7 WHERE id = 1")
+    assert cur.rowcount == 1
+
+
+def test_fail_next_custom_severity_and_message(tds_server: TdsServer) -> None:
+    conn = connect(tds_server)
+    cur = conn.cursor()
+    tds_server.fail_next(1222, match=r"^SELECT 42", times=2, message="custom text")
+    for _ in range(2):
+        with pytest.raises(pymssql.OperationalError) as info:
+            cur.execute("SELECT 42")
+        assert info.value.args[0] == 1222
+        assert b"custom text" in info.value.args[1]
+    cur.execute("SELECT 42")
+    assert cur.fetchone()[0] == 42
+
+
+def test_fail_next_severity_20_closes_the_connection(tds_server: TdsServer) -> None:
+    conn = connect(tds_server)
+    cur = conn.cursor()
+    tds_server.fail_next(40501, match="SELECT")
+    with pytest.raises(pymssql.OperationalError) as info:
+        cur.execute("SELECT 1")
+    assert "40501" in str(info.value) or info.value.args[0] == 40501
+    assert "The service is currently busy" in str(info.value)
+    assert wait_until(lambda: tds_server.stats()["sessions_open"] == 0)
+
+
+def test_drop_next_after_commit_keeps_the_row(tds_server: TdsServer) -> None:
+    conn = connect(tds_server)
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE orders (id INT PRIMARY KEY)")
+    conn.commit()
+    cur.execute("INSERT INTO orders VALUES (1)")
+    tds_server.drop_next(match=r"COMMIT", after_execute=True)
+    with pytest.raises(pymssql.OperationalError) as info:
+        conn.commit()
+    text = str(info.value)
+    assert "20017" in text or "20047" in text or "20004" in text, text
+    other = connect(tds_server)
+    c2 = other.cursor()
+    c2.execute("SELECT COUNT(*) FROM orders")
+    assert c2.fetchone()[0] == 1  # committed although the client saw a dead connection
+
+
+def test_drop_next_before_execute_loses_the_row(tds_server: TdsServer) -> None:
+    conn = connect(tds_server)
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE orders (id INT PRIMARY KEY)")
+    conn.commit()
+    cur.execute("INSERT INTO orders VALUES (1)")
+    tds_server.drop_next(match=r"COMMIT")
+    with pytest.raises(pymssql.OperationalError):
+        conn.commit()
+    other = connect(tds_server)
+    c2 = other.cursor()
+    c2.execute("SELECT COUNT(*) FROM orders")
+    assert c2.fetchone()[0] == 0
+
+
+def test_delay_next_with_client_timeout_gives_20003(tds_server: TdsServer) -> None:
+    conn = connect(tds_server, timeout=1)
+    cur = conn.cursor()
+    tds_server.delay_next(5.0, match=r"SELECT 7")
+    start = time.monotonic()
+    with pytest.raises(pymssql.OperationalError) as info:
+        cur.execute("SELECT 7")
+    assert time.monotonic() - start < 4
+    assert "20003" in str(info.value)
+    conn2 = connect(tds_server, timeout=0)
+    c2 = conn2.cursor()
+    c2.execute("SELECT 8")
+    assert c2.fetchone()[0] == 8
+
+
+def _raw_login(server: TdsServer) -> socket.socket:
+    """A hand-made TDS 7.4 login over a raw socket (to send ATTENTION ourselves)."""
+    from mssql_pool.testing import _protocol as P
+
+    s = socket.create_connection((server.host, server.port), timeout=5)
+    s.sendall(P.frame(P.PKT_PRELOGIN, b"\xff", 4096, 0))
+    P.read_message(s)
+    s.sendall(P.frame(P.PKT_LOGIN7, _login7("sa", server.password, "master"), 4096, 0))
+    ptype, _st, payload = P.read_message(s)
+    assert bytes([P.TOK_LOGINACK]) in payload
+    return s
+
+
+def _login7(user: str, password: str, database: str) -> bytes:
+    import struct
+
+    def enc_pw(pw: str) -> bytes:
+        return bytes(((b << 4) & 0xF0 | (b >> 4)) ^ 0xA5 for b in pw.encode("utf-16-le"))
+
+    fields = ["host", user, None, "app", "srv", "", "lib", "", database]
+    fixed = 94
+    data = bytearray()
+    offsets = bytearray()
+    for f in fields:
+        raw = enc_pw(password) if f is None else f.encode("utf-16-le")
+        offsets += struct.pack("<HH", fixed + len(data), len(raw) // 2)
+        data += raw
+    offsets += b"\x00" * 6  # client id
+    offsets += struct.pack("<HH", fixed + len(data), 0) * 3  # sspi, atchdb, chgpwd
+    offsets += struct.pack("<I", 0)
+    head = struct.pack("<IIIIIIBBBBII", fixed + len(data), 0x74000004, 4096, 7, 1, 0,
+                       0xE0, 0x03, 0, 0, 0, 0x409)
+    body = head + offsets
+    assert len(body) == fixed
+    return bytes(body + data)
+
+
+def test_attention_cuts_a_delayed_reply_short(tds_server: TdsServer) -> None:
+    from mssql_pool.testing import _protocol as P
+
+    s = _raw_login(tds_server)
+    try:
+        tds_server.delay_next(30.0, match="SELECT")
+        header = b"\x16\x00\x00\x00\x12\x00\x00\x00\x02\x00" + b"\x00" * 8 + b"\x01\x00\x00\x00"
+        s.sendall(P.frame(P.PKT_SQL_BATCH, header + "SELECT 1".encode("utf-16-le"), 4096, 0))
+        time.sleep(0.1)
+        start = time.monotonic()
+        s.sendall(P.frame(P.PKT_ATTENTION, b"", 4096, 0))
+        ptype, _st, payload = P.read_message(s)
+        assert time.monotonic() - start < 2
+        assert payload[0] == P.TOK_DONE and payload[1] & P.DONE_ATTN
+        # an attention after a complete reply is answered too
+        s.sendall(P.frame(P.PKT_ATTENTION, b"", 4096, 0))
+        ptype, _st, payload = P.read_message(s)
+        assert payload[0] == P.TOK_DONE and payload[1] & P.DONE_ATTN
+        assert tds_server.stats()["attentions"] == 2
+    finally:
+        s.close()
+
+
+def test_blackhole_times_out_then_heal(tds_server: TdsServer) -> None:
+    conn = connect(tds_server, timeout=1)
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    tds_server.blackhole()
+    with pytest.raises(pymssql.OperationalError) as info:
+        cur.execute("SELECT 2")
+    assert "20003" in str(info.value)
+    with pytest.raises(pymssql.OperationalError):
+        connect(tds_server, login_timeout=1)
+    tds_server.heal()
+    conn2 = connect(tds_server, login_timeout=5, timeout=5)
+    c2 = conn2.cursor()
+    c2.execute("SELECT 3")
+    assert c2.fetchone()[0] == 3
+
+
+def test_restart_keeps_data_and_drops_sessions(tds_server: TdsServer) -> None:
+    conn = connect(tds_server)
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE kept (id INT)")
+    cur.execute("INSERT INTO kept VALUES (5)")
+    conn.commit()
+    port = tds_server.port
+    tds_server.stop()
+    assert tds_server.sessions() == []
+    with pytest.raises(pymssql.OperationalError):
+        cur.execute("SELECT 1")
+    with pytest.raises(pymssql.OperationalError) as info:
+        connect(tds_server, login_timeout=2)
+    assert "20009" in str(info.value) or "20002" in str(info.value)
+    tds_server.start()
+    assert tds_server.port == port
+    c2 = connect(tds_server).cursor()
+    c2.execute("SELECT id FROM kept")
+    assert c2.fetchall() == [(5,)]
+
+
+def test_redirect_routes_the_login_to_the_other_server(tds_server_factory) -> None:
+    node = tds_server_factory(users={"sa": "Secret123!"})
+    gateway = tds_server_factory(users={"sa": "Secret123!"})
+    gateway.redirect_to(node)
+    conn = connect(gateway)
+    cur = conn.cursor()
+    cur.execute("SELECT @@SPID")
+    spid = cur.fetchone()[0]
+    assert [s["spid"] for s in node.sessions()] == [spid]
+    assert wait_until(lambda: gateway.sessions() == [])
+    assert gateway.stats()["logins"] == 1
+    gateway.redirect_to(None)
+    c2 = connect(gateway).cursor()
+    c2.execute("SELECT 1")
+    assert len(gateway.sessions()) == 1
+
+
+def test_max_sessions_gives_10928(tds_server_factory) -> None:
+    server = tds_server_factory(max_sessions=2)
+    a, b = connect(server), connect(server)
+    with pytest.raises(pymssql.OperationalError) as info:
+        connect(server)
+    text = str(info.value)
+    assert "10928" in text or "request limit" in text or "20002" in text
+    a.close()
+    assert wait_until(lambda: server.stats()["sessions_open"] == 1)
+    c = connect(server)
+    c.cursor().execute("SELECT 1")
+    b.close()
+    c.close()
+
+
+def test_latency_is_added_to_each_reply(tds_server: TdsServer) -> None:
+    conn = connect(tds_server)
+    cur = conn.cursor()
+    tds_server.latency = 0.05
+    start = time.monotonic()
+    for _ in range(4):
+        cur.execute("SELECT 1")
+        cur.fetchall()
+    assert time.monotonic() - start >= 0.2
+    tds_server.latency = 0.0
+    tds_server.login_latency = 0.2
+    start = time.monotonic()
+    connect(tds_server).close()
+    assert time.monotonic() - start >= 0.2
+
+
+def test_fail_logins_is_counted_and_runs_out(tds_server: TdsServer) -> None:
+    tds_server.fail_logins(40613, times=2)
+    for _ in range(2):
+        with pytest.raises(pymssql.OperationalError):
+            connect(tds_server)
+    connect(tds_server).close()
+    st = tds_server.stats()
+    assert st["logins_failed"] == 2 and st["logins"] == 1
