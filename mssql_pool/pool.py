@@ -42,7 +42,7 @@ from .connection import ConnectionRecord, ConnState, PooledConnection
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from .health import run_check
 from .maintenance import Maintenance
-from .reset import CALLBACK, FULL, NONE, ROLLBACK, full_reset, plan
+from .reset import CALLBACK, FULL, NONE, ROLLBACK, full_reset, plan, rollback_work
 from .stats import PoolStats
 
 __all__ = ["ConnectionPool"]
@@ -399,7 +399,7 @@ class ConnectionPool:
     def _do_reset(self, rec: ConnectionRecord, decision: int) -> None:
         raw = rec.raw
         if decision == ROLLBACK:
-            raw.rollback()
+            rollback_work(raw)
         elif decision == FULL:
             full_reset(raw, autocommit=rec.autocommit, conn_properties=rec.conn_properties,
                        configure=self.config.configure)

@@ -8,7 +8,7 @@ what happened               reset="auto" (default)
 ==========================  ====================================================================
 nothing executed since the  nothing: no round trip
 last commit/rollback
-statements executed         ``rollback()`` (pymssql: ROLLBACK TRAN + its own BEGIN TRAN)
+statements executed         rollback, one round trip (:func:`rollback_work`)
 session state changed       full reset (below)
 (SET option, ``#temp``,
 USE, CONTEXT_INFO,
@@ -56,7 +56,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
-    "WORK", "SESSION", "DISCARD", "scan_sql", "PYMSSQL_BASELINE", "full_reset",
+    "WORK", "SESSION", "DISCARD", "scan_sql", "PYMSSQL_BASELINE", "full_reset", "rollback_work",
     "plan", "NONE", "ROLLBACK", "FULL", "CALLBACK",
 ]
 
@@ -132,6 +132,28 @@ def plan(flags: int, mode: str | Callable[[Any], object]) -> int | str:
             return "its session state changed and reset='rollback' forbids a full reset"
         return ROLLBACK if flags else NONE
     return CALLBACK if flags else NONE
+
+
+#: One round trip instead of pymssql's two (ROLLBACK TRAN, then BEGIN TRAN); also ends a
+#: transaction the user opened by hand in autocommit mode, where pymssql's rollback() is a
+#: no-op.
+ROLLBACK_BATCH = "IF @@TRANCOUNT > 0 ROLLBACK TRAN"
+
+
+def rollback_work(raw: Any) -> None:
+    """Roll back whatever the borrower left open and restore the driver's transaction state.
+
+    pymssql: one batch, ``IF @@TRANCOUNT > 0 ROLLBACK TRAN`` plus ``BEGIN TRAN`` when
+    autocommit is off (pymssql keeps a transaction open in that mode). Other drivers:
+    ``raw.rollback()``.
+    """
+    execute_non_query = getattr(getattr(raw, "_conn", None), "execute_non_query", None)
+    if execute_non_query is None:
+        raw.rollback()
+    elif raw.autocommit_state:
+        execute_non_query(ROLLBACK_BATCH)
+    else:
+        execute_non_query(ROLLBACK_BATCH + ";BEGIN TRAN")
 
 
 def full_reset(raw: Any, *, autocommit: bool | None, conn_properties: str | None,

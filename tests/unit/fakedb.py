@@ -277,9 +277,13 @@ class _FakeInner:
     def execute_non_query(self, sql: str) -> None:
         self._outer._round_trip("execute", sql)
         for part in sql.split(";"):
-            if part.strip().upper() == "BEGIN TRAN":
+            head = part.strip().upper()
+            if head == "BEGIN TRAN":
                 self._outer.in_transaction = True
-            elif part.strip():
+            elif head == "IF @@TRANCOUNT > 0 ROLLBACK TRAN":
+                self._outer.in_transaction = False
+                self._outer.rollbacks += 1
+            elif head:
                 self._outer._apply(part)
 
 

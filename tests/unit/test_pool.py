@@ -213,6 +213,22 @@ def test_full_reset_pymssql_path() -> None:
     pool.close()
 
 
+@pytest.mark.parametrize("autocommit", [False, True])
+def test_rollback_pymssql_path_is_one_round_trip(autocommit: bool) -> None:
+    db = FakeDB(pymssql_like=True)
+    pool = ConnectionPool(connect=lambda: db.connect(autocommit=autocommit),
+                          background=False, min_size=0)
+    with pool.connection() as conn:
+        conn.cursor().execute("UPDATE t SET a = 1")
+        raw = conn.raw
+        before = raw.round_trips
+    assert raw.round_trips == before + 1 and raw.rollbacks == 1
+    expected = "IF @@TRANCOUNT > 0 ROLLBACK TRAN" + ("" if autocommit else ";BEGIN TRAN")
+    assert db.statements[-1] == (raw.id, expected)
+    assert raw.in_transaction is (not autocommit)
+    pool.close()
+
+
 def test_reset_modes(db: FakeDB) -> None:
     full = ConnectionPool(connect=db.connect, background=False, min_size=0, reset="full")
     with full.connection() as conn:
