@@ -44,7 +44,9 @@ _DEAD_TEXT_RE = re.compile(
     r"|Adaptive Server connection failed|Unexpected EOF from the server"
     r"|Write to the server failed|Read from the server failed|Server closed the connection"
     r"|Connection reset by peer|Broken pipe|Connection refused"
-    r"|Unable to connect: Adaptive Server is unavailable",
+    r"|Unable to connect: Adaptive Server is unavailable"
+    # MSSQLDriverException from connect() when the session died during pymssql's setup
+    r"|Could not set connection properties|failed for an unknown reason",
     re.IGNORECASE,
 )
 _TIMEOUT_TEXT_RE = re.compile(r"timed out|timeout expired", re.IGNORECASE)

@@ -226,6 +226,14 @@ def test_driver_exception_is_not_a_pymssql_error_but_is_classified() -> None:
     assert info.kind is ErrorKind.DISCONNECT and info.connection_dead
 
 
+def test_driver_exception_during_connect_setup_is_dead() -> None:
+    # the session was killed while pymssql sent its SET batch (seen)
+    for text in ("Could not set connection properties",
+                 "Connection to the database failed for an unknown reason."):
+        info = classify(_mssql.MSSQLDriverException(text))
+        assert info.kind is ErrorKind.DISCONNECT and info.retryable
+
+
 def test_driver_exception_on_bad_parameter_is_not_dead() -> None:
     e = _mssql.MSSQLDriverException("Unable to determine database type from python x type")
     info = classify(e)

@@ -1,0 +1,303 @@
+"""Retry-wrapped transactions with real pymssql against the TDS test server.
+
+The money-transfer workload: 8 threads move money between accounts through
+``pool.run_transaction`` while the server injects deadlocks (1205), lock timeouts (1222),
+failing logins (40613), killed sessions and sockets dropped right after COMMIT executed.
+Every transfer writes its id to a ledger table in the same transaction, so afterwards we
+can check the promise: the total is unchanged, each transfer is applied exactly once or
+was reported as CommitUnknownError (then at most once), and nothing else reached callers.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pymssql
+import pytest
+
+from mssql_pool import ConnectionPool
+from mssql_pool.classify import ErrorKind, classify
+from mssql_pool.errors import CommitUnknownError
+from mssql_pool.retry import ExponentialBackoff, RetryPolicy
+
+pytestmark = pytest.mark.timeout(60)
+
+ACCOUNTS = 10
+INITIAL = 1000
+THREADS = 8
+PER_THREAD = 40
+
+
+def make_pool(server: Any, **kw: Any) -> ConnectionPool:
+    opts: dict[str, Any] = {"min_size": 2, "max_size": THREADS, "timeout": 10.0, "name": "tx"}
+    opts.update(kw)
+    return ConnectionPool(server.url, **opts)
+
+
+def policy(**kw: Any) -> RetryPolicy:
+    kw.setdefault("max_attempts", 30)
+    kw.setdefault("deadline", 20.0)
+    return RetryPolicy(backoff=ExponentialBackoff(0.01, 2.0, 0.2, "full"), name="test", **kw)
+
+
+def setup_bank(pool: ConnectionPool) -> None:
+    def create(conn: Any) -> None:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE acct (id INT PRIMARY KEY, bal INT NOT NULL)")
+        cur.execute("CREATE TABLE ledger (tid VARCHAR(40) PRIMARY KEY, src INT NOT NULL, "
+                    "dst INT NOT NULL, amount INT NOT NULL)")
+        for i in range(ACCOUNTS):
+            cur.execute("INSERT INTO acct (id, bal) VALUES (%s, %s)", (i, INITIAL))
+
+    pool.run_transaction(create, policy=policy())
+
+
+def transfer(conn: Any, tid: str, src: int, dst: int, amount: int) -> str:
+    cur = conn.cursor()
+    cur.execute("UPDATE acct SET bal = bal - %s WHERE id = %s", (amount, src))
+    cur.execute("UPDATE acct SET bal = bal + %s WHERE id = %s", (amount, dst))
+    cur.execute("INSERT INTO ledger (tid, src, dst, amount) VALUES (%s, %s, %s, %s)",
+                (tid, src, dst, amount))
+    return tid
+
+
+def landed(tid: str) -> Any:
+    def verify(conn: Any) -> bool:
+        cur = conn.cursor()
+        cur.execute("SELECT COUNT(*) FROM ledger WHERE tid = %s", (tid,))
+        return int(cur.fetchone()[0]) == 1
+
+    return verify
+
+
+def read_state(server: Any) -> tuple[dict[int, int], list[tuple[str, int, int, int]]]:
+    conn = pymssql.connect(**server.connect_kwargs())
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT id, bal FROM acct")
+        bal = {int(i): int(b) for i, b in cur.fetchall()}
+        cur.execute("SELECT tid, src, dst, amount FROM ledger")
+        ledger = [(str(t), int(s), int(d), int(a)) for t, s, d, a in cur.fetchall()]
+        return bal, ledger
+    finally:
+        conn.close()
+
+
+def assert_only_transfer(server: Any, tid: str, src: int, dst: int, amount: int) -> None:
+    bal, ledger = read_state(server)
+    assert ledger == [(tid, src, dst, amount)]
+    assert bal[src] == INITIAL - amount and bal[dst] == INITIAL + amount
+
+
+def check_invariants(
+    server: Any, outcomes: dict[str, str], planned: dict[str, tuple[int, int, int]]
+) -> Counter[str]:
+    bal, ledger = read_state(server)
+    assert sum(bal.values()) == ACCOUNTS * INITIAL, "money was created or destroyed"
+    applied = Counter(t for t, *_ in ledger)
+    assert all(n == 1 for n in applied.values()), "a transfer was applied twice"
+    # balances are exactly what the applied transfers say
+    expected = {i: INITIAL for i in range(ACCOUNTS)}
+    for tid, src, dst, amount in ledger:
+        assert planned[tid] == (src, dst, amount)
+        expected[src] -= amount
+        expected[dst] += amount
+    assert bal == expected
+    for tid, outcome in outcomes.items():
+        if outcome == "ok":
+            assert applied[tid] == 1, f"{tid} reported committed but not applied"
+        else:
+            assert outcome == "unknown", f"{tid}: unexpected outcome {outcome}"
+            assert applied[tid] <= 1
+    assert set(applied) <= set(outcomes)
+    return Counter(outcomes.values())
+
+
+def chaos(server: Any, stop: threading.Event, rnd: random.Random, counts: Counter[str]) -> None:
+    """Inject one fault every few milliseconds until stopped."""
+    while not stop.wait(0.03):
+        what = rnd.choice(["1205", "1222", "login", "kill", "drop_commit", "none"])
+        counts[what] += 1
+        if what == "1205":
+            server.fail_next(1205, match=r"UPDATE acct", severity=13)
+        elif what == "1222":
+            server.fail_next(1222, match=r"UPDATE acct")
+        elif what == "login":
+            server.fail_logins(40613, times=2)
+        elif what == "kill":
+            busy = [s["spid"] for s in server.sessions()]
+            if busy:
+                server.kill(rnd.choice(busy))
+        elif what == "drop_commit":
+            server.drop_next(match=r"COMMIT", after_execute=True)
+
+
+def run_workload(server: Any, pool: ConnectionPool, *, verify: bool,
+                 seed: int) -> tuple[dict[str, str], dict[str, tuple[int, int, int]],
+                                     Counter[str], list[BaseException]]:
+    outcomes: dict[str, str] = {}
+    planned: dict[str, tuple[int, int, int]] = {}
+    unexpected: list[BaseException] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    faults: Counter[str] = Counter()
+
+    def worker(n: int) -> None:
+        rnd = random.Random(seed * 100 + n)
+        for i in range(PER_THREAD):
+            src, dst = rnd.sample(range(ACCOUNTS), 2)
+            amount = rnd.randint(1, 50)
+            tid = f"t{n}-{i}"
+            with lock:
+                planned[tid] = (src, dst, amount)
+            try:
+                kw: dict[str, Any] = {"verify": landed(tid)} if verify else {}
+                result = pool.run_transaction(transfer, tid, src, dst, amount,
+                                              policy=policy(), **kw)
+                assert result == tid
+                outcome = "ok"
+            except CommitUnknownError:
+                outcome = "unknown"
+            except BaseException as exc:  # noqa: BLE001 - recorded and asserted on
+                outcome = f"error {type(exc).__name__}"
+                with lock:
+                    unexpected.append(exc)
+            with lock:
+                outcomes[tid] = outcome
+
+    threads = [threading.Thread(target=worker, args=(n,), name=f"transfer-{n}", daemon=True)
+               for n in range(THREADS)]
+    chaos_thread = threading.Thread(target=chaos, name="chaos", daemon=True,
+                                    args=(server, stop, random.Random(seed), faults))
+    chaos_thread.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(45.0)
+    stop.set()
+    chaos_thread.join(5.0)
+    server.clear_faults()
+    assert not any(t.is_alive() for t in threads), "a worker hung"
+    return outcomes, planned, faults, unexpected
+
+
+def test_transfers_survive_chaos_exactly_once_or_unknown(tds_server: Any) -> None:
+    with make_pool(tds_server) as pool:
+        setup_bank(pool)
+        outcomes, planned, faults, unexpected = run_workload(tds_server, pool, verify=False,
+                                                             seed=5)
+        assert unexpected == [], [repr(e) for e in unexpected[:5]]
+        summary = check_invariants(tds_server, outcomes, planned)
+    assert len(outcomes) == THREADS * PER_THREAD
+    assert summary["ok"] > 0
+    assert sum(faults.values()) > 10  # the chaos really ran
+
+
+def test_transfers_with_verify_are_all_applied_exactly_once(tds_server: Any) -> None:
+    with make_pool(tds_server) as pool:
+        setup_bank(pool)
+        outcomes, planned, _faults, unexpected = run_workload(tds_server, pool, verify=True,
+                                                              seed=11)
+        assert unexpected == [], [repr(e) for e in unexpected[:5]]
+        summary = check_invariants(tds_server, outcomes, planned)
+    assert summary == Counter({"ok": THREADS * PER_THREAD})
+
+
+def test_dropped_commit_without_verify_is_reported_unknown(tds_server: Any) -> None:
+    with make_pool(tds_server, min_size=1, max_size=2) as pool:
+        setup_bank(pool)
+        tds_server.drop_next(match=r"COMMIT", after_execute=True)
+        with pytest.raises(CommitUnknownError) as ei:
+            pool.run_transaction(transfer, "u1", 0, 1, 5, policy=policy())
+        assert classify(ei.value.original).connection_dead
+        _bal, ledger = read_state(tds_server)
+        assert [t for t, *_ in ledger] == ["u1"]  # it landed; it was not re-run
+
+
+def test_dropped_commit_with_verify_returns_once(tds_server: Any) -> None:
+    with make_pool(tds_server, min_size=1, max_size=2) as pool:
+        setup_bank(pool)
+        tds_server.drop_next(match=r"COMMIT", after_execute=True)
+        assert pool.run_transaction(transfer, "u2", 0, 1, 5, policy=policy(),
+                                    verify=landed("u2")) == "u2"
+        assert_only_transfer(tds_server, "u2", 0, 1, 5)
+
+
+def test_deadlock_and_lock_timeout_rerun_the_unit(tds_server: Any) -> None:
+    records: list[Any] = []
+    with make_pool(tds_server, min_size=1, max_size=2) as pool:
+        setup_bank(pool)
+        tds_server.fail_next(1205, match=r"UPDATE acct", severity=13)
+        tds_server.fail_next(1222, match=r"INSERT INTO ledger")
+        pool.run_transaction(transfer, "u3", 2, 3, 7, policy=policy(on_retry=records.append))
+        assert_only_transfer(tds_server, "u3", 2, 3, 7)
+    assert [r.kind for r in records] == [ErrorKind.DEADLOCK, ErrorKind.LOCK_TIMEOUT]
+    assert [r.number for r in records] == [1205, 1222]
+
+
+def test_killed_session_reruns_on_a_fresh_connection(tds_server: Any) -> None:
+    kinds: list[ErrorKind] = []
+    with make_pool(tds_server, min_size=1, max_size=2) as pool:
+        setup_bank(pool)
+        state = {"killed": False}
+
+        def unit(conn: Any) -> str:
+            if not state["killed"]:
+                state["killed"] = True
+                cur = conn.cursor()
+                cur.execute("SELECT @@SPID")
+                tds_server.kill(int(cur.fetchone()[0]))
+            return transfer(conn, "u4", 4, 5, 3)
+
+        pool.run_transaction(unit, policy=policy(on_retry=lambda r: kinds.append(r.kind)))
+        _bal, ledger = read_state(tds_server)
+    assert kinds and kinds[0] is ErrorKind.DISCONNECT
+    assert [t for t, *_ in ledger] == ["u4"]
+
+
+def test_non_retryable_error_propagates_rolled_back(tds_server: Any) -> None:
+    with make_pool(tds_server, min_size=1, max_size=2) as pool:
+        setup_bank(pool)
+
+        def bad(conn: Any) -> None:
+            transfer(conn, "u5", 0, 1, 5)
+            conn.cursor().execute("SELECT nope FROM no_such_table")
+
+        start = time.monotonic()
+        with pytest.raises(pymssql.ProgrammingError) as ei:
+            pool.run_transaction(bad, policy=policy())
+        assert time.monotonic() - start < 5.0
+        assert classify(ei.value).kind is ErrorKind.PROGRAMMING
+        bal, ledger = read_state(tds_server)
+    assert ledger == [] and bal[0] == INITIAL
+
+
+def test_run_statement_level_idempotent(tds_server: Any) -> None:
+    with make_pool(tds_server, min_size=1, max_size=2) as pool:
+        setup_bank(pool)
+        tds_server.fail_next(1205, match=r"SELECT SUM")
+
+        def total(conn: Any) -> int:
+            cur = conn.cursor()
+            cur.execute("SELECT SUM(bal) FROM acct")
+            return int(cur.fetchone()[0])
+
+        assert pool.run(total, idempotent=True, policy=policy()) == ACCOUNTS * INITIAL
+
+
+def test_isolation_level_is_set_and_restored(tds_server: Any) -> None:
+    with make_pool(tds_server, min_size=1, max_size=1) as pool:
+        setup_bank(pool)
+
+        def level(conn: Any) -> int:
+            cur = conn.cursor()
+            cur.execute("SELECT transaction_isolation_level FROM sys.dm_exec_sessions "
+                        "WHERE session_id = @@SPID")
+            return int(cur.fetchone()[0])
+
+        assert pool.run_transaction(level, isolation_level="SERIALIZABLE") == 4
+        assert pool.run_transaction(level) == 2  # READ COMMITTED again after the reset
