@@ -111,6 +111,14 @@ def _conv_bit(raw: bytes) -> Any:
     return s not in ("0", "0.0", "") if s.lstrip("-").replace(".", "").isdigit() else s
 
 
+def _conv_binary(raw: bytes) -> bytes:
+    # blobs arrive unchanged; text stored into a binary column converts like varchar does
+    try:
+        return raw.decode("utf-8").encode("latin-1")
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        return raw
+
+
 _registered = False
 
 
@@ -125,6 +133,8 @@ def _register_converters() -> None:
         sqlite3.register_converter(name, _conv_datetime(_dt.datetime))
     sqlite3.register_converter("DATETIME2", _conv_datetime(_DateTime2))
     sqlite3.register_converter("DATE", _conv_date)
+    for name in ("VARBINARY", "BINARY", "IMAGE", "ROWVERSION"):
+        sqlite3.register_converter(name, _conv_binary)
     _registered = True
 
 
@@ -327,7 +337,7 @@ class Executor:
         self.state = state
         self.major = major
         self._conns: dict[str, sqlite3.Connection] = {}
-        self._in_sqlite_tran = False
+        self._tran_conns: list[sqlite3.Connection] = []
         self._catch: SqlError | None = None
         self.conn = self._connect(state.database)
 
@@ -415,16 +425,21 @@ class Executor:
 
     # ---------------------------------------------------------------- transactions
 
+    @property
+    def _in_sqlite_tran(self) -> bool:
+        return self.conn in self._tran_conns
+
     def _begin_sqlite(self) -> None:
-        if self.state.trancount > 0 and not self._in_sqlite_tran:
+        """SQLite's transaction starts at the first write (reads before it see committed data)."""
+        if self.state.trancount > 0 and self.conn not in self._tran_conns:
             self._run_raw("BEGIN IMMEDIATE")
-            self._in_sqlite_tran = True
+            self._tran_conns.append(self.conn)
 
     def _end_sqlite(self, commit: bool) -> None:
-        if self._in_sqlite_tran:
-            self._in_sqlite_tran = False
+        conns, self._tran_conns = self._tran_conns, []
+        for con in conns:
             try:
-                self.conn.execute("COMMIT" if commit else "ROLLBACK")
+                con.execute("COMMIT" if commit else "ROLLBACK")
             except sqlite3.Error as exc:
                 log.debug("spid %d: end of transaction failed: %s", self.state.spid, exc)
 
