@@ -22,7 +22,7 @@ The proxy behaves as a DB-API connection:
 
 Any error raised by the driver connection or its cursors that
 :func:`mssql_pool.classify.is_disconnect` calls a disconnect marks the connection dead
-and every connection the pool opened before it as suspect (checked on next checkout).
+and every connection the pool opened before the error as suspect (checked on next checkout).
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 On checkout the pool runs ``check`` unless the connection came back less than
 ``validate_after`` seconds ago (HikariCP's bypass window) *and* nothing marked it
-suspect. A connection is suspect when a disconnect error was seen on a connection
-opened after it: after a server restart the first error marks all older connections,
-so the pool checks (and replaces) them all in one pass instead of failing once per
-stale connection. A brand-new connection is never checked.
+suspect. A connection is suspect when a disconnect error was seen (on any connection of
+the pool, or by a failed check) after it was opened: after a server restart the first
+error marks every connection opened before it, so the pool checks (and replaces) them
+all in one pass instead of failing once per stale connection. Connections opened after
+the error are not suspect, and a brand-new connection is never checked.
 
 ``check`` is SQL text (default ``SELECT 1``, run on a cursor and fetched), a callable
 ``check(raw_conn)`` that raises (or returns ``False``) on failure, or ``None`` (no check).

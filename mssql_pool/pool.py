@@ -107,7 +107,7 @@ class ConnectionPool:
         self._closed = False
         self._generation = 0
         self._seq = 0
-        self._suspect_before = 0   # records with a smaller seq are suspect
+        self._suspect_before = 0   # records with a smaller seq are suspect (see _mark_suspects)
         self._orphans: deque[ConnectionRecord] = deque()
         self._busy_recs: set[ConnectionRecord] | None = set() if cfg.leak_timeout else None
         self._stats = PoolStats()
@@ -260,7 +260,7 @@ class ConnectionPool:
                     run_check(self._check, rec.raw)
                 except Exception as exc:
                     if is_disconnect(exc):
-                        self._mark_suspects(rec.seq)
+                        self._mark_suspects()
                     with self._lock:
                         self._stats.checks_failed += 1
                         self._stats.connections_lost += 1
@@ -520,16 +520,20 @@ class ConnectionPool:
                 rec.dead = f"disconnected: {redact(exc)}"
                 with self._lock:
                     self._stats.connections_lost += 1
-            self._mark_suspects(rec.seq)
+            self._mark_suspects()
 
-    def _mark_suspects(self, seq: int) -> None:
+    def _mark_suspects(self) -> None:
+        """A disconnect was seen: every connection opened before now is suspect (checked on
+        its next checkout, bypass window or not). The server may have restarted; this makes
+        the pool converge in one pass instead of failing once per stale connection."""
         with self._lock:
-            newer = seq > self._suspect_before
+            newer = self._seq + 1 > self._suspect_before
             if newer:
-                self._suspect_before = seq
+                self._suspect_before = self._seq + 1
+                count = self._size
         if newer:
-            logger.info("pool %r: connection #%d died; every older one is checked on checkout",
-                        self.name, seq)
+            logger.info("pool %r: a connection died; the %d open ones are checked on checkout",
+                        self.name, count)
 
     def _orphaned(self, rec: ConnectionRecord) -> None:
         """A proxy was garbage-collected unreturned (from ``__del__``: no locks, no logging)."""

@@ -562,3 +562,21 @@ def test_transaction_methods_delegate(make_pool: Any, monkeypatch: pytest.Monkey
     assert calls == [("run_transaction", (pool, unit, 1), {"a": 2}),
                      ("transactional", (pool,), {"retries": 3}),
                      ("run", (pool, unit, 5), {})]
+
+
+def test_error_on_older_connection_marks_newer_ones_too(make_pool: Any, db: FakeDB) -> None:
+    """Suspect means "opened before the error", whatever the failing connection's age."""
+    pool = make_pool()
+    a, b = pool.getconn(), pool.getconn()       # a is #1 (older), b is #2
+    pool.putconn(b)
+    pool.putconn(a)                             # LIFO: a comes out first
+    db.shutdown()
+    db.restart()
+    first = pool.getconn()
+    assert first.raw is a.raw
+    with pytest.raises(db.OperationalError):
+        first.cursor().execute("SELECT 1")
+    pool.putconn(first)
+    with pool.connection() as conn:             # b is newer than a, but older than the error
+        assert conn.raw is not b.raw and conn.raw.alive
+    assert pool.get_stats()["checks_failed"] == 1
