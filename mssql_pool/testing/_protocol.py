@@ -246,6 +246,31 @@ class Login7:
         return v if 0x70 <= v <= 0x74 else 0x74
 
 
+def encode_password(password: str) -> bytes:
+    return bytes((((b << 4) & 0xF0) | (b >> 4)) ^ 0xA5 for b in password.encode("utf-16-le"))
+
+
+def build_login7(user: str, password: str, database: str, tds_version: int = 0x74000004,
+                 packet_size: int = 4096) -> bytes:
+    """A LOGIN7 payload as a client sends it (for raw-socket tests and fuzzing)."""
+    fields: list[bytes] = [
+        ucs2("host"), ucs2(user), encode_password(password), ucs2("mssql_pool-raw"),
+        ucs2("server"), b"", ucs2("raw"), b"", ucs2(database),
+    ]
+    fixed = 94
+    data = bytearray()
+    offsets = bytearray()
+    for raw in fields:
+        offsets += struct.pack("<HH", fixed + len(data), len(raw) // 2)
+        data += raw
+    offsets += b"\x00" * 6  # client id
+    offsets += struct.pack("<HH", fixed + len(data), 0) * 3  # SSPI, attach file, new password
+    offsets += struct.pack("<I", 0)
+    head = struct.pack("<IIIIIIBBBBII", fixed + len(data), tds_version, packet_size, 7, 1, 0,
+                       0xE0, 0x03, 0, 0, 0, 0x409)
+    return head + bytes(offsets) + bytes(data)
+
+
 def decode_password(raw: bytes) -> str:
     out = bytearray()
     for b in raw:

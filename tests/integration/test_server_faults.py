@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -159,47 +158,10 @@ def test_delay_next_with_client_timeout_gives_20003(tds_server: TdsServer) -> No
     assert c2.fetchone()[0] == 8
 
 
-def _raw_login(server: TdsServer) -> socket.socket:
-    """A hand-made TDS 7.4 login over a raw socket (to send ATTENTION ourselves)."""
+def test_attention_cuts_a_delayed_reply_short(tds_server: TdsServer, raw_tds_login) -> None:
     from mssql_pool.testing import _protocol as P
 
-    s = socket.create_connection((server.host, server.port), timeout=5)
-    s.sendall(P.frame(P.PKT_PRELOGIN, b"\xff", 4096, 0))
-    P.read_message(s)
-    s.sendall(P.frame(P.PKT_LOGIN7, _login7("sa", server.password, "master"), 4096, 0))
-    ptype, _st, payload = P.read_message(s)
-    assert bytes([P.TOK_LOGINACK]) in payload
-    return s
-
-
-def _login7(user: str, password: str, database: str) -> bytes:
-    import struct
-
-    def enc_pw(pw: str) -> bytes:
-        return bytes(((b << 4) & 0xF0 | (b >> 4)) ^ 0xA5 for b in pw.encode("utf-16-le"))
-
-    fields = ["host", user, None, "app", "srv", "", "lib", "", database]
-    fixed = 94
-    data = bytearray()
-    offsets = bytearray()
-    for f in fields:
-        raw = enc_pw(password) if f is None else f.encode("utf-16-le")
-        offsets += struct.pack("<HH", fixed + len(data), len(raw) // 2)
-        data += raw
-    offsets += b"\x00" * 6  # client id
-    offsets += struct.pack("<HH", fixed + len(data), 0) * 3  # sspi, atchdb, chgpwd
-    offsets += struct.pack("<I", 0)
-    head = struct.pack("<IIIIIIBBBBII", fixed + len(data), 0x74000004, 4096, 7, 1, 0,
-                       0xE0, 0x03, 0, 0, 0, 0x409)
-    body = head + offsets
-    assert len(body) == fixed
-    return bytes(body + data)
-
-
-def test_attention_cuts_a_delayed_reply_short(tds_server: TdsServer) -> None:
-    from mssql_pool.testing import _protocol as P
-
-    s = _raw_login(tds_server)
+    s = raw_tds_login(tds_server)
     try:
         tds_server.delay_next(30.0, match="SELECT")
         header = b"\x16\x00\x00\x00\x12\x00\x00\x00\x02\x00" + b"\x00" * 8 + b"\x01\x00\x00\x00"
