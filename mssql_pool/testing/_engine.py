@@ -526,6 +526,8 @@ class Executor:
         except SqlError as exc:
             self._on_error(exc)
             out.append(exc)
+        except _Return:
+            pass
         return out
 
     def _on_error(self, exc: SqlError) -> None:
@@ -1405,7 +1407,7 @@ def _cat_databases(ex: Executor) -> Catalog:
 def _cat_tables(ex: Executor) -> Catalog:
     cols = ["name", "object_id", "schema_id", "type", "type_desc", "create_date",
             "modify_date", "is_ms_shipped", "principal_id", "parent_object_id"]
-    rows = [(name, oid, 1, "U ", "USER_TABLE", "2024-01-01 00:00:00", "2024-01-01 00:00:00", 0,
+    rows = [(name, oid, 1, "U", "USER_TABLE", "2024-01-01 00:00:00", "2024-01-01 00:00:00", 0,
              None, 0) for oid, name, _sql, _t in ex._tables()]
     return cols, rows
 
@@ -1414,7 +1416,7 @@ def _cat_objects(ex: Executor) -> Catalog:
     cols, rows = _cat_tables(ex)
     for rowid, name in ex.conn.execute(
             "SELECT rowid, name FROM main.sqlite_master WHERE type='view'"):
-        rows.append((name, int(rowid) + 1000, 1, "V ", "VIEW", "2024-01-01 00:00:00",
+        rows.append((name, int(rowid) + 1000, 1, "V", "VIEW", "2024-01-01 00:00:00",
                      "2024-01-01 00:00:00", 0, None, 0))
     return cols, rows
 
@@ -1428,7 +1430,7 @@ def _cat_system_views(ex: Executor) -> Catalog:
     names = ["dm_exec_sessions", "databases", "tables", "objects", "schemas", "columns",
              "system_views", "dm_exec_requests", "dm_tran_session_transactions"]
     return ["name", "object_id", "schema_id", "type", "type_desc"], [
-        (n, -100 - i, 4, "V ", "VIEW") for i, n in enumerate(names)]
+        (n, -100 - i, 4, "V", "VIEW") for i, n in enumerate(names)]
 
 
 def _cat_requests(ex: Executor) -> Catalog:

@@ -299,12 +299,17 @@ class TdsServer:
         self._blackholed.set()
 
     def heal(self) -> None:
-        """End a blackhole and forget pending faults."""
+        """End a blackhole: new requests and logins are answered again."""
+        log.info("TDS test server on port %d: healed", self.port)
         self._blackholed.clear()
-        self._faults.clear()
 
     def clear_faults(self) -> None:
+        """Forget every armed fail_next/fail_logins/drop_next/delay_next."""
         self._faults.clear()
+
+    def pending_faults(self) -> int:
+        """How many armed faults have not fired yet."""
+        return len(self._faults.pending())
 
     def redirect_to(self, other: TdsServer | tuple[str, int] | None) -> None:
         """Answer logins with a routing ENVCHANGE to ``other`` (Azure gateway style)."""
