@@ -439,7 +439,12 @@ class Session:
                 parts.append(P.message(P.TOK_ERROR, o.number, o.state, o.severity, o.text, name,
                                        "", 1, m))
                 add_done(P.DONE_ERROR, 0)
-        if not dones:
+        rpc = done_tok == P.TOK_DONEPROC
+        if rpc:
+            # statements inside a procedure end with DONEINPROC; DONEPROC closes the call
+            failed = any(isinstance(o, SqlError) for o in out)
+            add_done(P.DONE_ERROR if failed else 0, 0)
+        elif not dones:
             add_done(0, 0)
         # all DONEs but the last say MORE; the last one closes the reply
         for n, (idx, st) in enumerate(dones):
@@ -449,6 +454,6 @@ class Session:
                 status |= P.DONE_MORE
             if trancount:
                 status |= P.DONE_INXACT
-            tok = done_tok if last else P.TOK_DONE
+            tok = done_tok if last else (P.TOK_DONEINPROC if rpc else P.TOK_DONE)
             parts[idx] = P.done(status, counts[n], m, tok=tok)
         return b"".join(parts)
