@@ -16,6 +16,7 @@ import re
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -372,7 +373,7 @@ class Executor:
         def server_property(name: Any) -> Any:
             key = str(name).lower()
             return {
-                "productversion": "%d.%d.%d.4" % VERSION,
+                "productversion": "{}.{}.{}.4".format(*VERSION),
                 "productlevel": "RTM", "edition": "Developer Edition (64-bit)",
                 "engineedition": 3, "servername": eng.server_name,
                 "machinename": eng.server_name, "instancename": None,
@@ -404,7 +405,8 @@ class Executor:
         con.create_function("db_name", 1, db_name)
         con.create_function("db_id", 0, db_id)
         con.create_function("db_id", 1, db_id)
-        con.create_function("newid", 0, lambda: str(__import__("uuid").uuid4()).upper())
+        con.create_function("newid", 0, lambda: str(uuid.uuid4()).upper())
+        con.create_function("uuid", 0, lambda: str(uuid.uuid4()).upper())
         con.create_function("len", 1, lambda s: None if s is None else len(str(s).rstrip(" ")))
 
     def _object_id(self, name: str) -> int | None:
@@ -1008,6 +1010,10 @@ class Executor:
         except Exception as exc:  # noqa: BLE001
             log.debug("sqlglot could not translate %r: %s", text, exc)
             sql = text
+        if kind == "dml" and w0 == "SELECT" and _selects_into(toks):
+            target = next((toks[i + 1] for i, t in enumerate(toks[:-1]) if t.up == "INTO"), None)
+            if target is not None and target.kind == "temp":
+                sql = re.sub(r"^CREATE TABLE", "CREATE TEMP TABLE", sql)
         if returning:
             sql += " RETURNING " + returning
         return sql, returning, kind

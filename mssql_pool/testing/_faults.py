@@ -21,7 +21,8 @@ MESSAGES: dict[int, tuple[int, str]] = {
     547: (16, "The INSERT statement conflicted with the FOREIGN KEY constraint \"{name}\". The "
               "conflict occurred in database \"{database}\", table \"{table}\"."),
     596: (21, "Cannot continue the execution because the session is in the kill state."),
-    911: (16, "Database '{database}' does not exist. Make sure that the name is entered correctly."),
+    911: (16, "Database '{database}' does not exist. Make sure that the name is entered "
+              "correctly."),
     1205: (13, "Transaction (Process ID {spid}) was deadlocked on lock resources with another "
                "process and has been chosen as the deadlock victim. Rerun the transaction."),
     1222: (16, "Lock request time out period exceeded."),

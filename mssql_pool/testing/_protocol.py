@@ -126,7 +126,8 @@ def frame(ptype: int, payload: bytes, packet_size: int, spid: int) -> bytes:
         chunk = payload[pos : pos + size]
         pos += len(chunk)
         last = pos >= len(payload)
-        out += HEADER.pack(ptype, STATUS_EOM if last else 0, len(chunk) + 8, spid & 0xFFFF, pid & 0xFF, 0)
+        status = STATUS_EOM if last else 0
+        out += HEADER.pack(ptype, status, len(chunk) + 8, spid & 0xFFFF, pid & 0xFF, 0)
         out += chunk
         pid += 1
         if last:
@@ -462,7 +463,7 @@ class Encoder:
 
     def row(self, values: Sequence[Any]) -> bytes:
         out = bytearray([TOK_ROW])
-        for c, v in zip(self.columns, values):
+        for c, v in zip(self.columns, values, strict=True):
             out += self.value(c, v)
         return bytes(out)
 
@@ -471,7 +472,9 @@ class Encoder:
         if k in (K_INT, K_BIGINT):
             if v is None:
                 return b"\x00"
-            return b"\x04" + struct.pack("<i", int(v)) if k == K_INT else b"\x08" + struct.pack("<q", int(v))
+            if k == K_INT:
+                return b"\x04" + struct.pack("<i", int(v))
+            return b"\x08" + struct.pack("<q", int(v))
         if k == K_BIT:
             return b"\x00" if v is None else b"\x01" + (b"\x01" if v else b"\x00")
         if k == K_FLOAT:
@@ -494,8 +497,8 @@ class Encoder:
         if k == K_DATE:
             if v is None:
                 return b"\x00"
-            d = v.date() if isinstance(v, _dt.datetime) else v
-            return b"\x03" + (d.toordinal() - 1).to_bytes(3, "little")
+            day: _dt.date = v.date() if isinstance(v, _dt.datetime) else v
+            return b"\x03" + (day.toordinal() - 1).to_bytes(3, "little")
         if k == K_GUID:
             return b"\x00" if v is None else b"\x10" + uuid.UUID(str(v)).bytes_le
         if k == K_NVARCHAR:
@@ -537,9 +540,11 @@ def encode_datetime(v: Any) -> bytes:
     return struct.pack("<iI", days, ticks)
 
 
-def encode_datetime2(v: Any) -> bytes:
-    if not isinstance(v, _dt.datetime):
-        v = _dt.datetime(v.year, v.month, v.day)
+def encode_datetime2(value: Any) -> bytes:
+    v: _dt.datetime = (
+        value if isinstance(value, _dt.datetime)
+        else _dt.datetime(value.year, value.month, value.day)
+    )
     t = ((v.hour * 60 + v.minute) * 60 + v.second) * 10_000_000 + v.microsecond * 10
     return t.to_bytes(5, "little") + (v.date().toordinal() - 1).to_bytes(3, "little")
 
@@ -725,7 +730,7 @@ def _money(raw: bytes) -> int:
     if len(raw) == 4:
         return int(struct.unpack("<i", raw)[0])
     hi, lo = struct.unpack("<iI", raw)
-    return (hi << 32) | lo
+    return int((hi << 32) | lo)
 
 
 def _decode_fixed(t: int, raw: bytes) -> Any:
@@ -752,7 +757,8 @@ def _decode_datetime(raw: bytes) -> _dt.datetime:
         days, mins = struct.unpack("<HH", raw)
         return _dt.datetime(1900, 1, 1) + _dt.timedelta(days=days, minutes=mins)
     days, ticks = struct.unpack("<iI", raw)
-    return _dt.datetime(1900, 1, 1) + _dt.timedelta(days=days, microseconds=round(ticks * 10000 / 3))
+    micros = round(ticks * 10000 / 3)
+    return _dt.datetime(1900, 1, 1) + _dt.timedelta(days=days, microseconds=micros)
 
 
 @dataclass
