@@ -18,7 +18,8 @@ configure          None         ``fn(raw_conn)`` run on every new connection and
 check              "SELECT 1"   health check on checkout: SQL text, ``fn(raw_conn)``, or None
 validate_after     0.5          skip the check if the connection came back less than this ago
 reset              "auto"       "auto", "rollback", "full" or ``fn(raw_conn)``, see reset.py
-leak_timeout       None         WARNING with the checkout stack when held longer than this
+leak_timeout       None         WARNING with the checkout stack when held longer than this (a
+                                debugging aid: it captures a stack on every checkout)
 reconnect_timeout  300.0        ``reconnect_failed(pool)`` called when refilling fails this long
 reconnect_failed   None         callback for the above
 name               "pool-N"     used in logs, thread names, stats and ``repr``

@@ -679,6 +679,8 @@ class ConnectionPool:
                 w.deliver(_CLOSED)
         for rec in idle:
             self._close_record(rec, "the pool is closed")
+        if self._orphans:
+            self._reap_orphans()
         self._maintenance.stop(timeout)
         if not already:
             logger.info("pool %r closed", self.name)
