@@ -1,0 +1,526 @@
+"""SQLAlchemy integration: mssql_pool under an ``Engine``, the ORM, and retried units.
+
+One line puts a :class:`~mssql_pool.ConnectionPool` under a standard SQLAlchemy
+``Engine`` on the ``mssql+pymssql`` dialect::
+
+    from mssql_pool.sqlalchemy import create_engine, run_transaction
+
+    engine = create_engine("mssql+pymssql://app:secret@db/orders", min_size=2, max_size=20)
+
+or, around a pool you already hold::
+
+    engine = create_engine("mssql+pymssql://", pool=my_pool)   # or pool=MssqlPoolAdapter(my_pool)
+
+The engine's pool is a :class:`MssqlPoolAdapter`, a ``sqlalchemy.pool.Pool`` subclass
+(not ``NullPool`` + ``creator``: see docs/sqlalchemy.md for why). What it keeps:
+
+* SQLAlchemy's pool events fire: ``connect`` once per driver connection (the first time
+  the engine sees it), ``checkout``, ``checkin``, ``reset``, ``invalidate``, ``close``;
+  ``connection_record.info`` lives as long as the driver connection;
+* when SQLAlchemy decides an error is a disconnect and invalidates, mssql_pool discards
+  that connection and checks every older one on its next checkout;
+* ``engine.dispose()`` retires the pool's connections (:meth:`ConnectionPool.drain`);
+* ``engine.pool.status()`` reads the pool's stats;
+* nothing is done twice: SQLAlchemy's pre-ping is replaced by the pool's own check
+  (skipped for a connection used within ``validate_after``), and SQLAlchemy's
+  reset-on-return by the pool's (nothing, a rollback or a full reset, as needed).
+
+:func:`run_transaction` runs an ORM (or Core) unit of work with the retry rules and the
+ambiguous-commit guarantee of :mod:`mssql_pool.transaction`, whose retry loop it reuses.
+
+SQLAlchemy is an optional dependency (``pip install mssql_pool[sqlalchemy]``); only this
+module imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import sqlalchemy
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
+
+from ._dsn import parse_conninfo, redact
+from .config import PoolConfig
+from .connection import PooledConnection
+from .errors import ConfigError
+from .pool import ConnectionPool
+from .reset import WORK, rollback_work
+from .retry import RetryPolicy
+from .transaction import run_transaction as _run_transaction
+
+__all__ = ["MssqlPoolAdapter", "as_sqlalchemy_pool", "create_engine", "run_transaction"]
+
+logger = logging.getLogger("mssql_pool.sqlalchemy")
+
+T = TypeVar("T")
+
+_RECORD_KEY = "mssql_pool.sqlalchemy.record"
+_DRIVERS = {"mssql": "mssql+pymssql", "mssql+pymssql": "mssql+pymssql"}
+_POOL_OPTIONS = frozenset(PoolConfig.__dataclass_fields__) - {"conninfo", "connect"}
+
+
+class _EngineConnection(PooledConnection):
+    """The pooled connection as SQLAlchemy holds it: ``rollback()`` in one round trip.
+
+    SQLAlchemy rolls back when a ``Connection`` or ``Session`` ends a transaction. pymssql's
+    own ``rollback()`` costs two round trips (ROLLBACK TRAN, then BEGIN TRAN); this sends
+    the batch the pool's reset sends (:func:`mssql_pool.reset.rollback_work`), so a unit
+    through the engine costs what it costs through the pool directly. Errors come out as
+    ``pymssql.OperationalError`` (SQLAlchemy wraps and classifies those) and reach the
+    pool's disconnect handling, as with every other call on the proxy.
+    """
+
+    __slots__ = ()
+
+    def rollback(self) -> None:
+        rec = self._rec
+        raw = self.raw
+        if rec is None or getattr(raw, "autocommit_state", True):
+            super().rollback()     # closed proxy (raises) or autocommit (pymssql: no-op)
+            return
+        try:
+            rollback_work(raw)
+        except Exception as exc:
+            self._pool._on_error(rec, exc)
+            raise _as_dbapi_error(exc) from exc
+        rec.flags &= ~WORK
+
+
+def _as_dbapi_error(exc: Exception) -> Exception:
+    """``_mssql`` exceptions (not DB-API errors) as pymssql.OperationalError."""
+    import pymssql
+
+    if isinstance(exc, pymssql.Error):
+        return exc
+    return pymssql.OperationalError(*exc.args)
+
+
+class MssqlPoolAdapter(Pool):
+    """A ``sqlalchemy.pool.Pool`` whose connections come from a mssql_pool pool.
+
+    ``MssqlPoolAdapter(pool)`` (or :func:`as_sqlalchemy_pool`) wraps an existing
+    :class:`~mssql_pool.ConnectionPool`; give it to ``create_engine(url, pool=...)``.
+
+    Each driver connection gets one SQLAlchemy connection record for its whole life
+    (kept in the pooled connection's ``info``), so ``connect`` fires once per driver
+    connection and ``record.info`` persists across checkouts. SQLAlchemy's ``recycle``
+    and ``pre_ping`` are not used: the pool's ``max_lifetime`` and ``check`` do that
+    work. ``reset_on_return`` is always off: the pool resets on return, only as far as
+    needed. Closing or invalidating a connection through SQLAlchemy discards it from
+    the pool.
+    """
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        logging_name: str | None = None,
+        echo: Any = None,
+        events: list[tuple[Any, str]] | None = None,
+        dialect: Any = None,
+        _dispatch: Any = None,
+    ) -> None:
+        if not isinstance(pool, ConnectionPool):
+            raise ConfigError("pool", f"must be a mssql_pool ConnectionPool, got {pool!r}")
+        self.mssql_pool = pool
+        self._pending = threading.local()
+        super().__init__(
+            self._open_record,
+            recycle=-1,
+            echo=echo,
+            logging_name=logging_name,
+            reset_on_return=None,
+            events=events,
+            dialect=dialect,
+            pre_ping=False,
+            _dispatch=_dispatch,
+        )
+
+    # ------------------------------------------------------------------ checkout
+    def _do_get(self) -> ConnectionPoolEntry:
+        pool = self.mssql_pool
+        while True:
+            proxy = pool.getconn()
+            proxy.__class__ = _EngineConnection   # same layout; see its docstring
+            try:
+                held = proxy.info.get(_RECORD_KEY)
+                record: Any = held[1] if held is not None and held[0] is self else None
+                if record is not None and _soft_invalidated(record):
+                    proxy.invalidate("soft-invalidated by SQLAlchemy")
+                    proxy.close()
+                    continue
+                if record is None:
+                    # A driver connection this adapter has not seen: a new record, whose
+                    # creator hands over ``proxy``; SQLAlchemy fires ``connect`` (and the
+                    # dialect's first-connect initialisation) as for a new connection.
+                    self._pending.proxy = proxy
+                    try:
+                        return self._create_connection()
+                    finally:
+                        self._pending.proxy = None
+                record.dbapi_connection = proxy
+                return record
+            except BaseException:
+                if not proxy.closed:
+                    proxy.invalidate("SQLAlchemy checkout failed")
+                    proxy.close()
+                raise
+
+    def _open_record(self, connection_record: ConnectionPoolEntry | None = None) -> Any:
+        """The creator SQLAlchemy calls for a record: the proxy being checked out.
+
+        Called outside :meth:`_do_get` only when SQLAlchemy reconnects a record itself
+        (a checkout listener raised ``DisconnectionError``): a connection is taken from
+        the pool then.
+        """
+        proxy: PooledConnection | None = getattr(self._pending, "proxy", None)
+        if proxy is None:
+            proxy = self.mssql_pool.getconn()
+            proxy.__class__ = _EngineConnection
+        else:
+            self._pending.proxy = None
+        if connection_record is not None:
+            proxy.info[_RECORD_KEY] = (self, connection_record)
+        return proxy
+
+    # ------------------------------------------------------------------ checkin
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        rec: Any = record
+        proxy = rec.dbapi_connection
+        if proxy is None:        # invalidated or detached: already handled
+            return
+        rec.dbapi_connection = None   # the record is idle; the pool owns the connection
+        proxy.close()
+
+    def _close_connection(self, connection: Any, *, terminate: bool = False) -> None:
+        """SQLAlchemy closes a connection (invalidation, detach, failed connect event):
+        the pool discards it instead of reusing it."""
+        if isinstance(connection, PooledConnection):
+            connection.invalidate("closed by SQLAlchemy (invalidated or detached)")
+            connection.close()
+        else:  # pragma: no cover - only our proxies are ever handed to SQLAlchemy
+            super()._close_connection(connection, terminate=terminate)
+
+    def _invalidate(
+        self,
+        connection: PoolProxiedConnection,
+        exception: BaseException | None = None,
+        _checkin: bool = True,
+    ) -> None:
+        """A disconnect: discard this connection, check every older one on checkout.
+
+        SQLAlchemy's own pool recycles every older connection instead; the pool's
+        suspect marking gives the same protection for the price of one check each.
+        """
+        proxy = getattr(connection, "dbapi_connection", None)
+        rec = getattr(proxy, "_rec", None)
+        if rec is not None:
+            mark = getattr(self.mssql_pool, "_mark_suspects", None)
+            if mark is not None:
+                mark(rec.seq)
+        if _checkin and getattr(connection, "is_valid", False):
+            connection.invalidate(exception)
+
+    # ------------------------------------------------------------------ pool-wide
+    def dispose(self) -> None:
+        """Retire every connection: idle ones close now, busy ones when they come back."""
+        self.mssql_pool.drain()
+
+    def recreate(self) -> MssqlPoolAdapter:
+        self.logger.info("Pool recreating")
+        return MssqlPoolAdapter(
+            self.mssql_pool,
+            logging_name=self._orig_logging_name,
+            echo=self.echo,
+            dialect=self._dialect,
+            _dispatch=self.dispatch,
+        )
+
+    def status(self) -> str:
+        """One line from the pool's stats (see :mod:`mssql_pool.stats`)."""
+        s = self.mssql_pool.get_stats()
+        return (
+            f"Pool {self.mssql_pool.name!r} (mssql_pool): size={s['pool_size']}/"
+            f"{s['pool_max']} idle={s['pool_available']} waiting={s['requests_waiting']} "
+            f"checkouts={s['requests_num']} opened={s['connections_num']} "
+            f"lost={s['connections_lost']} discarded={s['connections_discarded']} "
+            f"expired={s['connections_expired']} timeouts={s['requests_timeouts']}"
+        )
+
+    def get_stats(self) -> dict[str, int]:
+        """The pool's documented stats dict."""
+        return self.mssql_pool.get_stats()
+
+    # QueuePool-style gauges, for tools that read them.
+    def size(self) -> int:
+        return self.mssql_pool.get_stats()["pool_max"]
+
+    def checkedin(self) -> int:
+        return self.mssql_pool.get_stats()["pool_available"]
+
+    def checkedout(self) -> int:
+        s = self.mssql_pool.get_stats()
+        return s["pool_size"] - s["pool_available"]
+
+    def overflow(self) -> int:
+        return 0
+
+    def timeout(self) -> float:
+        return self.mssql_pool.config.timeout
+
+    def __repr__(self) -> str:
+        return f"<MssqlPoolAdapter {self.mssql_pool!r}>"
+
+
+def _soft_invalidated(record: ConnectionPoolEntry) -> bool:
+    soft: float = getattr(record, "_soft_invalidate_time", 0.0)
+    return soft > getattr(record, "starttime", 0.0)
+
+
+def as_sqlalchemy_pool(pool: ConnectionPool | MssqlPoolAdapter) -> MssqlPoolAdapter:
+    """Wrap ``pool`` for ``sqlalchemy.create_engine(url, pool=...)`` (idempotent)."""
+    if isinstance(pool, MssqlPoolAdapter):
+        return pool
+    return MssqlPoolAdapter(pool)
+
+
+# --------------------------------------------------------------------------- create_engine
+
+# SQLAlchemy's pool arguments and what they become here.
+_SA_POOL_ARGS = frozenset({
+    "pool_size", "max_overflow", "pool_timeout", "pool_recycle", "pool_pre_ping",
+    "pool_reset_on_return", "pool_use_lifo", "poolclass", "creator", "pool_logging_name",
+    "echo_pool",
+})
+
+
+def _dialect_url(url: str | URL) -> URL:
+    try:
+        u = make_url(url)
+    except (sa_exc.ArgumentError, TypeError, ValueError) as exc:
+        raise ConfigError("url", f"cannot parse {redact(url)}: {redact(exc)}") from None
+    driver = _DRIVERS.get(u.drivername.lower())
+    if driver is None:
+        raise ConfigError("url", f"must be an mssql:// or mssql+pymssql:// URL, got "
+                                 f"{u.drivername!r}")
+    return u.set(drivername=driver)
+
+
+def _conninfo(u: URL, connect_args: Mapping[str, Any]) -> dict[str, Any]:
+    """pymssql.connect keyword arguments for an SQLAlchemy URL, via the pool's own parser."""
+    text = u.set(drivername="mssql").render_as_string(hide_password=False)
+    kwargs = parse_conninfo(text)
+    kwargs.update(connect_args)
+    return kwargs
+
+
+def _translate_pool_args(sa_args: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
+    """Fold SQLAlchemy's pool_* arguments into pool options; return the adapter's."""
+    adapter: dict[str, Any] = {}
+    if "poolclass" in sa_args:
+        raise ConfigError("poolclass", "mssql_pool's engine brings its own pool; leave "
+                                       "poolclass out (or use sqlalchemy.create_engine)")
+    if "pool_size" in sa_args or "max_overflow" in sa_args:
+        size = sa_args.get("pool_size", 5)
+        overflow = sa_args.get("max_overflow", 10)
+        for name, value in (("pool_size", size), ("max_overflow", overflow)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(name, f"must be an int >= 0, got {value!r}")
+        opts.setdefault("max_size", max(size + max(overflow, 0), 1))
+    if "pool_timeout" in sa_args:
+        opts.setdefault("timeout", sa_args["pool_timeout"])
+    recycle = sa_args.get("pool_recycle", -1)
+    if recycle is not None and recycle != -1:
+        opts.setdefault("max_lifetime", recycle)
+    if sa_args.get("pool_pre_ping") and opts.get("check", "SELECT 1") is None:
+        raise ConfigError("pool_pre_ping", "pool_pre_ping=True contradicts check=None")
+    reset = sa_args.get("pool_reset_on_return", "rollback")
+    if reset not in ("rollback", True):
+        raise ConfigError("pool_reset_on_return",
+                          "mssql_pool resets connections itself; use reset= "
+                          "('auto', 'rollback', 'full' or a callable)")
+    if "creator" in sa_args:
+        opts["connect"] = sa_args["creator"]
+    if "pool_logging_name" in sa_args:
+        adapter["logging_name"] = sa_args["pool_logging_name"]
+    if "echo_pool" in sa_args:
+        adapter["echo"] = sa_args["echo_pool"]
+    return adapter
+
+
+def create_engine(url: str | URL, *, pool: ConnectionPool | MssqlPoolAdapter | None = None,
+                  **kwargs: Any) -> Engine:
+    """A standard SQLAlchemy ``Engine`` (``mssql+pymssql``) on a mssql_pool pool.
+
+    ``url`` is an ``mssql+pymssql://`` or ``mssql://`` URL. Keyword arguments that are
+    :class:`~mssql_pool.ConnectionPool` options (``min_size``, ``max_size``,
+    ``timeout``, ``check``, ``reset``, ``configure``, ``name``...) configure the pool
+    created here; SQLAlchemy's ``pool_size``/``max_overflow`` (-> ``max_size``),
+    ``pool_timeout``, ``pool_recycle`` (-> ``max_lifetime``), ``pool_pre_ping`` (the
+    pool checks anyway), ``creator`` (-> ``connect``), ``connect_args`` are translated;
+    everything else goes to ``sqlalchemy.create_engine``.
+
+    With ``pool=`` (a :class:`ConnectionPool` or a :class:`MssqlPoolAdapter`) that pool is
+    used, and only SQLAlchemy's own arguments are accepted; the URL only names the dialect
+    (``"mssql+pymssql://"`` is enough).
+
+    ``engine.dispose()`` drains the pool (connections are reopened on demand); close a
+    pool created here with ``engine.pool.mssql_pool.close()`` when done.
+    """
+    u = _dialect_url(url)
+    opts = {k: kwargs.pop(k) for k in list(kwargs) if k in _POOL_OPTIONS}
+    sa_pool_args = {k: kwargs.pop(k) for k in list(kwargs) if k in _SA_POOL_ARGS}
+    if pool is not None:
+        if opts:
+            raise ConfigError(sorted(opts)[0], "pool options cannot be combined with pool=; "
+                                               "configure the ConnectionPool you pass")
+        extra = sorted(set(sa_pool_args) - {"pool_pre_ping", "pool_logging_name", "echo_pool"})
+        if extra:
+            raise ConfigError(extra[0], "cannot be combined with pool=")
+        if "connect_args" in kwargs:
+            raise ConfigError("connect_args", "cannot be combined with pool=")
+        if isinstance(pool, MssqlPoolAdapter):
+            adapter = pool
+        elif isinstance(pool, ConnectionPool):
+            adapter = MssqlPoolAdapter(pool, **_translate_pool_args(sa_pool_args, {}))
+        else:
+            raise ConfigError("pool", f"must be a ConnectionPool or MssqlPoolAdapter, "
+                                      f"got {type(pool).__name__}")
+    else:
+        adapter_args = _translate_pool_args(sa_pool_args, opts)
+        connect_args = kwargs.pop("connect_args", {})
+        if not isinstance(connect_args, Mapping):
+            raise ConfigError("connect_args", f"must be a mapping, got "
+                                              f"{type(connect_args).__name__}")
+        if "connect" in opts:
+            conninfo: Any = None
+        else:
+            if not u.host:
+                raise ConfigError("url", f"no host in {redact(u.render_as_string())}")
+            conninfo = _conninfo(u, connect_args)
+        opts.setdefault("name", u.database or u.host or "sqlalchemy")
+        adapter = MssqlPoolAdapter(ConnectionPool(conninfo, **opts), **adapter_args)
+    return sqlalchemy.create_engine(u, pool=adapter, **kwargs)
+
+
+# --------------------------------------------------------------------------- run_transaction
+
+class _Unit:
+    """What :mod:`mssql_pool.transaction` sees as a connection: a Session or Connection.
+
+    ``commit``/``rollback``/``invalidate`` map onto SQLAlchemy's; leaving the ``with``
+    block closes it (returning its connection to the pool).
+    """
+
+    __slots__ = ("target",)
+
+    def __init__(self, target: Session | Connection) -> None:
+        self.target = target
+
+    def commit(self) -> None:
+        self.target.commit()
+
+    def rollback(self) -> None:
+        self.target.rollback()
+
+    def invalidate(self, reason: str | None = None) -> None:
+        target = self.target
+        if isinstance(target, Session):
+            target.invalidate()
+        elif not target.closed and not target.invalidated:
+            target.invalidate()
+        logger.debug("invalidated the unit's connection: %s", reason)
+
+    def __enter__(self) -> _Unit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.target.close()
+
+
+class _UnitSource:
+    """The "pool" :func:`mssql_pool.transaction.run_transaction` draws units from."""
+
+    __slots__ = ("_open",)
+
+    def __init__(self, open_target: Callable[[], Session | Connection]) -> None:
+        self._open = open_target
+
+    def connection(self, timeout: float | None = None) -> _Unit:
+        return _Unit(self._open())
+
+
+def _opener(source: Any) -> Callable[[], Session | Connection]:
+    if isinstance(source, Engine):
+        return source.connect
+    if isinstance(source, Session):
+        raise ConfigError("session_factory_or_engine",
+                          "pass a session factory (sessionmaker) or an Engine, not a Session: "
+                          "every attempt needs a fresh one")
+    if callable(source):
+        def open_session() -> Session:
+            session = source()
+            if not isinstance(session, Session):
+                raise ConfigError("session_factory_or_engine",
+                                  f"the factory returned {type(session).__name__}, not a Session")
+            return session
+        return open_session
+    raise ConfigError("session_factory_or_engine",
+                      f"must be a sessionmaker (or callable returning a Session) or an Engine, "
+                      f"got {type(source).__name__}")
+
+
+def run_transaction(
+    session_factory_or_engine: Any,
+    fn: Callable[..., T],
+    *args: Any,
+    policy: RetryPolicy | None = None,
+    idempotent: bool = False,
+    verify: Callable[[Any], bool] | None = None,
+    **kwargs: Any,
+) -> T:
+    """Run ``fn(session, *args, **kwargs)`` as one transaction, re-running the whole unit
+    on retryable errors.
+
+    ``session_factory_or_engine`` is a ``sessionmaker`` (``fn`` gets a new ``Session``
+    per attempt) or an ``Engine`` (``fn`` gets a new ``Connection``). ``fn`` does its
+    work and does not commit; pending changes are flushed, then committed. On a
+    retryable error (1205, 1222, throttling, failover, a dead connection...) the
+    attempt's session is rolled back (or its connection invalidated when dead) and
+    closed, the policy backs off, and ``fn`` runs again in a fresh session.
+
+    Rules, policy (default :data:`mssql_pool.transaction.TRANSACTION_POLICY`) and the
+    ambiguous-commit guarantee are those of :func:`mssql_pool.transaction.run_transaction`
+    (it is the loop that runs here): a connection lost while COMMIT was in flight raises
+    :class:`~mssql_pool.errors.CommitUnknownError` unless ``idempotent=True`` (re-run) or
+    ``verify(session) -> bool`` (run in a fresh session) says whether the unit landed.
+    SQLAlchemy's ``DBAPIError`` wrappers are classified by their ``.orig``.
+    """
+    if not callable(fn):
+        raise ConfigError("fn", f"must be callable, got {fn!r}")
+    if verify is not None and not callable(verify):
+        raise ConfigError("verify", f"must be callable(session) -> bool, got {verify!r}")
+    source = _UnitSource(_opener(session_factory_or_engine))
+
+    def unit(u: _Unit) -> T:
+        result = fn(u.target, *args, **kwargs)
+        if isinstance(u.target, Session):
+            # Flush here, not inside commit(): a failed flush is an ordinary error
+            # (retried when retryable); only the COMMIT itself can be ambiguous.
+            u.target.flush()
+        return result
+
+    check: Callable[[Any], bool] | None = None
+    if verify is not None:
+        user_verify = verify
+
+        def check(u: _Unit) -> bool:
+            return bool(user_verify(u.target))
+
+    return _run_transaction(source, unit, policy=policy, idempotent=idempotent, verify=check)
