@@ -52,6 +52,10 @@ _OPTION_BITS = {
 }
 
 
+# errors that end only the statement (the batch goes on), as SQL Server's do
+STATEMENT_ERRORS = frozenset({245, 515, 547, 1222, 2601, 2627, 3701, 3902, 3903, 6106, 8134})
+
+
 class SqlError(Exception):
     """An error to report to the client: number, severity, text."""
 
@@ -339,6 +343,7 @@ class Executor:
         self.major = major
         self._conns: dict[str, sqlite3.Connection] = {}
         self._tran_conns: list[sqlite3.Connection] = []
+        self._catching_depth = 0
         self._catch: SqlError | None = None
         self.conn = self._connect(state.database)
 
@@ -356,7 +361,16 @@ class Executor:
             con.execute("ATTACH DATABASE ':memory:' AS information_schema")
             self._install_functions(con)
             self._conns[key] = con
+            self._apply_lock_timeout()
         return con
+
+    def _apply_lock_timeout(self) -> None:
+        """SET LOCK_TIMEOUT n (ms) bounds SQLite's busy wait; -1 means the server's lock_wait."""
+        ms = self.state.lock_timeout
+        if ms < 0:
+            ms = int(self.engine.lock_wait * 1000)
+        for con in self._conns.values():
+            con.execute(f"PRAGMA busy_timeout = {int(ms)}")
 
     def close(self) -> None:
         for con in self._conns.values():
@@ -506,6 +520,7 @@ class Executor:
         st.session_context = {}
         st.variables = {}
         st.lock_timeout = -1
+        self._apply_lock_timeout()
         st.textsize = 2147483647
         st.language = "us_english"
         st.rowcount = 0
@@ -518,6 +533,7 @@ class Executor:
 
     def run_batch(self, sql: str, wait: Waiter) -> list[Out]:
         out: list[Out] = []
+        self._catching_depth = 0
         try:
             stmts = parse(sql)
         except SqlSyntaxError as exc:
@@ -540,7 +556,14 @@ class Executor:
     def _run_list(self, stmts: list[object], out: list[Out], wait: Waiter) -> None:
         for s in stmts:
             if isinstance(s, Simple):
-                self._run_simple(s, out, wait)
+                try:
+                    self._run_simple(s, out, wait)
+                except SqlError as exc:
+                    # statement-terminating errors let the batch go on, as in SQL Server
+                    if exc.number not in STATEMENT_ERRORS or self._catching_depth:
+                        raise
+                    self._on_error(exc)
+                    out.append(exc)
             elif isinstance(s, IfStmt):
                 if self._truth(s.cond):
                     self._run_list(s.then, out, wait)
@@ -549,9 +572,11 @@ class Executor:
             elif isinstance(s, Block):
                 self._run_list(s.body, out, wait)
             elif isinstance(s, TryCatch):
+                self._catching_depth += 1
                 try:
                     self._run_list(s.body, out, wait)
                 except SqlError as exc:
+                    self._catching_depth -= 1
                     self._on_error(exc)
                     saved = self._catch
                     self._catch = exc
@@ -559,6 +584,8 @@ class Executor:
                         self._run_list(s.catch, out, wait)
                     finally:
                         self._catch = saved
+                else:
+                    self._catching_depth -= 1
 
     def _truth(self, cond: Simple) -> bool:
         sql = "SELECT CASE WHEN " + self._translate_expr(cond.toks) + " THEN 1 ELSE 0 END"
@@ -663,6 +690,7 @@ class Executor:
             raise SqlError(102, near=level)
         if w[1] == "LOCK_TIMEOUT":
             st.lock_timeout = int(self._scalar(toks[2:]))
+            self._apply_lock_timeout()
             return
         if w[1] == "TEXTSIZE":
             st.textsize = int(self._scalar(toks[2:]))

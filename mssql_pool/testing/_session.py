@@ -81,20 +81,24 @@ class Session:
     def close(self) -> None:
         """Close the socket from another thread (stop, kill of an idle session)."""
         self._closing.set()
+        self._interrupt_sql()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
+    def _interrupt_sql(self) -> None:
+        ex = self.executor
+        if ex is not None and self.in_request:
+            try:
+                ex.conn.interrupt()
+            except Exception:  # noqa: BLE001 - the connection may be closing
+                pass
+
     def kill(self) -> None:
         self.killed.set()
         if self.in_request:
-            ex = self.executor
-            if ex is not None:
-                try:
-                    ex.conn.interrupt()
-                except Exception:  # noqa: BLE001 - the connection may be closing
-                    pass
+            self._interrupt_sql()
         else:
             self.close()
 

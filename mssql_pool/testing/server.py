@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shutil
 import socket
 import tempfile
@@ -279,8 +280,9 @@ class TdsServer:
                     severity: int | None = None, user: str | None = None) -> None:
         """The next ``times`` logins fail with ``number`` and SQL Server's text for it."""
         _check_times(times)
-        self._faults.add(Fault("login", None if user is None else compile_match(f"^{user}$"),
-                               times, number=number, severity=severity, message=message))
+        pattern = None if user is None else compile_match(f"^{re.escape(user)}$")
+        self._faults.add(Fault("login", pattern, times, number=number, severity=severity,
+                               message=message))
 
     def drop_next(self, match: str | None = None, after_execute: bool = False,
                   times: int = 1) -> None:

@@ -222,3 +222,33 @@ def test_sessions_and_request_counts(tds_server: TdsServer) -> None:
     assert after["requests"] - before["requests"] == 3
     assert after["batches"] - before["batches"] == 3
     assert tds_server.sessions()[0]["requests"] == info["requests"] + 3
+
+
+def test_writers_wait_and_lock_timeout_gives_1222(tds_server: TdsServer) -> None:
+    a = connect(tds_server)
+    ca = a.cursor()
+    ca.execute("CREATE TABLE w (id INT)")
+    a.commit()
+    ca.execute("INSERT INTO w VALUES (1)")  # a's transaction now holds the write lock
+    b = connect(tds_server)
+    cb = b.cursor()
+    cb.execute("SELECT COUNT(*) FROM w")  # readers are not blocked and see committed data
+    assert cb.fetchone()[0] == 0
+    cb.execute("SET LOCK_TIMEOUT 200")
+    with pytest.raises(pymssql.OperationalError) as info:
+        cb.execute("INSERT INTO w VALUES (2)")
+    assert info.value.args[0] == 1222
+    assert scalar(cb, "SELECT @@TRANCOUNT") == 1  # the statement was cancelled, not the tran
+    a.commit()
+    cb.execute("INSERT INTO w VALUES (2)")
+    b.commit()
+    assert scalar(ca, "SELECT COUNT(*) FROM w") == 2
+
+
+def test_statement_errors_do_not_abort_the_batch(tds_server: TdsServer) -> None:
+    cur = connect(tds_server, autocommit=True).cursor()
+    cur.execute("CREATE TABLE pk (id INT PRIMARY KEY)")
+    with pytest.raises(pymssql.IntegrityError):
+        cur.execute("INSERT INTO pk VALUES (1); INSERT INTO pk VALUES (1); "
+                    "INSERT INTO pk VALUES (2)")
+    assert scalar(cur, "SELECT COUNT(*) FROM pk") == 2
