@@ -8,6 +8,12 @@ error marks every connection opened before it, so the pool checks (and replaces)
 all in one pass instead of failing once per stale connection. Connections opened after
 the error are not suspect, and a brand-new connection is never checked.
 
+The window is a trade: a connection whose server died less than ``validate_after``
+seconds after it came back can reach a caller unchecked. Its first error marks it dead
+(discarded on return) and every older connection suspect, so the damage is one failed
+statement, which the transaction layer retries. ``validate_after=0`` checks every
+checkout (one extra round trip each).
+
 ``check`` is SQL text (default ``SELECT 1``, run on a cursor and fetched), a callable
 ``check(raw_conn)`` that raises (or returns ``False``) on failure, or ``None`` (no check).
 Keepalive pings run the same check (``SELECT 1`` when ``check`` is None).
