@@ -170,3 +170,29 @@ def test_no_threads_or_descriptors_left_after_stop() -> None:
     assert _fd_count() <= before_fds
     assert "Secret123!" not in repr(server)
     assert not os.path.exists(server._data_dir)
+
+
+def test_serve_main_runs_until_interrupted() -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mssql_pool.testing", "--port", "0", "--password", "Pw-1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:"), line
+        port = int(line.split()[2].split(":")[1])
+        conn = pymssql.connect(server="127.0.0.1", port=str(port), user="sa", password="Pw-1",
+                               tds_version="7.4")
+        cur = conn.cursor()
+        cur.execute("SELECT 40 + 2")
+        assert cur.fetchone()[0] == 42
+        conn.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

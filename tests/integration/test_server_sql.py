@@ -38,8 +38,9 @@ def test_every_tds_version_selects(tds_server: TdsServer, version: str) -> None:
     conn.close()
 
 
-def test_types_round_trip(tds_server: TdsServer) -> None:
-    conn = connect(tds_server)
+@pytest.mark.parametrize("version", ["7.1", "7.2", "7.4"])
+def test_types_round_trip(tds_server: TdsServer, version: str) -> None:
+    conn = connect(tds_server, tds_version=version)
     cur = conn.cursor()
     cur.execute(
         "CREATE TABLE ty (id INT IDENTITY(1,1) PRIMARY KEY, b BIT, i INT, bi BIGINT, f FLOAT, "
