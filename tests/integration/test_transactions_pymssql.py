@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pymssql
@@ -117,9 +118,21 @@ def check_invariants(
     return Counter(outcomes.values())
 
 
-def chaos(server: Any, stop: threading.Event, rnd: random.Random, counts: Counter[str]) -> None:
-    """Inject one fault every few milliseconds until stopped."""
-    while not stop.wait(0.03):
+FAULT_EVERY = 4  # completed transfers between two injected faults
+
+
+def chaos(server: Any, stop: threading.Event, rnd: random.Random, counts: Counter[str],
+          progress: Callable[[], int]) -> None:
+    """Inject one fault per FAULT_EVERY finished transfers until stopped.
+
+    Paced by progress, not by time: faults that nobody consumes (a login fault while no
+    one logs in) must not pile up faster than the workload can drain them.
+    """
+    mark = 0
+    while not stop.wait(0.005):
+        if progress() < mark + FAULT_EVERY:
+            continue
+        mark = progress()
         what = rnd.choice(["1205", "1222", "login", "kill", "drop_commit", "none"])
         counts[what] += 1
         if what == "1205":
@@ -172,7 +185,8 @@ def run_workload(server: Any, pool: ConnectionPool, *, verify: bool,
     threads = [threading.Thread(target=worker, args=(n,), name=f"transfer-{n}", daemon=True)
                for n in range(THREADS)]
     chaos_thread = threading.Thread(target=chaos, name="chaos", daemon=True,
-                                    args=(server, stop, random.Random(seed), faults))
+                                    args=(server, stop, random.Random(seed), faults,
+                                          lambda: len(outcomes)))
     chaos_thread.start()
     for t in threads:
         t.start()
