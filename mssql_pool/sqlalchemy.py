@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy
 from sqlalchemy import exc as sa_exc
@@ -165,7 +165,7 @@ class MssqlPoolAdapter(Pool):
                     finally:
                         self._pending.proxy = None
                 record.dbapi_connection = proxy
-                return record
+                return cast(ConnectionPoolEntry, record)
             except BaseException:
                 if not proxy.closed:
                     proxy.invalidate("SQLAlchemy checkout failed")
@@ -213,17 +213,13 @@ class MssqlPoolAdapter(Pool):
         exception: BaseException | None = None,
         _checkin: bool = True,
     ) -> None:
-        """A disconnect: discard this connection, check every older one on checkout.
+        """A disconnect: discard this connection (and only this one).
 
-        SQLAlchemy's own pool recycles every older connection instead; the pool's
-        suspect marking gives the same protection for the price of one check each.
+        SQLAlchemy's own pools recycle every older connection too. Here the proxy has
+        already shown the error to the pool, which then checks every older connection
+        on its next checkout: the same protection for the price of one check each, and
+        no reconnect storm.
         """
-        proxy = getattr(connection, "dbapi_connection", None)
-        rec = getattr(proxy, "_rec", None)
-        if rec is not None:
-            mark = getattr(self.mssql_pool, "_mark_suspects", None)
-            if mark is not None:
-                mark(rec.seq)
         if _checkin and getattr(connection, "is_valid", False):
             connection.invalidate(exception)
 

@@ -1,0 +1,231 @@
+"""The ORM on mssql_pool's engine, and retried units (run_transaction), with real pymssql
+against the TDS test server: create_all, CRUD, relationships, OUTPUT inserted.id, units
+re-run under injected deadlocks, ambiguous commits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+sqlalchemy = pytest.importorskip("sqlalchemy")
+
+from sqlalchemy import ForeignKey, String, exc, func, inspect, select, text  # noqa: E402
+from sqlalchemy.engine import Engine  # noqa: E402
+from sqlalchemy.orm import (  # noqa: E402
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    selectinload,
+    sessionmaker,
+)
+
+from mssql_pool.errors import CommitUnknownError, RetryExhausted  # noqa: E402
+from mssql_pool.retry import FixedBackoff, RetryPolicy  # noqa: E402
+from mssql_pool.sqlalchemy import create_engine, run_transaction  # noqa: E402
+from mssql_pool.testing import TdsServer  # noqa: E402
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST = RetryPolicy(max_attempts=5, deadline=20.0, backoff=FixedBackoff(0.01), name="test")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Customer(Base):
+    __tablename__ = "customer"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+    orders: Mapped[list[Order]] = relationship(back_populates="customer",
+                                               cascade="all, delete-orphan",
+                                               order_by="Order.id")
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customer.id"))
+    amount: Mapped[int]
+    customer: Mapped[Customer] = relationship(back_populates="orders")
+
+
+class Account(Base):
+    __tablename__ = "account"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    balance: Mapped[int]
+
+
+@pytest.fixture
+def engine(tds_server: TdsServer) -> Iterator[Engine]:
+    eng = create_engine(tds_server.url, max_size=4, timeout=10.0, name="orm")
+    Base.metadata.create_all(eng)
+    yield eng
+    eng.dispose()
+    eng.pool.mssql_pool.close()  # type: ignore[attr-defined]
+
+
+def test_create_all_made_the_tables(engine: Engine) -> None:
+    insp = inspect(engine)
+    # (get_table_names() reads INFORMATION_SCHEMA.TABLES, which the test server lacks)
+    assert all(insp.has_table(name) for name in ("customer", "orders", "account"))
+    Base.metadata.create_all(engine)   # checkfirst: a no-op the second time
+
+
+def test_orm_crud_relationships_and_output_inserted_id(engine: Engine) -> None:
+    Factory = sessionmaker(engine)
+    with Factory() as ses:
+        ann = Customer(name="ann", orders=[Order(amount=10), Order(amount=20)])
+        ses.add(ann)
+        ses.flush()
+        assert ann.id == 1                                  # OUTPUT inserted.id
+        assert [o.id for o in ann.orders] == [1, 2]
+        assert all(o.customer_id == ann.id for o in ann.orders)
+        ses.add(Customer(name="bob", orders=[Order(amount=5)]))
+        ses.commit()
+    with Factory() as ses:
+        rows = ses.scalars(select(Customer).options(selectinload(Customer.orders))
+                           .order_by(Customer.id)).all()
+        assert [(c.name, [o.amount for o in c.orders]) for c in rows] == [
+            ("ann", [10, 20]), ("bob", [5])]
+        rows[0].orders[0].amount = 11                        # update through a relationship
+        del rows[0].orders[1]                                # delete-orphan
+        ses.delete(rows[1])                                  # cascade
+        ses.commit()
+    with Factory() as ses:
+        assert ses.scalar(select(func.count()).select_from(Customer)) == 1
+        assert [(o.id, o.amount, o.customer.name) for o in ses.scalars(select(Order))] == [
+            (1, 11, "ann")]
+        ses.add(Customer(name="cy"))
+        ses.rollback()
+        assert ses.scalar(select(func.count()).select_from(Customer)) == 1
+
+
+def test_run_transaction_reruns_an_orm_unit_under_injected_deadlocks(
+        tds_server: TdsServer, engine: Engine) -> None:
+    Factory = sessionmaker(engine)
+    with Factory.begin() as ses:
+        ses.add_all([Account(id=1, balance=100), Account(id=2, balance=0)])
+    tds_server.fail_next(1205, match="UPDATE", times=2)
+    attempts = []
+
+    def transfer(ses: Session, amount: int) -> int:
+        attempts.append(ses)
+        src, dst = ses.get(Account, 1), ses.get(Account, 2)
+        assert src is not None and dst is not None
+        src.balance -= amount
+        dst.balance += amount
+        return len(attempts)
+
+    assert run_transaction(Factory, transfer, 30, policy=FAST) == 3
+    assert len(set(map(id, attempts))) == 3          # a fresh Session for every attempt
+    with Factory() as ses:
+        assert [a.balance for a in ses.scalars(select(Account).order_by(Account.id))] == [
+            70, 30]                                      # applied exactly once
+
+
+def test_run_transaction_with_an_engine_gives_a_connection(
+        tds_server: TdsServer, engine: Engine) -> None:
+    tds_server.fail_next(1205, match="INSERT", times=1)
+    calls = []
+
+    def unit(conn: Any) -> None:
+        calls.append(conn)
+        conn.execute(text("INSERT INTO account (id, balance) VALUES (7, 1)"))
+
+    run_transaction(engine, unit, policy=FAST)
+    assert len(calls) == 2 and all(isinstance(c, sqlalchemy.engine.Connection) for c in calls)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT balance FROM account WHERE id = 7")).scalar() == 1
+
+
+def test_run_transaction_does_not_retry_what_is_not_retryable(engine: Engine) -> None:
+    Factory = sessionmaker(engine)
+    run_transaction(Factory, lambda s: s.add(Account(id=1, balance=1)), policy=FAST)
+    calls = []
+
+    def duplicate(ses: Session) -> None:
+        calls.append(1)
+        ses.add(Account(id=1, balance=2))
+
+    with pytest.raises(exc.IntegrityError):
+        run_transaction(Factory, duplicate, policy=FAST)
+    assert calls == [1]
+
+
+def test_run_transaction_gives_up_after_the_policy(tds_server: TdsServer,
+                                                   engine: Engine) -> None:
+    Factory = sessionmaker(engine)
+    run_transaction(Factory, lambda s: s.add(Account(id=1, balance=1)), policy=FAST)
+    tds_server.fail_next(1205, match="UPDATE", times=10)
+
+    def bump(ses: Session) -> None:
+        acct = ses.get(Account, 1)
+        assert acct is not None
+        acct.balance += 1
+
+    with pytest.raises(RetryExhausted) as info:
+        run_transaction(Factory, bump, policy=FAST.new(max_attempts=3))
+    assert isinstance(info.value.last_error, exc.DBAPIError)
+    assert len(info.value.attempts) == 3
+    tds_server.clear_faults()
+
+
+def _seed_and_lose_the_commit(tds_server: TdsServer, engine: Engine) -> sessionmaker[Session]:
+    Factory = sessionmaker(engine)
+    run_transaction(Factory, lambda s: s.add(Account(id=1, balance=0)), policy=FAST)
+    tds_server.drop_next(match="COMMIT", after_execute=True)   # it lands, the reply is lost
+    return Factory
+
+
+def _bump(ses: Session) -> None:
+    acct = ses.get(Account, 1)
+    assert acct is not None
+    acct.balance += 1
+
+
+def _balance(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT balance FROM account WHERE id = 1")).scalar_one())
+
+
+def test_a_lost_commit_is_never_rerun_blindly(tds_server: TdsServer, engine: Engine) -> None:
+    Factory = _seed_and_lose_the_commit(tds_server, engine)
+    with pytest.raises(CommitUnknownError):
+        run_transaction(Factory, _bump, policy=FAST)
+    assert _balance(engine) == 1
+
+
+def test_a_lost_commit_is_resolved_by_verify(tds_server: TdsServer, engine: Engine) -> None:
+    Factory = _seed_and_lose_the_commit(tds_server, engine)
+    checked = []
+
+    def landed(ses: Session) -> bool:
+        checked.append(ses)
+        return ses.get(Account, 1).balance == 1  # type: ignore[union-attr]
+
+    run_transaction(Factory, _bump, policy=FAST, verify=landed)
+    assert len(checked) == 1 and _balance(engine) == 1
+
+
+def test_a_lost_commit_of_an_idempotent_unit_is_rerun(tds_server: TdsServer,
+                                                      engine: Engine) -> None:
+    Factory = _seed_and_lose_the_commit(tds_server, engine)
+
+    def set_five(ses: Session) -> None:
+        ses.get(Account, 1).balance = 5  # type: ignore[union-attr]
+
+    run_transaction(Factory, set_five, policy=FAST, idempotent=True)
+    assert _balance(engine) == 5
+
+
+def test_a_unit_survives_kill_all(tds_server: TdsServer, engine: Engine) -> None:
+    Factory = sessionmaker(engine)
+    run_transaction(Factory, lambda s: s.add(Account(id=1, balance=0)), policy=FAST)
+    tds_server.kill_all()
+    run_transaction(Factory, _bump, policy=FAST)
+    assert _balance(engine) == 1
