@@ -68,6 +68,7 @@ class FaultPlan:
     ended: float | None = None
     skipped: str = ""
     detail: str = ""
+    stats_at_start: dict[str, int] = field(default_factory=dict)
 
 
 FAULT_KEYS = (
@@ -234,25 +235,41 @@ class Backend:
 
 
 class EmbeddedBackend(Backend):
-    """Two in-process TDS test servers sharing nothing but the demo's care.
+    """Two in-process TDS test servers in front of one storage.
 
-    ``node1`` holds the data and is what the pool dials. For the redirect step,
-    ``node1`` starts answering logins with a routing token to ``node2``, which is
-    started with the same data (copied when the fault fires) ... see inject().
+    ``node1`` is what the pool dials. ``node2`` shares node1's storage (a replica
+    that sees the same data, as after an Azure failover). The redirect step turns
+    node1 into a gateway: its logins are answered with a routing token to node2, and
+    its sessions are dropped, so the pool reconnects through node1 and ends up on
+    node2. From then on the faults that hit sessions, logins and the process hit the
+    active node, node2.
     """
 
     def __init__(self) -> None:
-        from .testing import TdsServer  # type: ignore[attr-defined]
+        from .testing import TdsServer
 
-        self._server_cls = TdsServer
-        self.node1 = TdsServer(users={"sa": DEMO_PASSWORD}, database="master")
-        self.node1.__enter__()
+        self.node1 = TdsServer(users={"sa": DEMO_PASSWORD}, database="master", server_name="NODE1")
+        self.node1.start()
         self.node2: Any = None
-        self.description = f"embedded TDS test server at {self.node1.host}:{self.node1.port}"
+        self.share_problem = ""
+        try:
+            self.node2 = TdsServer(
+                users={"sa": DEMO_PASSWORD}, database="master", server_name="NODE2"
+            )
+            self.share_problem = _share_storage(self.node2, self.node1)
+            if not self.share_problem:
+                self.node2.start()
+        except Exception as exc:  # noqa: BLE001 - the step is skipped, with the reason
+            self.share_problem = f"second node could not start: {exc}"
+        self.active = self.node1
+        self.description = f"embedded TDS test server at {self.node1.host}:{self.node1.port}" + (
+            f", node 2 at {self.node2.host}:{self.node2.port}" if not self.share_problem else ""
+        )
 
     def conninfo(self) -> dict[str, Any]:
         kwargs = dict(self.node1.connect_kwargs())
         kwargs.update(
+            port=int(kwargs["port"]),
             tds_version="7.4",
             login_timeout=QUERY_TIMEOUT,
             timeout=QUERY_TIMEOUT,
@@ -261,79 +278,90 @@ class EmbeddedBackend(Backend):
         return kwargs
 
     def supports(self, key: str) -> str:
-        needs = {
-            "kill": "kill",
-            "deadlock": "fail_next",
-            "login_burst": "fail_logins",
-            "restart": "stop",
-            "redirect": "redirect_to",
-            "partition": "blackhole",
-            "commit_lost": "drop_next",
-        }
-        attr = needs.get(key, "")
-        if not hasattr(self.node1, attr):
-            return f"the test server has no {attr}() yet"
-        if key == "redirect":
-            return _redirect_support()
+        if key == "redirect" and self.share_problem:
+            return self.share_problem
         return ""
 
     def inject(self, plan: FaultPlan, rng: random.Random, stop: threading.Event) -> None:
-        server = self.node1
+        server = self.active
+        where = "node 2" if server is self.node2 else "node 1"
         if plan.key == "kill":
-            spids = sorted(int(s["spid"]) for s in server.sessions())
-            victims = rng.sample(spids, max(1, round(len(spids) * plan.params["fraction"])))
-            for spid in victims if spids else ():
+            spids = sorted(int(info["spid"]) for info in server.sessions())
+            victims = (
+                rng.sample(spids, max(1, round(len(spids) * plan.params["fraction"])))
+                if spids
+                else []
+            )
+            for spid in victims:
                 server.kill(spid)
-            plan.detail = f"killed {len(victims) if spids else 0} of {len(spids)} sessions"
+            plan.detail = f"killed {len(victims)} of {len(spids)} sessions on {where}"
         elif plan.key == "deadlock":
-            server.fail_next(1205, match=r"(?i)^\s*UPDATE", times=plan.params["times"], severity=13)
-            plan.detail = f"next {plan.params['times']} UPDATEs chosen as deadlock victims"
+            server.fail_next(1205, match=r"(?i)^\s*UPDATE", times=plan.params["times"])
+            plan.detail = f"the next {plan.params['times']} UPDATEs on {where} are deadlock victims"
         elif plan.key == "login_burst":
             server.fail_logins(40613, times=plan.params["times"])
-            server.kill_all()
+            killed = server.kill_all()
             plan.detail = (
-                f"every session killed; the next {plan.params['times']} logins fail with 40613"
+                f"{killed} sessions on {where} killed; the next "
+                f"{plan.params['times']} logins fail with 40613"
             )
         elif plan.key == "restart":
             server.stop()
             stop.wait(plan.window)
             server.start()
-            plan.detail = "stopped (sessions gone, port closed), then started on the same port"
+            plan.detail = f"{where} stopped (sessions gone, port closed), started on the same port"
         elif plan.key == "partition":
             server.blackhole()
             stop.wait(plan.window)
             server.heal()
-            plan.detail = "server stopped answering without closing sockets, then healed"
+            plan.detail = f"{where} stopped answering without closing sockets, then healed"
         elif plan.key == "commit_lost":
-            server.drop_next(match=r"(?i)COMMIT", after_execute=True)
-            plan.detail = "next COMMIT executed, then the socket closed before the reply"
+            server.drop_next(match=r"(?i)^\s*COMMIT", after_execute=True)
+            plan.detail = (
+                f"next COMMIT on {where} executed, then its socket closed before the reply"
+            )
         elif plan.key == "redirect":
-            self._redirect(plan)
-
-    def _redirect(self, plan: FaultPlan) -> None:
-        raise NotImplementedError
+            self.node1.redirect_to(self.node2)
+            self.active = self.node2
+            killed = self.node1.kill_all()
+            plan.detail = (
+                f"node 1 now routes logins to node 2 ({self.node2.host}:"
+                f"{self.node2.port}); its {killed} sessions dropped"
+            )
 
     def heal_all(self) -> None:
         for server in (self.node1, self.node2):
             if server is None:
                 continue
-            for action in ("heal",):
-                try:
-                    getattr(server, action)()
-                except Exception:  # noqa: BLE001 - best effort at the end of the run
-                    pass
+            try:
+                server.heal()
+                server.clear_faults()
+                if not server.running:
+                    server.start()
+            except Exception:  # noqa: BLE001 - best effort at the end of the run
+                log.debug("healing a demo server failed", exc_info=True)
 
     def close(self) -> None:
         for server in (self.node2, self.node1):
             if server is not None:
                 try:
-                    server.__exit__(None, None, None)
+                    server.close()  # node2's own (unused) data dir goes; node1's last
                 except Exception:  # noqa: BLE001
                     log.debug("closing a demo server failed", exc_info=True)
 
 
-def _redirect_support() -> str:
-    return "redirect step not wired yet"
+def _share_storage(replica: Any, primary: Any) -> str:
+    """Make ``replica`` serve ``primary``'s databases. Empty string on success.
+
+    TdsServer has no public option for shared storage yet; its engine (SQLite files,
+    lock manager) is swapped in when the attribute exists, else the redirect step is
+    skipped with this reason.
+    """
+    engine = getattr(primary, "_engine", None)
+    if engine is None or not hasattr(replica, "_engine"):
+        return "the TDS test server cannot share storage between two nodes yet"
+    replica._engine = engine
+    return ""
 
 
 class RealServerBackend(Backend):
@@ -577,7 +605,15 @@ class Progress:
 class Chaos:
     """The chaos thread: runs the schedule against the backend."""
 
-    def __init__(self, backend: Backend, plans: list[FaultPlan], rec: Recorder, seed: int) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        plans: list[FaultPlan],
+        rec: Recorder,
+        seed: int,
+        stats: Callable[[], dict[str, int]] = dict,
+    ) -> None:
+        self.stats = stats
         self.backend = backend
         self.plans = plans
         self.rec = rec
@@ -591,7 +627,8 @@ class Chaos:
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.thread.join(30.0)
+        if self.thread.ident is not None:
+            self.thread.join(30.0)
 
     def _run(self) -> None:
         for plan in self.plans:
@@ -601,6 +638,7 @@ class Chaos:
             if delay > 0 and self.stop_event.wait(delay):
                 return
             self.current = plan.label
+            plan.stats_at_start = dict(self.stats())
             plan.started = self.rec.now()
             try:
                 self.backend.inject(plan, self.rng, self.stop_event)
@@ -636,35 +674,57 @@ def _worker(
             rec.commit(idx, tid)
 
 
-def _recovery(plans: list[FaultPlan], rec: Recorder, run_end: float) -> list[dict[str, Any]]:
-    """Per fault: errors and retries until the next fault, and time until all workers
-    committed again after the fault cleared."""
-    rows: list[dict[str, Any]] = []
+def _row(fault: str, at: float, window: float = 0.0, **values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "fault": fault,
+        "at": at,
+        "window": window,
+        "app_errors": 0,
+        "commit_unknown": 0,
+        "retries": 0,
+        "logins": 0,
+        "logins_failed": 0,
+        "recovered_in": None,
+        "detail": "",
+        "skipped": "",
+    }
+    row.update(values)
+    return row
+
+
+def _recovery(
+    plans: list[FaultPlan],
+    rec: Recorder,
+    run_end: float,
+    start_stats: dict[str, int] | None = None,
+    end_stats: dict[str, int] | None = None,
+) -> list[dict[str, Any]]:
+    """Per fault: errors, retries and logins until the next fault, and the time until
+    every worker committed again after the fault cleared."""
     active = [p for p in plans if p.started is not None]
-    bounds = [0.0] + [p.started for p in active if p.started is not None] + [run_end + 1e9]
+    bounds = [0.0] + [p.started or 0.0 for p in active] + [run_end + 1e9]
+    snapshots = [start_stats or {}] + [p.stats_at_start for p in active] + [end_stats or {}]
     events = sorted(rec.events)
     times = [t for t, _ in events]
 
-    def span_counts(lo: float, hi: float) -> Counter[str]:
-        i, j = bisect.bisect_left(times, lo), bisect.bisect_left(times, hi)
-        return Counter(kind for _, kind in events[i:j])
+    def span(n: int) -> dict[str, int]:
+        i, j = bisect.bisect_left(times, bounds[n]), bisect.bisect_left(times, bounds[n + 1])
+        counts = Counter(kind for _, kind in events[i:j])
+        lo, hi = snapshots[n], snapshots[n + 1]
 
-    base = span_counts(bounds[0], bounds[1])
-    rows.append(
-        {
-            "fault": "(before the first fault)",
-            "at": 0.0,
-            "window": 0.0,
-            "app_errors": base["error"],
-            "commit_unknown": base["unknown"],
-            "retries": base["retry"],
-            "recovered_in": None,
-            "detail": "",
-            "skipped": "",
+        def delta(key: str) -> int:
+            return max(0, hi.get(key, 0) - lo.get(key, 0)) if lo and hi else 0
+
+        return {
+            "app_errors": counts["error"],
+            "commit_unknown": counts["unknown"],
+            "retries": counts["retry"],
+            "logins": delta("connections_num"),
+            "logins_failed": delta("connections_errors"),
         }
-    )
-    for n, plan in enumerate(active):
-        counts = span_counts(bounds[n + 1], bounds[n + 2])
+
+    rows = [_row("(before the first fault)", 0.0, **span(0))]
+    for n, plan in enumerate(active, start=1):
         cleared = plan.ended if plan.ended is not None else plan.started or 0.0
         worst: float | None = 0.0
         for times_w in rec.commit_times:
@@ -673,34 +733,18 @@ def _recovery(plans: list[FaultPlan], rec: Recorder, run_end: float) -> list[dic
                 worst = None
                 break
             worst = max(worst or 0.0, times_w[k] - cleared)
+        window = (plan.ended or 0.0) - (plan.started or 0.0)
         rows.append(
-            {
-                "fault": plan.label,
-                "at": plan.started,
-                "window": (plan.ended or 0) - (plan.started or 0),
-                "app_errors": counts["error"],
-                "commit_unknown": counts["unknown"],
-                "retries": counts["retry"],
-                "recovered_in": worst,
-                "detail": plan.detail,
-                "skipped": "",
-            }
-        )
-    for plan in plans:
-        if plan.skipped:
-            rows.append(
-                {
-                    "fault": plan.label,
-                    "at": plan.at,
-                    "window": 0.0,
-                    "app_errors": 0,
-                    "commit_unknown": 0,
-                    "retries": 0,
-                    "recovered_in": None,
-                    "detail": "",
-                    "skipped": plan.skipped,
-                }
+            _row(
+                plan.label,
+                plan.started or 0.0,
+                window,
+                recovered_in=worst,
+                detail=plan.detail,
+                **span(n),
             )
+        )
+    rows.extend(_row(p.label, p.at, skipped=p.skipped) for p in plans if p.skipped)
     return rows
 
 
@@ -747,7 +791,7 @@ def run_demo(
             pool.wait(timeout=30.0)
             _setup_schema(pool, accounts, real=url is not None)
             stop = threading.Event()
-            chaos_runner = Chaos(backend, plans, rec, seed)
+            chaos_runner = Chaos(backend, plans, rec, seed, stats=pool.get_stats)
             prog = Progress(rec, pool, progress, err, lambda: chaos_runner.current, duration)
             workers = [
                 threading.Thread(
@@ -758,18 +802,22 @@ def run_demo(
                 )
                 for i in range(threads)
             ]
+            start_stats = dict(pool.get_stats())
             rec.t0 = rec.clock()
-            for w in workers:
-                w.start()
-            chaos_runner.start()
-            prog.start()
-            time.sleep(duration)
-            stop.set()
-            chaos_runner.stop()
-            backend.heal_all()
-            for w in workers:
-                w.join(60.0)
-            prog.stop()
+            try:
+                for w in workers:
+                    w.start()
+                chaos_runner.start()
+                prog.start()
+                time.sleep(duration)
+            finally:  # also on Ctrl-C: stop the chaos, heal, let the workers finish
+                stop.set()
+                chaos_runner.stop()
+                backend.heal_all()
+                for w in workers:
+                    if w.is_alive() or w.ident is not None:
+                        w.join(60.0)
+                prog.stop()
             report.elapsed = rec.now()
             stuck = [w.name for w in workers if w.is_alive()]
             if stuck:
@@ -779,7 +827,7 @@ def run_demo(
             report.pool_stats = dict(pool.get_stats())
         finally:
             pool.close(timeout=10.0)
-        report.faults = _recovery(plans, rec, report.elapsed)
+        report.faults = _recovery(plans, rec, report.elapsed, start_stats, report.pool_stats)
         report.counts = dict(rec.counts)
         report.retry_kinds = dict(rec.retry_kinds)
         report.unexpected = dict(rec.unexpected)
@@ -824,7 +872,7 @@ def print_report(report: DemoReport, out: TextIO) -> None:
     )
     w(
         f"{'fault':<34} {'at':>6} {'window':>7} {'app errors':>10} {'unknown':>8} "
-        f"{'retries':>8} {'recovered in':>13}\n"
+        f"{'retries':>8} {'logins ok/failed':>17} {'recovered in':>13}\n"
     )
     for row in report.faults:
         if row["skipped"]:
@@ -835,7 +883,8 @@ def print_report(report: DemoReport, out: TextIO) -> None:
             recovered = "not before end"
         w(
             f"{row['fault']:<34} {row['at']:>5.1f}s {row['window']:>6.2f}s {row['app_errors']:>10} "
-            f"{row['commit_unknown']:>8} {row['retries']:>8} {recovered:>13}\n"
+            f"{row['commit_unknown']:>8} {row['retries']:>8} "
+            f"{str(row['logins']) + '/' + str(row['logins_failed']):>17} {recovered:>13}\n"
         )
         if row["detail"]:
             w(f"{'':<36}{row['detail']}\n")
