@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import decimal
+import functools
 import logging
 import os
 import re
@@ -1004,12 +1005,8 @@ class Executor:
 
     def _translate_expr(self, toks: list[Tok]) -> str:
         text = self._rewrite(toks)
-        try:
-            import sqlglot
-
-            return str(sqlglot.transpile("SELECT " + text, read="tsql", write="sqlite")[0])[7:]
-        except Exception:  # noqa: BLE001 - sqlglot raises many types; fall back to the raw text
-            return text
+        sql = to_sqlite("SELECT " + text)
+        return sql[7:] if sql is not None else text
 
     def _translate(self, toks: list[Tok]) -> tuple[str, str | None, str]:
         """(sqlite sql, RETURNING clause or None, kind: select/dml/ddl)."""
@@ -1031,13 +1028,7 @@ class Executor:
         if w0 == "DROP" and len(toks) > 2 and toks[1].up == "TABLE":
             return self._drop_table(toks), None, "ddl"
         text = self._rewrite(_values_alias(toks))
-        try:
-            import sqlglot
-
-            sql = ";".join(sqlglot.transpile(text, read="tsql", write="sqlite"))
-        except Exception as exc:  # noqa: BLE001
-            log.debug("sqlglot could not translate %r: %s", text, exc)
-            sql = text
+        sql = to_sqlite(text) or text
         if kind == "dml" and w0 == "SELECT" and _selects_into(toks):
             target = next((toks[i + 1] for i, t in enumerate(toks[:-1]) if t.up == "INTO"), None)
             if target is not None and target.kind == "temp":
@@ -1278,6 +1269,18 @@ class Executor:
 
 
 _TEMP_PREFIX = "tmp__"
+
+
+@functools.lru_cache(maxsize=4096)
+def to_sqlite(text: str) -> str | None:
+    """sqlglot's T-SQL -> SQLite translation of rewritten text (cached); None if it fails."""
+    try:
+        import sqlglot
+
+        return ";".join(sqlglot.transpile(text, read="tsql", write="sqlite"))
+    except Exception as exc:  # noqa: BLE001 - sqlglot raises many types; run the text as is
+        log.debug("sqlglot could not translate %r: %s", text, exc)
+        return None
 
 
 def _temp_name(text: str) -> str:

@@ -196,3 +196,39 @@ def test_serve_main_runs_until_interrupted() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def _batch(sql: str, status: int = P.STATUS_EOM) -> bytes:
+    headers = b"\x16\x00\x00\x00\x12\x00\x00\x00\x02\x00" + b"\x00" * 8 + b"\x01\x00\x00\x00"
+    payload = headers + sql.encode("utf-16-le")
+    return struct.pack(">BBHHBB", P.PKT_SQL_BATCH, status, len(payload) + 8, 0, 1, 0) + payload
+
+
+def test_resetconnection_header_flag(tds_server: TdsServer, raw_tds_login) -> None:
+    s = raw_tds_login(tds_server)
+    s.sendall(_batch("CREATE TABLE #gone (v INT); SET CONTEXT_INFO 0x01; BEGIN TRAN"))
+    P.read_message(s)
+    assert tds_server.sessions()[0]["trancount"] == 1
+    s.sendall(_batch("SELECT OBJECT_ID('tempdb..#gone')",
+                     status=P.STATUS_EOM | P.STATUS_RESETCONNECTION))
+    _t, _st, payload = P.read_message(s)
+    # ENVCHANGE type 18 (reset acknowledged) comes first
+    assert payload[:4] == bytes([P.TOK_ENVCHANGE, 3, 0, P.ENV_RESETACK])
+    assert tds_server.sessions()[0]["trancount"] == 0
+    assert b"\x26\x04" in payload and payload.count(bytes([P.TOK_ROW, 0])) == 1  # NULL int
+
+
+def test_python_tds_parameters_and_transactions(tds_server: TdsServer) -> None:
+    pytds = pytest.importorskip("pytds")
+    with pytds.connect(tds_server.host, tds_server.database, tds_server.user,
+                       tds_server.password, port=tds_server.port, autocommit=False) as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT %s + 1, %s", (41, "text"))  # RPC sp_executesql with typed params
+        assert cur.fetchall() == [(42, "text")]
+        cur.execute("CREATE TABLE p (id INT)")
+        conn.commit()  # Transaction Manager requests
+        cur.execute("INSERT INTO p VALUES (%s)", (1,))
+        conn.rollback()
+        cur.execute("SELECT COUNT(*) FROM p")
+        assert cur.fetchone()[0] == 0
+    assert tds_server.stats()["transactions"] >= 2 and tds_server.stats()["rpcs"] >= 1
