@@ -25,6 +25,11 @@ reconnect_failed   None         callback for the above
 name               "pool-N"     used in logs, thread names, stats and ``repr``
 background         True         run the maintenance thread (False: call ``run_maintenance()``)
 maintenance_interval 1.0        seconds between maintenance passes
+servers            None         every endpoint in order (replaces conninfo's server), endpoints.py
+failover_partners  None         endpoints tried after conninfo's server, e.g. ["host2:1433"]
+read_only          False        read-only intent in the login (Always On read-only routing)
+endpoint_breaker   (3, 0.5, 2)  CircuitBreaker arguments per endpoint, a factory, or None (off)
+identify           None         ask each new connection which node it reached (None: auto)
 clock/sleep/random monotonic... injection points for tests (monotonic clock only)
 ================== ============ ==========================================================
 """
@@ -40,6 +45,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ._dsn import redact
+from .endpoints import DEFAULT_ENDPOINT_BREAKER, endpoint_options
 from .errors import ConfigError
 
 __all__ = ["PoolConfig", "RESET_MODES", "make_config"]
@@ -75,6 +81,11 @@ class PoolConfig:
     clock: Callable[[], float] = field(default=time.monotonic)
     sleep: Callable[[float], object] = field(default=time.sleep)
     random: Callable[[], float] = field(default=_random.random)
+    servers: tuple[Any, ...] | None = None
+    failover_partners: tuple[Any, ...] | None = None
+    read_only: bool = False
+    endpoint_breaker: Any = field(default_factory=lambda: DEFAULT_ENDPOINT_BREAKER)
+    identify: Any = None
 
     def __repr__(self) -> str:
         shown = []
@@ -173,4 +184,5 @@ def make_config(**opts: Any) -> PoolConfig:
         o["name"] = f"pool-{next(_names)}"
     elif not isinstance(name, str):
         raise ConfigError("name", f"must be a string, got {type(name).__name__}")
+    o.update(endpoint_options(o))
     return PoolConfig(**o)

@@ -36,6 +36,7 @@ from .reset import SESSION, WORK, scan_sql
 from .reset import _cache as _scan_cache
 
 if TYPE_CHECKING:
+    from .endpoints import Landing
     from .pool import ConnectionPool
 
 __all__ = ["ConnState", "ConnectionRecord", "PooledConnection", "PooledCursor"]
@@ -55,7 +56,7 @@ class ConnectionRecord:
     __slots__ = (
         "raw", "seq", "generation", "created_at", "expires_at", "returned_at", "checkout_at",
         "state", "flags", "dead", "_info", "autocommit", "stack", "leak_warned", "pid",
-        "pinged_at", "conn_properties",
+        "pinged_at", "conn_properties", "landing",
     )
 
     def __init__(self, raw: Any, seq: int, generation: int, now: float, expires_at: float,
@@ -77,6 +78,7 @@ class ConnectionRecord:
         self.pid = pid
         self.pinged_at = now              # last keepalive ping
         self.conn_properties: str | None = None   # pymssql conn_properties given at connect
+        self.landing: Landing | None = None       # endpoint dialled, node reached (endpoints.py)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -186,6 +188,14 @@ class PooledConnection:
         if rec is None:
             raise _closed_error()
         return rec.info
+
+    @property
+    def landing(self) -> Landing | None:
+        """Where this connection landed: endpoint dialled, node reached (see endpoints.py)."""
+        rec = self._rec
+        if rec is None:
+            raise _closed_error()
+        return rec.landing
 
     @property
     def pool(self) -> ConnectionPool:

@@ -35,11 +35,12 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from . import endpoints as _endpoints
 from ._dsn import parse_conninfo, redact
 from .classify import is_disconnect
 from .config import Conninfo, PoolConfig, make_config
 from .connection import ConnectionRecord, ConnState, PooledConnection
-from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from .errors import PoolClosed, PoolError, PoolTimeout, RedirectError, TooManyRequests
 from .health import run_check
 from .maintenance import Maintenance
 from .reset import CALLBACK, FULL, NONE, ROLLBACK, full_reset, plan, rollback_work
@@ -112,6 +113,8 @@ class ConnectionPool:
         self._busy_recs: set[ConnectionRecord] | None = set() if cfg.leak_timeout else None
         self._stats = PoolStats()
         self._pid = os.getpid()
+        #: Endpoint choice, failover partners, redirects (None for ``connect=`` pools).
+        self.endpoints: _endpoints.Endpoints | None = _endpoints.make_endpoints(cfg)
         self._maintenance = Maintenance(self)
         _pools.add(self)
         logger.info("pool %r created: %s", self.name, self.config)
@@ -241,6 +244,8 @@ class ConnectionPool:
                         now = clock()
                         if now >= deadline:
                             self._raise_timeout_locked(now - start, connect_error)
+                    if isinstance(exc, RedirectError):
+                        raise        # misrouted logins do not heal by waiting
                     continue
                 with self._lock:
                     self._opening -= 1
@@ -463,6 +468,7 @@ class ConnectionPool:
         cfg = self.config
         start = self._clock()
         conn_properties = None
+        landing = None
         try:
             if cfg.connect is not None:
                 raw = cfg.connect()
@@ -475,7 +481,8 @@ class ConnectionPool:
                     else " ".join(props)
                 import pymssql  # the hard dependency, imported when first needed
 
-                raw = pymssql.connect(**kwargs)
+                assert self.endpoints is not None
+                raw, landing = self.endpoints.connect(kwargs, pymssql.connect)
             if cfg.configure is not None:
                 try:
                     cfg.configure(raw)
@@ -486,10 +493,13 @@ class ConnectionPool:
                         pass
                     raise
         except Exception as exc:
+            fast = _endpoints.circuit_open(exc)   # refused without a login: no attempt to count
             with self._lock:
-                self._stats.connections_errors += 1
+                if not fast:
+                    self._stats.connections_errors += 1
                 self.last_connect_error = exc
-            logger.warning("pool %r: connecting failed: %s", self.name, redact(exc))
+            logger.log(logging.DEBUG if fast else logging.WARNING,
+                       "pool %r: connecting failed: %s", self.name, redact(exc))
             raise
         now = self._clock()
         autocommit = getattr(raw, "autocommit_state", None)
@@ -503,6 +513,7 @@ class ConnectionPool:
             st.connections_num += 1
             st.connections_ms += (now - start) * 1000.0
         rec.conn_properties = conn_properties
+        rec.landing = landing
         logger.debug("pool %r: opened connection #%d in %.1f ms", self.name, rec.seq,
                      (now - start) * 1000)
         return rec
@@ -520,6 +531,10 @@ class ConnectionPool:
                 rec.dead = f"disconnected: {redact(exc)}"
                 with self._lock:
                     self._stats.connections_lost += 1
+            self._mark_suspects()
+        elif _endpoints.is_failover_error(exc):
+            logger.info("pool %r: connection #%d saw a failover error (%s); every older "
+                        "connection is checked on checkout", self.name, rec.seq, redact(exc))
             self._mark_suspects()
 
     def _mark_suspects(self) -> None:
@@ -712,6 +727,10 @@ class ConnectionPool:
                 "requests_waiting": len(self._waiters),
             }
             out.update(self._stats.snapshot(reset))
+        if self.endpoints is not None:
+            out.update(self.endpoints.counters(reset))
+        else:
+            out.update(dict.fromkeys(_endpoints.ENDPOINT_COUNTERS, 0))
         return out
 
     # ------------------------------------------------------------------ transactions
