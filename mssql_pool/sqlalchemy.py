@@ -50,7 +50,7 @@ from .config import PoolConfig
 from .connection import PooledConnection
 from .errors import ConfigError
 from .pool import ConnectionPool
-from .reset import WORK, rollback_work
+from .reset import SESSION, WORK, rollback_work, scan_sql
 from .retry import RetryPolicy
 from .transaction import run_transaction as _run_transaction
 
@@ -61,6 +61,9 @@ logger = logging.getLogger("mssql_pool.sqlalchemy")
 T = TypeVar("T")
 
 _RECORD_KEY = "mssql_pool.sqlalchemy.record"
+_BASELINE_KEY = "mssql_pool.sqlalchemy.baseline"   # session changes made by connect events
+_STALE_KEY = "mssql_pool.sqlalchemy.stale"         # a full reset undid them since
+_capture = threading.local()   # .log: where connect-time session changes are recorded
 _DRIVERS = {"mssql": "mssql+pymssql", "mssql+pymssql": "mssql+pymssql"}
 _POOL_OPTIONS = frozenset(PoolConfig.__dataclass_fields__) - {"conninfo", "connect"}
 
@@ -78,6 +81,17 @@ class _EngineConnection(PooledConnection):
 
     __slots__ = ()
 
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        cur = super().cursor(*args, **kwargs)
+        log = getattr(_capture, "log", None)
+        return cur if log is None else _CapturingCursor(cur, log)
+
+    def autocommit(self, status: bool) -> None:
+        super().autocommit(status)
+        log = getattr(_capture, "log", None)
+        if log is not None:
+            log.append(("autocommit", status, None))
+
     def rollback(self) -> None:
         rec = self._rec
         raw = self.raw
@@ -90,6 +104,40 @@ class _EngineConnection(PooledConnection):
             self._pool._on_error(rec, exc)
             raise _as_dbapi_error(exc) from exc
         rec.flags &= ~WORK
+
+
+class _CapturingCursor:
+    """A cursor used inside ``connect`` events: records the statements that change
+    session state, so they can be re-applied after the pool's full reset."""
+
+    __slots__ = ("_cur", "_log")
+
+    def __init__(self, cur: Any, log: list[tuple[str, Any, Any]]) -> None:
+        self._cur = cur
+        self._log = log
+
+    def execute(self, operation: Any, params: Any = None) -> Any:
+        result = self._cur.execute(operation, params)
+        if scan_sql(operation) & SESSION:
+            self._log.append(("sql", operation, params))
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+
+def _apply_baseline(raw: Any, baseline: list[tuple[str, Any, Any]]) -> None:
+    """Re-apply the session changes of the ``connect`` events on the driver connection
+    (directly: they are the connection's baseline, not a borrower's change)."""
+    for kind, what, params in baseline:
+        if kind == "autocommit":
+            raw.autocommit(what)
+            continue
+        cur = raw.cursor()
+        try:
+            cur.execute(what, params)
+        finally:
+            cur.close()
 
 
 def _as_dbapi_error(exc: Exception) -> Exception:
@@ -156,14 +204,16 @@ class MssqlPoolAdapter(Pool):
                     proxy.close()
                     continue
                 if record is None:
-                    # A driver connection this adapter has not seen: a new record, whose
-                    # creator hands over ``proxy``; SQLAlchemy fires ``connect`` (and the
-                    # dialect's first-connect initialisation) as for a new connection.
-                    self._pending.proxy = proxy
+                    return self._new_record(proxy)
+                if proxy.info.pop(_STALE_KEY, False):
                     try:
-                        return self._create_connection()
-                    finally:
-                        self._pending.proxy = None
+                        _apply_baseline(proxy.raw, proxy.info[_BASELINE_KEY])
+                    except Exception as exc:
+                        logger.warning("re-applying the connect events' session state "
+                                       "failed (%s); discarding the connection", redact(exc))
+                        proxy.invalidate("re-applying the session baseline failed")
+                        proxy.close()
+                        continue
                 record.dbapi_connection = proxy
                 return cast(ConnectionPoolEntry, record)
             except BaseException:
@@ -171,6 +221,29 @@ class MssqlPoolAdapter(Pool):
                     proxy.invalidate("SQLAlchemy checkout failed")
                     proxy.close()
                 raise
+
+    def _new_record(self, proxy: PooledConnection) -> ConnectionPoolEntry:
+        """A driver connection this adapter has not seen: a new record whose creator hands
+        over ``proxy``; SQLAlchemy fires ``connect`` (and the dialect's first-connect
+        initialisation) as for a new connection.
+
+        Session state those events set (an engine-wide ``isolation_level``, a listener's
+        ``SET ...``) is the connection's baseline, not a borrower's change: it does not
+        trigger a reset on return, and is re-applied after a full reset undid it.
+        """
+        log: list[tuple[str, Any, Any]] = []
+        self._pending.proxy = proxy
+        _capture.log = log
+        try:
+            record = self._create_connection()
+        finally:
+            self._pending.proxy = None
+            _capture.log = None
+        rec = proxy._rec
+        if log and rec is not None:
+            proxy.info[_BASELINE_KEY] = log
+            rec.flags &= ~SESSION
+        return record
 
     def _open_record(self, connection_record: ConnectionPoolEntry | None = None) -> Any:
         """The creator SQLAlchemy calls for a record: the proxy being checked out.
@@ -196,6 +269,10 @@ class MssqlPoolAdapter(Pool):
         if proxy is None:        # invalidated or detached: already handled
             return
         rec.dbapi_connection = None   # the record is idle; the pool owns the connection
+        pooled = proxy._rec
+        if pooled is not None and _BASELINE_KEY in pooled.info and (
+                pooled.flags & SESSION or self.mssql_pool.config.reset == "full"):
+            pooled.info[_STALE_KEY] = True    # the pool's full reset will undo the baseline
         proxy.close()
 
     def _close_connection(self, connection: Any, *, terminate: bool = False) -> None:

@@ -312,3 +312,44 @@ def test_raw_connection_work_is_rolled_back_once_by_the_pool(
     assert requests_per_unit(tds_server, raw_unit) == 2
     with eng.connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM t")).scalar() == 0
+
+
+# --------------------------------------------------------------------------- session baseline
+
+ISOLATION = ("SELECT transaction_isolation_level FROM sys.dm_exec_sessions "
+             "WHERE session_id = @@SPID")
+
+
+def isolation(eng: Engine) -> int:
+    with eng.connect() as conn:
+        return int(conn.execute(text(ISOLATION)).scalar_one())
+
+
+def test_engine_isolation_level_holds_on_every_checkout(
+        tds_server: TdsServer, engines: Callable[..., Engine]) -> None:
+    eng = engines(tds_server, min_size=0, isolation_level="SERIALIZABLE")
+    assert [isolation(eng) for _ in range(3)] == [4, 4, 4]
+    # set by the connect event: the connection's baseline, not a change to reset
+    assert eng.pool.mssql_pool.get_stats()["resets_full"] == 0
+    with eng.connect().execution_options(isolation_level="READ UNCOMMITTED") as conn:
+        assert conn.execute(text(ISOLATION)).scalar_one() == 1
+    assert isolation(eng) == 4
+
+
+def test_session_state_from_a_connect_listener_survives_a_borrowers_change(
+        tds_server: TdsServer, engines: Callable[..., Engine]) -> None:
+    eng = engines(tds_server, min_size=0)
+
+    @event.listens_for(eng.pool, "connect")
+    def repeatable_read(dbapi_conn: Any, record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cur.close()
+
+    assert isolation(eng) == 3
+    with eng.connect() as conn:        # a borrower changes session state...
+        conn.execute(text("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED"))
+        assert conn.execute(text(ISOLATION)).scalar_one() == 1
+    stats = eng.pool.mssql_pool.get_stats()
+    assert stats["resets_full"] == 1 and stats["connections_num"] == 1
+    assert isolation(eng) == 3         # ...the reset undid it, the baseline came back
