@@ -1,0 +1,90 @@
+"""The documentation site builds cleanly and its reference pages match the code.
+
+* ``mkdocs build --strict`` succeeds (broken links, missing nav pages and bad markup fail);
+* every ``PoolConfig`` option is documented in docs/configuration.md;
+* every ``get_stats()`` key, every Prometheus metric and every logger of the package is
+  documented in docs/operations.md,
+
+so the reference cannot silently go stale when the code changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mssql_pool import ConnectionPool, PoolConfig
+from mssql_pool.metrics import METRICS
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def _text(name: str) -> str:
+    return (DOCS / name).read_text(encoding="utf-8")
+
+
+def _missing(names: list[str], text: str) -> list[str]:
+    """Names that do not appear in ``text`` as inline code (`name`, or `name{...}`...)."""
+    return [n for n in names if not re.search(r"`" + re.escape(n) + r"[`{(=\s]", text)]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None,
+                    reason="mkdocs is not installed (pip install 'mssql_pool[docs]')")
+def test_mkdocs_build_strict(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet",
+         "--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
+    assert (tmp_path / "site" / "index.html").is_file()
+    assert (tmp_path / "site" / "configuration" / "index.html").is_file()
+
+
+def test_every_pool_option_is_documented() -> None:
+    options = [f.name for f in dataclasses.fields(PoolConfig)]
+    assert "max_size" in options and len(options) > 10
+    text = _text("configuration.md")
+    missing = _missing(options, text)
+    assert not missing, f"PoolConfig options missing from docs/configuration.md: {missing}"
+    # each option has its own heading, with its default stated right under it
+    no_heading = [n for n in options if not re.search(rf"^#+ `{re.escape(n)}`", text, re.M)]
+    assert not no_heading, f"options without a section in docs/configuration.md: {no_heading}"
+
+
+def test_every_stats_key_is_documented() -> None:
+    pool = ConnectionPool(connect=lambda: None, min_size=0, background=False)
+    try:
+        keys = sorted(pool.get_stats())
+    finally:
+        pool.close()
+    assert "pool_size" in keys and "requests_num" in keys
+    missing = _missing(keys, _text("operations.md"))
+    assert not missing, f"get_stats() keys missing from docs/operations.md: {missing}"
+
+
+def test_every_metric_is_documented() -> None:
+    names = ["mssql_pool_connections"] + [
+        f"mssql_pool_{spec.name}" + ("_total" if spec.kind == "counter" else "")
+        for spec in METRICS
+    ]
+    missing = _missing(names, _text("operations.md"))
+    assert not missing, f"Prometheus metrics missing from docs/operations.md: {missing}"
+
+
+def test_every_logger_is_documented() -> None:
+    found: set[str] = set()
+    for path in (ROOT / "mssql_pool").rglob("*.py"):
+        found.update(re.findall(r"""getLogger\(\s*["'](mssql_pool[\w.]*)["']""",
+                                path.read_text(encoding="utf-8")))
+    loggers = sorted(found - {"mssql_pool"})
+    assert "mssql_pool.pool" in loggers
+    missing = _missing(loggers, _text("operations.md"))
+    assert not missing, f"loggers missing from docs/operations.md: {missing}"
