@@ -28,7 +28,8 @@ maintenance_interval 1.0        seconds between maintenance passes
 servers            None         every endpoint in order (replaces conninfo's server), endpoints.py
 failover_partners  None         endpoints tried after conninfo's server, e.g. ["host2:1433"]
 read_only          False        read-only intent in the login (Always On read-only routing)
-endpoint_breaker   (3, 0.5, 2)  CircuitBreaker arguments per endpoint, a factory, or None (off)
+endpoint_breaker   "auto"       per-endpoint CircuitBreaker arguments, a factory or None; auto: on
+                                with several endpoints (endpoints.DEFAULT_ENDPOINT_BREAKER)
 identify           None         ask each new connection which node it reached (None: auto)
 clock/sleep/random monotonic... injection points for tests (monotonic clock only)
 ================== ============ ==========================================================
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ._dsn import redact
-from .endpoints import DEFAULT_ENDPOINT_BREAKER, endpoint_options
+from .endpoints import endpoint_options
 from .errors import ConfigError
 
 __all__ = ["PoolConfig", "RESET_MODES", "make_config"]
@@ -84,7 +85,7 @@ class PoolConfig:
     servers: tuple[Any, ...] | None = None
     failover_partners: tuple[Any, ...] | None = None
     read_only: bool = False
-    endpoint_breaker: Any = field(default_factory=lambda: DEFAULT_ENDPOINT_BREAKER)
+    endpoint_breaker: Any = "auto"
     identify: Any = None
 
     def __repr__(self) -> str:

@@ -82,8 +82,10 @@ __all__ = [
 
 logger = logging.getLogger("mssql_pool.endpoints")
 
-#: Circuit breaker settings per endpoint (``endpoint_breaker=`` overrides, None turns off):
-#: three consecutive failures open it; probes every 0.5 s, doubling up to 2 s.
+#: Circuit breaker settings per endpoint, used by default when the pool has more than one
+#: endpoint (``endpoint_breaker=`` overrides; pass this mapping to have circuits on a
+#: single-server pool too; None turns them off): three consecutive failures open it;
+#: probes every 0.5 s, doubling up to 2 s.
 DEFAULT_ENDPOINT_BREAKER: Mapping[str, Any] = MappingProxyType(
     {"failure_threshold": 3, "reset_timeout": 0.5, "max_reset_timeout": 2.0}
 )
@@ -738,11 +740,11 @@ def endpoint_options(opts: Mapping[str, Any]) -> dict[str, Any]:
     identify = opts.get("identify")
     if identify is not None and not isinstance(identify, (bool, str)) and not callable(identify):
         raise ConfigError("identify", "must be True, False, None, SQL text or a callable")
-    breaker = opts.get("endpoint_breaker", DEFAULT_ENDPOINT_BREAKER)
-    if breaker is not None and not callable(breaker):
+    breaker = opts.get("endpoint_breaker", "auto")
+    if breaker is not None and breaker != "auto" and not callable(breaker):
         if not isinstance(breaker, Mapping):
-            raise ConfigError("endpoint_breaker", "must be a mapping of CircuitBreaker "
-                                                  "arguments, a callable or None")
+            raise ConfigError("endpoint_breaker", "must be 'auto', a mapping of "
+                                                  "CircuitBreaker arguments, a callable or None")
         try:
             CircuitBreaker(**dict(breaker))
         except TypeError as exc:
@@ -772,10 +774,14 @@ def make_endpoints(config: Any) -> Endpoints | None:
     if config.conninfo is None:
         return None
     servers = config.servers
+    breaker = config.endpoint_breaker
+    if breaker == "auto":
+        several = len(servers or ()) > 1 or bool(config.failover_partners)
+        breaker = DEFAULT_ENDPOINT_BREAKER if several else None
     return Endpoints(
         servers if servers is not None else (config.failover_partners or ()),
         primary_from_conninfo=servers is None,
-        breaker=config.endpoint_breaker,
+        breaker=breaker,
         identify=config.identify,
         read_only=config.read_only,
         clock=config.clock,
