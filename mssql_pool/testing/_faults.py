@@ -126,4 +126,11 @@ class FaultBook:
 
 
 def compile_match(match: str | None) -> re.Pattern[str] | None:
-    return None if match is None else re.compile(match, re.IGNORECASE)
+    from ..errors import ConfigError
+
+    if match is None:
+        return None
+    try:
+        return re.compile(match, re.IGNORECASE)
+    except (re.error, TypeError) as exc:
+        raise ConfigError("match", f"must be a regular expression, got {match!r}: {exc}") from None

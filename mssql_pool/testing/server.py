@@ -10,6 +10,7 @@ import socket
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
@@ -65,9 +66,13 @@ class TdsServer:
         self.port = port
         self.server_name = server_name
         self.max_sessions = max_sessions
-        self.latency = float(latency)
-        self.login_latency = float(login_latency)
+        self._latency = 0.0
+        self._login_latency = 0.0
+        self.latency = latency
+        self.login_latency = login_latency
         self._data_dir = tempfile.mkdtemp(prefix="mssql_pool_tds_")
+        # the data goes when the server is garbage-collected even if close() was never called
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._data_dir, True)
         self._engine = Engine(self._data_dir, [database, *databases], server_name, lock_wait)
         self._engine.sessions_provider = self._session_infos
         self._engine.kill = self.kill
@@ -116,6 +121,24 @@ class TdsServer:
     @property
     def running(self) -> bool:
         return self._listener is not None
+
+    @property
+    def latency(self) -> float:
+        """Seconds added to every reply (an attention still cuts the wait short)."""
+        return self._latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self._latency = _check_seconds("latency", seconds)
+
+    @property
+    def login_latency(self) -> float:
+        """Seconds added to every login."""
+        return self._login_latency
+
+    @login_latency.setter
+    def login_latency(self, seconds: float) -> None:
+        self._login_latency = _check_seconds("login_latency", seconds)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -179,7 +202,7 @@ class TdsServer:
         self.stop()
         if not self._closed:
             self._closed = True
-            shutil.rmtree(self._data_dir, ignore_errors=True)
+            self._cleanup()
 
     def _accept_loop(self, lsock: socket.socket) -> None:
         while not self._stopping.is_set():
@@ -272,6 +295,7 @@ class TdsServer:
         severity of 20 or more closes the connection after the error, as SQL Server does.
         """
         _check_times(times)
+        _check_number(number)
         self._faults.add(Fault("error", compile_match(match), times, number=number,
                                severity=default_severity(number) if severity is None else severity,
                                message=message))
@@ -280,6 +304,7 @@ class TdsServer:
                     severity: int | None = None, user: str | None = None) -> None:
         """The next ``times`` logins fail with ``number`` and SQL Server's text for it."""
         _check_times(times)
+        _check_number(number)
         pattern = None if user is None else compile_match(f"^{re.escape(user)}$")
         self._faults.add(Fault("login", pattern, times, number=number, severity=severity,
                                message=message))
@@ -293,7 +318,8 @@ class TdsServer:
     def delay_next(self, seconds: float, match: str | None = None, times: int = 1) -> None:
         """Delay the reply of the next matching request (an attention cuts it short)."""
         _check_times(times)
-        self._faults.add(Fault("delay", compile_match(match), times, seconds=float(seconds)))
+        seconds = _check_seconds("seconds", seconds)
+        self._faults.add(Fault("delay", compile_match(match), times, seconds=seconds))
 
     def blackhole(self) -> None:
         """Stop answering anything, keeping sockets open (a network partition)."""
@@ -324,8 +350,19 @@ class TdsServer:
 
 
 def _check_times(times: int) -> None:
-    if not isinstance(times, int) or times < 1:
+    if not isinstance(times, int) or isinstance(times, bool) or times < 1:
         raise ConfigError("times", f"must be an int >= 1, got {times!r}")
+
+
+def _check_seconds(name: str, seconds: float) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise ConfigError(name, f"must be a number of seconds >= 0, got {seconds!r}")
+    return float(seconds)
+
+
+def _check_number(number: int) -> None:
+    if isinstance(number, bool) or not isinstance(number, int) or number <= 0:
+        raise ConfigError("number", f"must be a SQL Server error number (int > 0), got {number!r}")
 
 
 def serve_main(argv: list[str] | None = None) -> int:

@@ -275,3 +275,24 @@ def test_fail_logins_is_counted_and_runs_out(tds_server: TdsServer) -> None:
     connect(tds_server).close()
     st = tds_server.stats()
     assert st["logins_failed"] == 2 and st["logins"] == 1
+
+
+def test_bad_arguments_name_the_parameter(tds_server: TdsServer) -> None:
+    from mssql_pool.errors import ConfigError
+
+    cases = [
+        (lambda: tds_server.fail_next(1205, times=0), "times"),
+        (lambda: tds_server.fail_next("1205"), "number"),  # type: ignore[arg-type]
+        (lambda: tds_server.fail_next(1205, match="(unclosed"), "match"),
+        (lambda: tds_server.delay_next(-1.0), "seconds"),
+        (lambda: setattr(tds_server, "latency", -0.5), "latency"),
+        (lambda: setattr(tds_server, "login_latency", "slow"), "login_latency"),
+        (lambda: TdsServer(users={}), "users"),
+        (lambda: TdsServer(port=70000), "port"),
+    ]
+    for call, parameter in cases:
+        with pytest.raises(ConfigError) as info:
+            call()
+        assert info.value.parameter == parameter
+        assert isinstance(info.value, ValueError)
+    assert tds_server.pending_faults() == 0
