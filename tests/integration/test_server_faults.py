@@ -296,3 +296,27 @@ def test_bad_arguments_name_the_parameter(tds_server: TdsServer) -> None:
         assert info.value.parameter == parameter
         assert isinstance(info.value, ValueError)
     assert tds_server.pending_faults() == 0
+
+
+def test_pymssql_cancel_sends_attention_and_the_connection_lives(tds_server: TdsServer) -> None:
+    conn = connect(tds_server)
+    cur = conn.cursor()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            cur.execute("WAITFOR DELAY '00:00:10'; SELECT 1")
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    start = time.monotonic()
+    t.start()
+    assert wait_until(lambda: any(s["in_request"] for s in tds_server.sessions()))
+    conn._conn.cancel()
+    t.join(10)
+    assert time.monotonic() - start < 5
+    assert errors and isinstance(errors[0], pymssql.OperationalError)
+    assert tds_server.stats()["attentions"] == 1
+    cur.execute("SELECT 5")
+    assert cur.fetchone()[0] == 5

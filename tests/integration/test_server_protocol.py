@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -232,3 +233,17 @@ def test_python_tds_parameters_and_transactions(tds_server: TdsServer) -> None:
         cur.execute("SELECT COUNT(*) FROM p")
         assert cur.fetchone()[0] == 0
     assert tds_server.stats()["transactions"] >= 2 and tds_server.stats()["rpcs"] >= 1
+
+
+@pytest.mark.skipif(shutil.which("tsql") is None, reason="FreeTDS tsql is not installed")
+@pytest.mark.parametrize("version", ["7.0", "7.4"])
+def test_freetds_tsql_runs_batches(tds_server: TdsServer, version: str) -> None:
+    script = "SELECT 40 + 2 AS answer\ngo\nSELECT * FROM missing\ngo\nexit\n"
+    proc = subprocess.run(
+        ["tsql", "-H", tds_server.host, "-p", str(tds_server.port), "-U", tds_server.user,
+         "-P", tds_server.password],
+        input=script, capture_output=True, text=True, timeout=30,
+        env=dict(os.environ, TDSVER=version),
+    )
+    assert "answer" in proc.stdout and "42" in proc.stdout
+    assert "Msg 208" in proc.stdout + proc.stderr
