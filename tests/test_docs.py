@@ -1,7 +1,8 @@
 """The documentation site builds cleanly and its reference pages match the code.
 
 * ``mkdocs build --strict`` succeeds (broken links, missing nav pages and bad markup fail);
-* every ``PoolConfig`` option is documented in docs/configuration.md;
+* every ``PoolConfig`` option is documented in docs/configuration.md, with the default the
+  code has;
 * every ``get_stats()`` key, every Prometheus metric and every logger of the package is
   documented in docs/operations.md,
 
@@ -57,6 +58,26 @@ def test_every_pool_option_is_documented() -> None:
     # each option has its own heading, with its default stated right under it
     no_heading = [n for n in options if not re.search(rf"^#+ `{re.escape(n)}`", text, re.M)]
     assert not no_heading, f"options without a section in docs/configuration.md: {no_heading}"
+
+
+def test_documented_defaults_match_the_code() -> None:
+    """The summary table's default column agrees with PoolConfig for plain values."""
+    rows = {}
+    for line in _text("configuration.md").splitlines():
+        m = re.match(r"\| `(\w+)` \| ([^|]*) \|", line)
+        if m:
+            rows.setdefault(m.group(1), m.group(2))
+    wrong = []
+    for f in dataclasses.fields(PoolConfig):
+        default = f.default
+        if f.name == "name" or default is dataclasses.MISSING:
+            continue
+        if default is not None and not isinstance(default, (bool, int, float, str)):
+            continue
+        shown = f'"{default}"' if isinstance(default, str) else repr(default)
+        if f"`{shown}`" not in rows.get(f.name, ""):
+            wrong.append(f"{f.name}: code {shown}, docs {rows.get(f.name)!r}")
+    assert not wrong, f"defaults in docs/configuration.md differ from PoolConfig: {wrong}"
 
 
 def test_every_stats_key_is_documented() -> None:
