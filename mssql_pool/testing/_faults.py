@@ -38,8 +38,9 @@ MESSAGES: dict[int, tuple[int, str]] = {
     3903: (16, "The ROLLBACK TRANSACTION request has no corresponding BEGIN TRANSACTION."),
     4060: (11, "Cannot open database \"{database}\" requested by the login. The login failed."),
     8134: (16, "Divide by zero error encountered."),
-    10928: (20, "Resource ID : 1. The request limit for the database is {limit} and has been "
-                "reached. See 'http://go.microsoft.com/fwlink/?LinkId=267637' for assistance."),
+    10928: (20, "Resource ID : {resource}. The {what} limit for the database is {limit} and has "
+                "been reached. See 'http://go.microsoft.com/fwlink/?LinkId=267637' for "
+                "assistance."),
     10929: (20, "Resource ID : 1. The request limit for the database is {limit} and has been "
                 "reached. However, the server is currently too busy to support requests greater "
                 "than {limit} for this database. See "
@@ -66,7 +67,9 @@ def default_severity(number: int) -> int:
 
 class _Filler(dict[str, object]):
     def __missing__(self, key: str) -> object:
-        return {"code": 4097, "limit": 30, "value": "(1)", "near": "'"}.get(key, "?")
+        defaults = {"code": 4097, "limit": 30, "value": "(1)", "near": "'", "resource": 1,
+                    "what": "request"}
+        return defaults.get(key, "?")
 
 
 def error_text(number: int, **fields: object) -> str:

@@ -208,8 +208,9 @@ class Session:
                              database)
         if srv.max_sessions is not None and srv._open_sessions() >= srv.max_sessions:
             srv._count("logins_failed")
-            self._fail_login(10928, None, error_text(10928, limit=srv.max_sessions),
-                             login.username, database)
+            # Azure's session limit: resource 2 ("session"); resource 1 is the worker limit
+            text = error_text(10928, limit=srv.max_sessions, resource=2, what="session")
+            self._fail_login(10928, None, text, login.username, database)
         password = srv._users.get(login.username)
         if password is None or password != login.password:
             srv._count("logins_failed")

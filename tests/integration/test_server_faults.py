@@ -242,7 +242,7 @@ def test_max_sessions_gives_10928(tds_server_factory) -> None:
     with pytest.raises(pymssql.OperationalError) as info:
         connect(server)
     text = str(info.value)
-    assert "10928" in text or "request limit" in text or "20002" in text
+    assert "10928" in text or "session limit" in text or "20002" in text
     a.close()
     assert wait_until(lambda: server.stats()["sessions_open"] == 1)
     c = connect(server)

@@ -79,7 +79,7 @@ def test_max_sessions_10928_number(tds_server_factory) -> None:
     server = tds_server_factory(max_sessions=1)
     held = pymssql.connect(**server.connect_kwargs())
     res = login_in_subprocess(server)
-    assert res["number"] == 10928 and "The request limit for the database is 1" in res["text"]
+    assert res["number"] == 10928 and "The session limit for the database is 1" in res["text"]
     held.close()
 
 
