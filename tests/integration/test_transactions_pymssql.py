@@ -129,6 +129,7 @@ def chaos(server: Any, stop: threading.Event, rnd: random.Random, counts: Counte
     one logs in) must not pile up faster than the workload can drain them.
     """
     mark = 0
+    armed_logins = 0
     while not stop.wait(0.005):
         if progress() < mark + FAULT_EVERY:
             continue
@@ -140,7 +141,10 @@ def chaos(server: Any, stop: threading.Event, rnd: random.Random, counts: Counte
         elif what == "1222":
             server.fail_next(1222, match=r"UPDATE acct")
         elif what == "login":
-            server.fail_logins(40613, times=2)
+            # only when the previous ones were consumed: logins are rare in a warm pool
+            if server.stats()["logins_failed"] >= armed_logins:
+                armed_logins += 2
+                server.fail_logins(40613, times=2)
         elif what == "kill":
             busy = [s["spid"] for s in server.sessions()]
             if busy:
