@@ -70,3 +70,37 @@ def test_short_demo_recovers_and_keeps_the_invariant(tmp_path: Path) -> None:
     injected = [f for f in data["faults"][1:] if not f["skipped"]]
     assert len(injected) >= 5
     assert sum(f["retries"] for f in injected) > 0  # the faults were felt, and retried
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_demo_against_a_server_url_kills_sessions_with_tsql() -> None:
+    """``--url``: only T-SQL faults (KILL from an admin session); the rest are skipped."""
+    with testing.TdsServer(users={"sa": "Url-Secret-7"}) as server:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mssql_pool.cli",
+                "demo",
+                "--url",
+                server.url,
+                "--duration",
+                "3",
+                "--threads",
+                "3",
+                "--seed",
+                "5",
+                "--progress",
+                "off",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=110,
+        )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr[-3000:]
+    assert "Url-Secret-7" not in out + proc.stderr
+    assert "KILLed" in out
+    assert "skipped: needs the TDS test server's fault API" in out
+    assert "invariant: PASS" in out
