@@ -52,6 +52,7 @@ class TdsServer:
         login_latency: float = 0.0,
         server_name: str = "TDSTEST",
         lock_wait: float = 10.0,
+        share_data_with: TdsServer | None = None,
     ) -> None:
         users = {"sa": "Secret123!"} if users is None else dict(users)
         if not users:
@@ -70,9 +71,16 @@ class TdsServer:
         self._login_latency = 0.0
         self.latency = latency
         self.login_latency = login_latency
-        self._data_dir = tempfile.mkdtemp(prefix="mssql_pool_tds_")
-        # the data goes when the server is garbage-collected even if close() was never called
-        self._cleanup = weakref.finalize(self, shutil.rmtree, self._data_dir, True)
+        if share_data_with is not None:
+            # a replica (failover partner, node behind a gateway): the same databases on
+            # disk, its own sessions, locks and name; the data belongs to the other server
+            self._data_dir = share_data_with._data_dir
+            self._cleanup = weakref.finalize(self, _keep)
+        else:
+            self._data_dir = tempfile.mkdtemp(prefix="mssql_pool_tds_")
+            # the data goes when the server is garbage-collected even if close() was never
+            # called
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self._data_dir, True)
         self._engine = Engine(self._data_dir, [database, *databases], server_name, lock_wait)
         self._engine.sessions_provider = self._session_infos
         self._engine.kill = self.kill
@@ -347,6 +355,10 @@ class TdsServer:
             self._redirect = (other.host, other.port)
         else:
             self._redirect = (str(other[0]), int(other[1]))
+
+
+def _keep() -> None:
+    """Finalizer of a replica: the data stays with the server that made it."""
 
 
 def _check_times(times: int) -> None:
