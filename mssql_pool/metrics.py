@@ -58,6 +58,11 @@ connections_idle_closed_total      counter  connections_idle_closed  --
 connections_leaked_total           counter  connections_leaked       --
 keepalives_total                   counter  keepalives_run           --
 resets_none_total                  counter  resets_none              --
+redirects_total                    counter  redirects                --
+failovers_total                    counter  failovers                --
+endpoint_switches_total            counter  endpoint_switches        --
+redirect_errors_total              counter  redirect_errors          --
+connects_rejected_total            counter  connects_rejected        --
 =================================  =======  =======================  =============================
 
 ``...`` abbreviates ``db.client.connection.``; ``wait_time``, ``create_time`` and
@@ -230,6 +235,30 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec("keepalives_run", "keepalives", "counter", "Keepalive pings of idle connections."),
     MetricSpec("resets_none", "resets_none", "counter", "Returns that needed no reset round trip."),
+    MetricSpec(
+        "redirects", "redirects", "counter", "New connections routed to another node (redirect)."
+    ),
+    MetricSpec(
+        "failovers",
+        "failovers",
+        "counter",
+        "Times the pool moved to another endpoint or another node behind the same endpoint.",
+    ),
+    MetricSpec(
+        "endpoint_switches", "endpoint_switches", "counter", "Changes of the current endpoint."
+    ),
+    MetricSpec(
+        "redirect_errors",
+        "redirect_errors",
+        "counter",
+        "RedirectError raised (second hop, loop, or failed routed login).",
+    ),
+    MetricSpec(
+        "connects_rejected",
+        "connects_rejected",
+        "counter",
+        "Connect attempts refused without a login (open circuit or throttling hold).",
+    ),
     MetricSpec(
         "usage_ms",
         "usage_seconds",

@@ -206,3 +206,16 @@ def test_pool_over_a_fake_driver_is_scraped() -> None:
         assert got[("mssql_pool_requests_total", lab)] >= 1
         assert got[("mssql_pool_max_size", lab)] == 3
         assert got[("mssql_pool_connections", (("pool", "fake"), ("state", "used")))] == 0
+
+
+def test_every_key_of_a_real_pool_is_documented() -> None:
+    """A key the pool reports but the table does not know would fall back to a gauge."""
+    import mssql_pool
+    from mssql_pool.metrics import _BY_KEY, _CONSUMED
+
+    pool = mssql_pool.ConnectionPool(connect=_FakeConn, min_size=0, max_size=1, name="keys")
+    try:
+        missing = set(pool.get_stats()) - set(_BY_KEY) - _CONSUMED
+    finally:
+        pool.close()
+    assert not missing, f"add these to metrics.METRICS and its table: {sorted(missing)}"
