@@ -279,6 +279,7 @@ class Engine:
             self.add_database(name)
         self.sessions_provider: Callable[[], list[dict[str, Any]]] = list
         self.kill: Callable[[int], bool] = lambda spid: False
+        self.listen_address: tuple[str, int] | None = None  # set by TdsServer.start()
 
     def add_database(self, name: str) -> None:
         with self._lock:
@@ -413,6 +414,12 @@ class Executor:
             return eng.database_id(st.database if name is None else str(name)) or None
 
         con.create_function("serverproperty", 1, server_property)
+        con.create_function("connectionproperty", 1, lambda name: {
+            # where the session landed: the listening address (routing tests compare it)
+            "local_net_address": eng.listen_address[0] if eng.listen_address else None,
+            "local_tcp_port": eng.listen_address[1] if eng.listen_address else None,
+            "net_transport": "TCP", "protocol_type": "TSQL", "auth_scheme": "SQL",
+        }.get(str(name).lower()))
         con.create_function("session_context", 1, session_context)
         con.create_function("object_id", 1, object_id)
         con.create_function("object_id", 2, object_id)

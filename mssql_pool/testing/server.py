@@ -174,6 +174,7 @@ class TdsServer:
         lsock.listen(128)
         lsock.settimeout(0.05)
         self.port = lsock.getsockname()[1]
+        self._engine.listen_address = (self.host, self.port)
         self._listener = lsock
         self._stopping.clear()
         self._accept_thread = threading.Thread(
