@@ -425,3 +425,63 @@ def test_bad_arguments() -> None:
     with pytest.raises(ConfigError):
         run_transaction(pool, work, "u", policy="fast")  # type: ignore[arg-type]
     assert TRANSACTION_POLICY.max_attempts == 5
+
+
+# --------------------------------------------------------------------------- with the real pool
+class TestWithRealPool:
+    """run_transaction through ConnectionPool's own proxy on the fake driver (fakedb)."""
+
+    def make(self) -> tuple[Any, Any, Any]:
+        from fakedb import FakeDB, pool_factory
+
+        db = FakeDB()
+        clock = FakeClock()
+        cm = pool_factory(db, clock, min_size=1, max_size=2, check=None)
+        return db, clock, cm
+
+    def test_deadlock_retried_and_connection_kept(self) -> None:
+        db, _clock, cm = self.make()
+        with cm as make:
+            pool = make()
+            db.fail_next("execute", 1, error=err(1205, "deadlocked"))
+
+            def unit(conn: Any) -> str:
+                conn.cursor().execute("UPDATE acct SET bal = 1")
+                return "ok"
+
+            assert pool.run_transaction(unit, policy=fast_policy()) == "ok"
+            st = pool.get_stats()
+            assert st["connections_discarded"] == 0 and st["pool_size"] == 1
+            assert db.connections[0].commits == 1
+
+    def test_lost_commit_is_unknown_and_the_connection_discarded(self) -> None:
+        db, _clock, cm = self.make()
+        with cm as make:
+            pool = make()
+            db.fail_next("commit", 1, error=dead())
+
+            def unit(conn: Any) -> None:
+                conn.cursor().execute("UPDATE acct SET bal = 1")
+
+            with pytest.raises(CommitUnknownError):
+                pool.run_transaction(unit, policy=fast_policy())
+            assert pool.get_stats()["connections_discarded"] + pool.get_stats()[
+                "connections_lost"] >= 1
+            assert all(c.closed for c in db.connections[:1])
+            # the next unit gets a fresh connection and works
+            assert pool.run_transaction(lambda conn: 7, policy=fast_policy()) == 7
+
+    def test_delegates_on_the_pool(self) -> None:
+        _db, _clock, cm = self.make()
+        with cm as make:
+            pool = make()
+
+            @pool.transactional(policy=fast_policy())
+            def unit(conn: Any, x: int) -> int:
+                conn.cursor().execute("SELECT 1")
+                return x + 1
+
+            assert unit(1) == 2
+            assert pool.run(lambda conn: 5, idempotent=True, policy=fast_policy()) == 5
+            with pytest.raises(ConfigError):
+                pool.run(lambda conn: 5)
