@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import sys
 import threading
 import time
@@ -566,7 +567,8 @@ class Progress:
         if self.thread.is_alive():
             self.thread.join(5.0)
         if self.mode == "line":
-            self.out.write("\r" + " " * 118 + "\r")
+            width = max(40, shutil.get_terminal_size((120, 24)).columns - 1)
+            self.out.write("\r" + " " * width + "\r")
             self.out.flush()
 
     def line(self) -> str:
@@ -586,18 +588,19 @@ class Progress:
         except Exception:  # noqa: BLE001 - a closing pool
             pool = "pool ?"
         return (
-            f"{min(t, self.duration):5.1f}s/{self.duration:.0f}s {rate:6.0f} tx/s  "
-            f"commits {commits}  retries {counts.get('retry', 0)}  "
-            f"app errors {counts.get('error', 0)}  unknown {counts.get('unknown', 0)}  "
-            f"{pool}  fault: {self.current() or '-'}"
+            f"{min(t, self.duration):5.1f}s/{self.duration:.0f}s {rate:5.0f} tx/s | "
+            f"commits {commits} retries {counts.get('retry', 0)} "
+            f"app errors {counts.get('error', 0)} unknown {counts.get('unknown', 0)} | "
+            f"{pool} | {self.current() or '-'}"
         )
 
     def _run(self) -> None:
         interval = 0.25 if self.mode == "line" else 2.0
+        width = max(40, shutil.get_terminal_size((120, 24)).columns - 1)
         while not self.stop_event.wait(interval):
             text = self.line()
             if self.mode == "line":
-                self.out.write("\r" + text[:118].ljust(118))
+                self.out.write("\r" + text[:width].ljust(width))
             else:
                 self.out.write(text + "\n")
             self.out.flush()
@@ -638,7 +641,7 @@ class Chaos:
             delay = plan.at - self.rec.now()
             if delay > 0 and self.stop_event.wait(delay):
                 return
-            self.current = plan.label
+            self.current = f"FAULT: {plan.label}"
             plan.stats_at_start = dict(self.stats())
             plan.started = self.rec.now()
             try:
@@ -648,7 +651,7 @@ class Chaos:
                 log.warning("demo fault %s failed to inject", plan.key, exc_info=True)
                 self.backend.heal_all()
             plan.ended = self.rec.now()
-            self.current = ""
+            self.current = f"after: {plan.label}"
 
 
 def _worker(
@@ -966,11 +969,23 @@ def write_plot(report: DemoReport, path: str) -> None:
     fig, (top, bottom) = plt.subplots(
         2, 1, sharex=True, figsize=(11, 6), gridspec_kw={"height_ratios": [2, 1]}
     )
-    top.plot(xs, [v / BUCKET for v in tl.get("commit", [])], color="tab:blue", lw=1.2)
+    mids = [x + BUCKET / 2 for x in xs]
+    top.plot(mids, [v / BUCKET for v in tl.get("commit", [])], color="tab:blue", lw=1.2)
     top.set_ylabel("transfers committed / s")
-    bottom.bar(xs, tl.get("retry", []), width=BUCKET, color="tab:orange", label="retries")
-    bottom.bar(xs, tl.get("error", []), width=BUCKET, color="tab:red", label="app errors")
-    bottom.bar(xs, tl.get("unknown", []), width=BUCKET, color="tab:purple", label="commit unknown")
+    bottom.bar(
+        xs, tl.get("retry", []), width=BUCKET, align="edge", color="tab:orange", label="retries"
+    )
+    bottom.bar(
+        xs, tl.get("error", []), width=BUCKET, align="edge", color="tab:red", label="app errors"
+    )
+    bottom.bar(
+        xs,
+        tl.get("unknown", []),
+        width=BUCKET,
+        align="edge",
+        color="tab:purple",
+        label="commit unknown",
+    )
     bottom.set_ylabel("per 100 ms")
     bottom.set_xlabel("seconds")
     bottom.legend(loc="upper right", fontsize=8)
