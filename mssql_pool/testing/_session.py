@@ -364,7 +364,7 @@ class Session:
             if fail is not None:
                 out: list[Out] = [self._fault_error(fail)]
             else:
-                out = run()
+                out = self._run_safely(run, text)
             if drop is not None:
                 log.info("session %d: dropping the connection after running %r", self.spid,
                          text[:80])
@@ -386,6 +386,20 @@ class Session:
         fatal = any(isinstance(o, SqlError) and o.severity >= 20 for o in out)
         if fatal:
             raise _Closed()
+
+    def _run_safely(self, run: Any, text: str) -> list[Out]:
+        """Run a request; a bug in the SQL emulation becomes an error reply, not a dead session."""
+        try:
+            out: list[Out] = run()
+        except (Interrupted, _Closed, P.PeerClosed, P.ProtocolError, OSError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported to the client like a SQL error
+            log.warning("session %d: the test server cannot run %r: %r", self.spid, text[:200],
+                        exc)
+            log.debug("traceback", exc_info=True)
+            return [SqlError(50000, f"The TDS test server cannot run this request ({exc!r}); "
+                                    "it covers a subset of T-SQL.", 16)]
+        return out
 
     def _fault_error(self, fault: Fault) -> SqlError:
         ex = self.executor

@@ -253,3 +253,14 @@ def test_statement_errors_do_not_abort_the_batch(tds_server: TdsServer) -> None:
         cur.execute("INSERT INTO pk VALUES (1); INSERT INTO pk VALUES (1); "
                     "INSERT INTO pk VALUES (2)")
     assert scalar(cur, "SELECT COUNT(*) FROM pk") == 2
+
+
+def test_unsupported_sql_is_an_error_not_a_dead_session(tds_server: TdsServer) -> None:
+    cur = connect(tds_server, autocommit=True).cursor()
+    for sql in ["SET", "KILL 'x'", "SET LOCK_TIMEOUT NULL", "WHILE 1 = 1 PRINT 'x'",
+                "SELECT * FROM", "]"]:
+        with pytest.raises(pymssql.Error):
+            cur.execute(sql)
+        cur.execute("SELECT 1")
+        assert cur.fetchone()[0] == 1
+    assert len(tds_server.sessions()) == 1
