@@ -40,16 +40,17 @@ _CHUNK = 65536
 _TICK = 0.02
 
 
+def _quietly(fn: Callable[..., object], *args: Any) -> None:
+    try:
+        fn(*args)
+    except OSError:
+        pass
+
+
 def _reset(sock: socket.socket) -> None:
     """Close with RST (SO_LINGER 0), like a middlebox dropping the connection."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    try:
-        sock.close()
-    except OSError:
-        pass
+    _quietly(sock.setsockopt, socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    _quietly(sock.close)
 
 
 class _Pair:
@@ -128,14 +129,8 @@ class _Pair:
             if reset:
                 _reset(sock)
             else:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+                _quietly(sock.shutdown, socket.SHUT_RDWR)
+                _quietly(sock.close)
         if reset:
             self.proxy._count("cut")
         self.proxy._forget(self)
