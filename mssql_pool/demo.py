@@ -185,18 +185,20 @@ class Recorder:
 
 
 def _kind_of_record(record: Any) -> str:
+    """``kind number`` of a retry record (AttemptRecord), e.g. ``deadlock 1205``."""
     kind = getattr(record, "kind", None)
-    if kind is not None:
-        return str(getattr(kind, "value", kind))
-    error = getattr(record, "error", None)
-    if error is not None:
+    number = getattr(record, "number", None)
+    if kind is None:
+        error = getattr(record, "error", None)
         try:
             from .classify import classify
 
-            return classify(error).kind.value
+            info = classify(error) if isinstance(error, BaseException) else None
         except Exception:  # noqa: BLE001 - classification is for the report only
-            return type(error).__name__
-    return "?"
+            info = None
+        kind, number = (info.kind, info.number) if info else ("?", None)
+    text = str(getattr(kind, "value", kind))
+    return f"{text} {number}" if number is not None else text
 
 
 def _describe(exc: BaseException) -> str:
@@ -918,7 +920,7 @@ def print_report(report: DemoReport, out: TextIO) -> None:
     rate = commits / report.elapsed if report.elapsed else 0.0
     w(
         f"\nworkload: {commits} transfers committed ({rate:.0f}/s), {c.get('retry', 0)} retries "
-        f"({', '.join(f'{k} {v}' for k, v in sorted(report.retry_kinds.items())) or 'none'}), "
+        f"({', '.join(f'{k} x{v}' for k, v in sorted(report.retry_kinds.items())) or 'none'}), "
         f"{c.get('error', 0)} error(s) reached the application, "
         f"{c.get('unknown', 0)} commit outcome(s) unknown\n"
     )
