@@ -621,6 +621,7 @@ def _pool_step(target: Target, kwargs: dict[str, Any], timeout: float, check_sql
                 cur = conn.cursor()
                 cur.execute("SELECT 1")
                 cur.fetchall()
+                landing = getattr(conn, "landing", None)
             stats = pool.get_stats()
     except Exception as exc:  # noqa: BLE001
         return Step("pool", False, _ms(start), "checkout through ConnectionPool", explain(exc))
@@ -629,8 +630,20 @@ def _pool_step(target: Target, kwargs: dict[str, Any], timeout: float, check_sql
         True,
         _ms(start),
         f"checkout, check and return through ConnectionPool: {stats.get('checks_run', '?')} "
-        f"check(s), {stats.get('connections_num', '?')} connection(s) opened",
+        f"check(s), {stats.get('connections_num', '?')} connection(s) opened"
+        + _landing_text(landing),
     )
+
+
+def _landing_text(landing: Any) -> str:
+    """The pool's own view of where its connection landed (endpoints.Landing)."""
+    node = getattr(landing, "node", None)
+    if not node:
+        return ""  # the pool did not identify the node (identification off or unsupported)
+    text = f"; the pool identified the node as {node}"
+    if getattr(landing, "redirected", None) is True:
+        text += " (redirected)"
+    return text
 
 
 def _scrubber(secret: str) -> Callable[[str], str]:
