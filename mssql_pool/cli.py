@@ -783,7 +783,7 @@ def _check_main(args: argparse.Namespace, out: TextIO) -> int:
 
 def _serve_main(argv: Sequence[str]) -> int:
     try:
-        from mssql_pool.testing.server import serve_main  # type: ignore[import-not-found]
+        from mssql_pool.testing.server import serve_main
     except ImportError as exc:
         sys.stderr.write(
             f"mssql-pool serve: the TDS test server is not available ({exc}); "
