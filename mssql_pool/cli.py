@@ -495,9 +495,14 @@ def run_check(
     try:
         conn = pymssql.connect(**kwargs)
     except Exception as exc:  # noqa: BLE001 - every failure is reported, classified
-        return fail(
-            Step("login", False, _ms(start), f"as {target.user!r}", explain(exc)), EXIT_LOGIN
-        )
+        info = explain(exc)
+        if 20003 in info.get("numbers", ()):
+            info["meaning"] = (
+                "the TCP connect worked but the login got no answer in time: the server is "
+                "hung or overloaded, or something in between (proxy, TLS-inspecting firewall) "
+                "swallows the TDS traffic"
+            )
+        return fail(Step("login", False, _ms(start), f"as {target.user!r}", info), EXIT_LOGIN)
     login_ms = _ms(start)
     new_peers = [
         peer

@@ -148,3 +148,13 @@ def test_closed_port_probe_times_out_or_refuses_quickly() -> None:
     code, out, _ = run_check(f"mssql://sa:x@127.0.0.1:{port}/master", "--timeout", "2")
     assert code == 4
     assert "FAIL  tcp" in out
+
+
+def test_hanging_server_login_times_out_with_exit_5(server: Any) -> None:
+    server.blackhole()
+    code, out, _ = run_check(url_of(server), "--timeout", "1", "--json")
+    assert code == 5
+    login = steps_of(out)["login"]
+    assert 20003 in login["error"]["numbers"]
+    assert "no answer" in login["error"]["meaning"]
+    assert steps_of(out)["tcp"]["ok"] is True
