@@ -104,6 +104,7 @@ class _EngineConnection(PooledConnection):
             self._pool._on_error(rec, exc)
             raise _as_dbapi_error(exc) from exc
         rec.flags &= ~WORK
+        _no_replay(self)     # as after pymssql's own rollback() on the proxy
 
 
 class _CapturingCursor:
@@ -138,6 +139,18 @@ def _apply_baseline(raw: Any, baseline: list[tuple[str, Any, Any]]) -> None:
             cur.execute(what, params)
         finally:
             cur.close()
+
+
+def _no_replay(proxy: PooledConnection) -> None:
+    """A connection with a session baseline must not have a failed first statement
+    replayed on a replacement (health.may_replay): the replacement may not carry the
+    baseline (e.g. the engine's isolation level) yet. The caller sees the error instead."""
+    from . import connection
+
+    no_replay = getattr(connection, "NO_REPLAY", None)
+    rec = proxy._rec
+    if no_replay is not None and rec is not None and hasattr(rec, "replay_timeout"):
+        rec.replay_timeout = no_replay
 
 
 def _as_dbapi_error(exc: Exception) -> Exception:
@@ -205,6 +218,8 @@ class MssqlPoolAdapter(Pool):
                     continue
                 if record is None:
                     return self._new_record(proxy)
+                if _BASELINE_KEY in proxy.info:
+                    _no_replay(proxy)
                 if proxy.info.pop(_STALE_KEY, False):
                     try:
                         _apply_baseline(proxy.raw, proxy.info[_BASELINE_KEY])
@@ -243,6 +258,7 @@ class MssqlPoolAdapter(Pool):
         if log and rec is not None:
             proxy.info[_BASELINE_KEY] = log
             rec.flags &= ~SESSION
+            _no_replay(proxy)
         return record
 
     def _open_record(self, connection_record: ConnectionPoolEntry | None = None) -> Any:
@@ -477,7 +493,6 @@ def create_engine(url: str | URL, *, pool: ConnectionPool | MssqlPoolAdapter | N
             if not u.host:
                 raise ConfigError("url", f"no host in {redact(u.render_as_string())}")
             conninfo = _conninfo(u, connect_args)
-        opts.setdefault("name", u.database or u.host or "sqlalchemy")
         adapter = MssqlPoolAdapter(ConnectionPool(conninfo, **opts), **adapter_args)
     return sqlalchemy.create_engine(u, pool=adapter, **kwargs)
 

@@ -156,15 +156,19 @@ def test_kill_all_is_a_disconnect_sqlalchemy_sees_and_the_pool_heals(
     eng = engines(tds_server, min_size=0)
     seen = watch(eng)
     pool = eng.pool.mssql_pool
-    with eng.connect() as a, eng.connect() as b:          # two driver connections
-        a.execute(text("SELECT 1")).all()
-        b.execute(text("SELECT 1")).all()
-    assert tds_server.kill_all() == 2
-    with pytest.raises(exc.DBAPIError) as info, eng.connect() as conn:
-        conn.execute(text("SELECT 1")).all()
+    with eng.connect() as other:                          # a second, idle driver connection
+        other.execute(text("SELECT 1")).all()
+        with eng.connect() as conn:
+            conn.execute(text("SELECT 1")).all()
+            other.rollback()
+            other.close()
+            assert tds_server.kill_all() == 2             # both sessions killed
+            with pytest.raises(exc.DBAPIError) as info:   # mid-checkout: nothing to hide
+                conn.execute(text("SELECT 1")).all()
     assert info.value.connection_invalidated               # SQLAlchemy: a disconnect
     assert seen["invalidate"] == 1
-    # The pool discarded it and checks the older one before handing it out again:
+    assert pool.get_stats()["connections_discarded"] >= 1
+    # The pool discarded it, and checks the older idle one before handing it out again:
     # every following unit works, without another error.
     for _ in range(4):
         select_unit(eng)
@@ -186,9 +190,11 @@ def test_recovers_after_a_server_restart(
         tds_server: TdsServer, engines: Callable[..., Engine]) -> None:
     eng = engines(tds_server, min_size=0)
     select_unit(eng)
-    tds_server.stop()
-    with pytest.raises(exc.DBAPIError) as info, eng.connect() as conn:
+    with eng.connect() as conn:
         conn.execute(text("SELECT 1")).all()
+        tds_server.stop()
+        with pytest.raises(exc.DBAPIError) as info:
+            conn.execute(text("SELECT 1")).all()
     assert info.value.connection_invalidated
     tds_server.start()
     for _ in range(3):
@@ -293,6 +299,16 @@ def test_returning_an_unused_connection_costs_nothing(
             pass
 
     assert requests_per_unit(tds_server, idle_unit) == 0
+    stock = sqlalchemy.create_engine(sa_url(tds_server))
+    try:
+        def stock_idle_unit() -> None:
+            with stock.connect():
+                pass
+
+        # QueuePool's reset on return rolls back even what never began
+        assert requests_per_unit(tds_server, stock_idle_unit) == 2
+    finally:
+        stock.dispose()
 
 
 def test_raw_connection_work_is_rolled_back_once_by_the_pool(
@@ -353,3 +369,19 @@ def test_session_state_from_a_connect_listener_survives_a_borrowers_change(
     stats = eng.pool.mssql_pool.get_stats()
     assert stats["resets_full"] == 1 and stats["connections_num"] == 1
     assert isolation(eng) == 3         # ...the reset undid it, the baseline came back
+
+
+def test_a_dead_connection_is_never_swapped_for_one_without_the_baseline(
+        tds_server: TdsServer, engines: Callable[..., Engine]) -> None:
+    eng = engines(tds_server, min_size=0, isolation_level="SERIALIZABLE")
+    with eng.connect() as a, eng.connect() as b:          # two driver connections
+        a.execute(text("SELECT 1")).all()
+        b.execute(text("SELECT 1")).all()
+    tds_server.kill_all()
+    levels = []
+    for _ in range(3):
+        try:
+            levels.append(isolation(eng))
+        except exc.DBAPIError as e:                       # the caller may see the disconnect,
+            assert e.connection_invalidated
+    assert levels and set(levels) == {4}                  # but never another isolation level

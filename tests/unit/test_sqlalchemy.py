@@ -186,7 +186,7 @@ def test_url_forms_and_translation(scheme: str) -> None:
     try:
         assert (engine.dialect.name, engine.dialect.driver) == ("mssql", "pymssql")
         cfg = pool.config
-        assert (cfg.max_size, cfg.timeout, cfg.max_lifetime, cfg.name) == (5, 4.0, 600, "orders")
+        assert (cfg.max_size, cfg.timeout, cfg.max_lifetime) == (5, 4.0, 600)
         assert cfg.check == "SELECT 1"
         info = cfg.conninfo
         assert isinstance(info, dict)
