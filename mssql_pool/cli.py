@@ -729,6 +729,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
     demo.add_argument("--no-chaos", action="store_true", help="run the workload without faults")
     demo.add_argument(
+        "--keep-tables",
+        action="store_true",
+        help="with --url: leave the demo tables in place (default: dropped at the end)",
+    )
+    demo.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve the pool's Prometheus metrics on this port while the demo runs",
+    )
+    demo.add_argument(
         "--progress",
         choices=("auto", "line", "plain", "off"),
         default="auto",

@@ -475,6 +475,15 @@ def _setup_schema(pool: Any, accounts: int, real: bool) -> None:
     pool.run_transaction(create)
 
 
+def _drop_schema(pool: Any) -> None:
+    def drop(conn: Any) -> None:
+        cur = conn.cursor()
+        cur.execute(f"DROP TABLE IF EXISTS {LEDGER_TABLE}")
+        cur.execute(f"DROP TABLE IF EXISTS {ACCOUNTS_TABLE}")
+
+    pool.run_transaction(drop)
+
+
 def _read_state(pool: Any) -> tuple[dict[int, int], list[tuple[int, int, int, int]]]:
     def read(conn: Any) -> tuple[dict[int, int], list[tuple[int, int, int, int]]]:
         cur = conn.cursor()
@@ -774,8 +783,14 @@ def run_demo(
     chaos: bool = True,
     progress: str = "auto",
     err: TextIO = sys.stderr,
+    keep_tables: bool = False,
+    metrics_port: int | None = None,
 ) -> DemoReport:
-    """Run the demo and return its report (``demo_main`` prints it)."""
+    """Run the demo and return its report (``demo_main`` prints it).
+
+    With ``url`` the demo tables are dropped at the end unless ``keep_tables``;
+    ``metrics_port`` serves the pool's Prometheus metrics on that port while it runs.
+    """
     import mssql_pool
 
     backend: Backend = RealServerBackend(url) if url else EmbeddedBackend()
@@ -784,6 +799,7 @@ def run_demo(
         plans = _plans_for(backend, seed, duration) if chaos else []
         rec = Recorder(threads)
         policy = _demo_policy(rec)
+        http_server: tuple[Any, Any] | None = None
         min_size, max_size = max(1, threads // 2), threads + 2
         pool = mssql_pool.ConnectionPool(
             backend.conninfo(),
@@ -792,6 +808,17 @@ def run_demo(
             timeout=30.0,
             name="demo",
         )
+        if metrics_port is not None:
+            from prometheus_client import CollectorRegistry, start_http_server
+
+            from .metrics import register
+
+            registry = CollectorRegistry()
+            register(pool, registry)
+            served = start_http_server(metrics_port, registry=registry)
+            if isinstance(served, tuple):  # prometheus-client >= 0.17: (server, thread)
+                http_server = served
+            err.write(f"metrics: http://127.0.0.1:{metrics_port}/metrics\n")
         report.setup = (
             f"pool min_size={min_size} max_size={max_size} timeout=30s; run_transaction "
             f"policy: up to {policy.max_attempts} attempts within {policy.deadline:.0f} s, "
@@ -836,8 +863,14 @@ def run_demo(
             balances, ledger = _read_state(pool)
             report.invariant = check_invariant(balances, ledger, accounts, rec)
             report.pool_stats = dict(pool.get_stats())
+            if url and not keep_tables:
+                _drop_schema(pool)
         finally:
             pool.close(timeout=10.0)
+            if http_server is not None:
+                http_server[0].shutdown()
+                http_server[0].server_close()
+                http_server[1].join(5.0)
         report.faults = _recovery(plans, rec, report.elapsed, start_stats, report.pool_stats)
         report.counts = dict(rec.counts)
         report.retry_kinds = dict(rec.retry_kinds)
@@ -1028,6 +1061,8 @@ def demo_main(args: argparse.Namespace) -> int:
         url=args.url,
         chaos=not args.no_chaos,
         progress=args.progress,
+        keep_tables=args.keep_tables,
+        metrics_port=args.metrics_port,
     )
     print_report(report, sys.stdout)
     if args.json:

@@ -76,6 +76,8 @@ def test_short_demo_recovers_and_keeps_the_invariant(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_demo_against_a_server_url_kills_sessions_with_tsql() -> None:
     """``--url``: only T-SQL faults (KILL from an admin session); the rest are skipped."""
+    import pymssql
+
     with testing.TdsServer(users={"sa": "Url-Secret-7"}) as server:
         proc = subprocess.run(
             [
@@ -98,6 +100,13 @@ def test_demo_against_a_server_url_kills_sessions_with_tsql() -> None:
             text=True,
             timeout=110,
         )
+        conn = pymssql.connect(**server.connect_kwargs())
+        cur = conn.cursor()
+        cur.execute(
+            "SELECT OBJECT_ID('mssql_pool_demo_accounts'), OBJECT_ID('mssql_pool_demo_transfers')"
+        )
+        assert cur.fetchone() == (None, None)  # the demo cleaned up after itself
+        conn.close()
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr[-3000:]
     assert "Url-Secret-7" not in out + proc.stderr
