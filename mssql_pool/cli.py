@@ -621,6 +621,7 @@ def _pool_step(target: Target, kwargs: dict[str, Any], timeout: float, check_sql
             check=check_sql,
             validate_after=0.0,
             name="check",
+            identify=True,
         ) as pool:
             with pool.connection(timeout=timeout) as conn:
                 cur = conn.cursor()

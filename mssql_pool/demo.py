@@ -807,6 +807,7 @@ def run_demo(
             max_size=max_size,
             timeout=30.0,
             name="demo",
+            identify=True,  # ask each new connection which node it reached: counts redirects
         )
         if metrics_port is not None:
             from prometheus_client import CollectorRegistry, start_http_server
@@ -985,7 +986,13 @@ def print_report(report: DemoReport, out: TextIO) -> None:
             f"lost {s.get('connections_lost')}, discarded {s.get('connections_discarded')}; "
             f"checks {s.get('checks_run')} (skipped {s.get('checks_skipped')}, failed "
             f"{s.get('checks_failed')}); resets rollback {s.get('resets_rollback')}, full "
-            f"{s.get('resets_full')}\n"
+            f"{s.get('resets_full')}"
+            + (
+                f"; redirects {s['redirects']}, failovers {s.get('failovers', 0)}"
+                if "redirects" in s
+                else ""
+            )
+            + "\n"
         )
     w(f"result: {'PASS' if report.ok else 'FAIL'} (exit {0 if report.ok else 1})\n")
 
