@@ -21,7 +21,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -31,7 +31,7 @@ from .errors import CircuitOpenError, ConfigError
 if TYPE_CHECKING:
     from .retry import RetryPolicy
 
-__all__ = ["CircuitBreaker", "CircuitState", "guarded_connect"]
+__all__ = ["CircuitBreaker", "CircuitState", "ConnectGuard", "guarded_connect"]
 
 logger = logging.getLogger("mssql_pool.breaker")
 
@@ -361,3 +361,124 @@ def guarded_connect(
         if breaker is not None:
             breaker.record_success()
         return conn
+
+
+def _default_classifier() -> Any:
+    from .classify import get_default_classifier
+
+    return get_default_classifier()
+
+
+#: Pool options read by :class:`ConnectGuard` (see :meth:`ConnectGuard.pop_options`).
+GUARD_OPTIONS = ("connect_policy", "circuit_breaker", "circuit_wait")
+_AUTO = "auto"
+
+
+class ConnectGuard:
+    """What a pool puts in front of its one connect method.
+
+    ``policy`` retries transient login failures (None: one attempt per call);
+    ``breaker`` stops logins after repeated failures (None: no circuit); ``wait`` says
+    whether callers wait for the circuit within their acquire timeout (True) or fail fast
+    with :class:`CircuitOpenError` (False, the default).
+    """
+
+    def __init__(self, policy: RetryPolicy | None, breaker: CircuitBreaker | None,
+                 wait: bool = False) -> None:
+        self.policy = policy
+        self.breaker = breaker
+        self.wait = wait
+
+    @staticmethod
+    def pop_options(options: dict[str, Any]) -> dict[str, Any]:
+        """Take the guard's options out of a pool's keyword options."""
+        return {name: options.pop(name) for name in GUARD_OPTIONS if name in options}
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        connect_policy: Any = _AUTO,
+        circuit_breaker: Any = _AUTO,
+        circuit_wait: Any = False,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+        random: Callable[[], float] | None = None,
+        name: str = "",
+    ) -> ConnectGuard:
+        """Validate the pool options ``connect_policy`` (a RetryPolicy, "auto" for
+        :data:`~mssql_pool.retry.CONNECT_POLICY`, or None), ``circuit_breaker`` (a
+        CircuitBreaker, a mapping of its arguments, "auto" for the defaults, or None) and
+        ``circuit_wait`` (bool). The pool's clock, sleep and random source are used unless
+        the policy or breaker was given its own."""
+        from .retry import CONNECT_POLICY, RetryPolicy
+
+        policy: RetryPolicy | None
+        if connect_policy == _AUTO:
+            policy = CONNECT_POLICY
+        elif connect_policy is None or isinstance(connect_policy, RetryPolicy):
+            policy = connect_policy
+        else:
+            raise ConfigError("connect_policy",
+                              f"must be a RetryPolicy, 'auto' or None, got {connect_policy!r}")
+        if policy is not None and policy.clock is time.monotonic:
+            changes: dict[str, Any] = {"clock": clock, "sleep": sleep}
+            if random is not None:
+                changes["random"] = random
+            policy = policy.new(**changes)
+        breaker: CircuitBreaker | None
+        if circuit_breaker == _AUTO:
+            breaker = CircuitBreaker(clock=clock, name=name)
+        elif circuit_breaker is None or isinstance(circuit_breaker, CircuitBreaker):
+            breaker = circuit_breaker
+        elif isinstance(circuit_breaker, Mapping):
+            args = dict(circuit_breaker)
+            args.setdefault("clock", clock)
+            args.setdefault("name", name)
+            try:
+                breaker = CircuitBreaker(**args)
+            except TypeError as exc:
+                raise ConfigError("circuit_breaker", str(exc)) from None
+        else:
+            raise ConfigError(
+                "circuit_breaker",
+                f"must be a CircuitBreaker, a mapping of its arguments, 'auto' or None, "
+                f"got {circuit_breaker!r}",
+            )
+        if not isinstance(circuit_wait, bool):
+            raise ConfigError("circuit_wait", f"must be True or False, got {circuit_wait!r}")
+        return cls(policy, breaker, circuit_wait)
+
+    def connect(self, dial: Callable[[], T], timeout: float | None = None) -> T:
+        """One login with ``dial``, through the breaker.
+
+        ``timeout`` is what is left of the caller's acquire timeout: with ``wait`` the
+        caller may spend it waiting for the circuit's next probe. None (background
+        refills) never waits. Retrying is the pool's loop: it backs off while staying in
+        the queue, so a connection returned meanwhile still reaches the caller.
+        """
+        return guarded_connect(dial, breaker=self.breaker, timeout=timeout,
+                               wait=self.wait and timeout is not None)
+
+    def give_up(self, exc: BaseException) -> bool:
+        """Should the pool hand this connect error to the caller at once, rather than
+        trying again until the acquire timeout? True for an open circuit when callers do
+        not wait, and for login failures the connect policy never retries (18456)."""
+        if isinstance(exc, CircuitOpenError):
+            return not self.wait
+        if self.policy is None:
+            return False
+        from .classify import ErrorKind
+
+        info = (self.policy.classifier or _default_classifier()).classify(exc)
+        return info.kind is ErrorKind.AUTH and not self.policy.should_retry(exc)
+
+    def min_delay(self, exc: BaseException | None) -> float:
+        """The server's minimum pause before the next login after ``exc`` (40501 asks for
+        10 s, 10928/10929 for 5 s); 0 without a connect policy."""
+        if self.policy is None or exc is None:
+            return 0.0
+        return float((self.policy.classifier or _default_classifier()).classify(exc).min_delay)
+
+    def __repr__(self) -> str:
+        return f"<ConnectGuard policy={self.policy!r} breaker={self.breaker!r} wait={self.wait}>"

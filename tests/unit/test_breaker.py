@@ -9,7 +9,7 @@ import time
 import pymssql
 import pytest
 
-from mssql_pool.breaker import CircuitBreaker, CircuitState, guarded_connect
+from mssql_pool.breaker import CircuitBreaker, CircuitState, ConnectGuard, guarded_connect
 from mssql_pool.errors import CircuitOpenError, ConfigError, RetryExhausted
 from mssql_pool.retry import RetryPolicy, connect_policy
 
@@ -335,3 +335,63 @@ def test_wait_for_permission_with_frozen_fake_clock_is_bounded_in_real_time() ->
     with pytest.raises(CircuitOpenError):
         b.wait_for_permission(0.05)
     assert time.monotonic() - start < 1.0
+
+
+# --------------------------------------------------------------------------- ConnectGuard
+def test_guard_defaults_and_pool_clock() -> None:
+    from mssql_pool.retry import CONNECT_POLICY
+
+    clock = FakeClock()
+    guard = ConnectGuard.from_options(clock=clock, name="p")
+    assert isinstance(guard.breaker, CircuitBreaker) and guard.breaker.clock is clock
+    assert guard.policy is not None and guard.policy.clock is clock
+    assert guard.policy.retry_on is CONNECT_POLICY.retry_on
+    assert guard.wait is False
+    own = RetryPolicy(clock=lambda: 5.0)
+    assert ConnectGuard.from_options(connect_policy=own, clock=clock).policy is own
+    off = ConnectGuard.from_options(connect_policy=None, circuit_breaker=None)
+    assert off.policy is None and off.breaker is None
+
+
+@pytest.mark.parametrize(
+    "option,value",
+    [("connect_policy", "yes"), ("circuit_breaker", 5), ("circuit_breaker", {"bogus": 1}),
+     ("circuit_breaker", {"failure_threshold": 0}), ("circuit_wait", "no")],
+)
+def test_guard_options_are_validated(option: str, value: object) -> None:
+    with pytest.raises(ConfigError) as ei:
+        ConnectGuard.from_options(**{option: value})
+    assert ei.value.parameter in (option, "failure_threshold")
+
+
+def test_guard_give_up_decisions() -> None:
+    fast = ConnectGuard.from_options()
+    waiting = ConnectGuard.from_options(circuit_wait=True)
+    assert fast.give_up(CircuitOpenError("open")) and not waiting.give_up(CircuitOpenError("o"))
+    auth = _login(18456, "Login failed for user 'app'.")
+    assert fast.give_up(auth) and waiting.give_up(auth)
+    for transient in (_login(40613, "Database 'd' is not currently available."),
+                      ConnectionRefusedError(111, "refused"), RuntimeError("configure failed")):
+        assert not fast.give_up(transient)
+    assert not ConnectGuard.from_options(connect_policy=None).give_up(auth)
+
+
+def test_guard_min_delay_is_the_server_hint() -> None:
+    guard = ConnectGuard.from_options()
+    assert guard.min_delay(_login(40501, "The service is currently busy.")) == 10.0
+    assert guard.min_delay(_login(10928, "Resource ID : 1. limit has been reached")) == 5.0
+    assert guard.min_delay(ConnectionRefusedError()) == 0.0
+    assert guard.min_delay(None) == 0.0
+    assert ConnectGuard.from_options(connect_policy=None).min_delay(_login(40501, "b")) == 0.0
+
+
+def test_guard_connect_goes_through_the_breaker() -> None:
+    clock = FakeClock()
+    guard = ConnectGuard.from_options(circuit_breaker={"failure_threshold": 1}, clock=clock)
+    with pytest.raises(ConnectionRefusedError):
+        guard.connect(lambda: (_ for _ in ()).throw(ConnectionRefusedError()), timeout=1.0)
+    with pytest.raises(CircuitOpenError):
+        guard.connect(lambda: "conn", timeout=1.0)
+    with pytest.raises(CircuitOpenError):
+        guard.connect(lambda: "conn")  # background: never waits
+    assert "ConnectGuard" in repr(guard)
