@@ -154,66 +154,45 @@ def test_custom_namespace_and_unregister() -> None:
     assert not any(labels for _, labels in scrape(registry))
 
 
-class _FakeCursor:
-    rowcount = -1
-    description = None
-
-    def execute(self, sql: str, params: Any = None) -> None:
-        self.description = (("x", None, None, None, None, None, None),)
-
-    def fetchone(self) -> tuple[int]:
-        return (1,)
-
-    def fetchall(self) -> list[tuple[int]]:
-        return [(1,)]
-
-    def close(self) -> None:
-        pass
-
-
-class _FakeConn:
-    """The least a DB-API connection offers; enough for the pool's checks and resets."""
-
-    def cursor(self) -> _FakeCursor:
-        return _FakeCursor()
-
-    def commit(self) -> None:
-        pass
-
-    def rollback(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def test_pool_over_a_fake_driver_is_scraped() -> None:
-    """A real ConnectionPool (over a zero-argument connect callable) exports its stats."""
+    """A real ConnectionPool over the fake driver: gauges follow checkouts, counters
+    follow what happens to connections."""
+    from fakedb import FakeDB
+
     import mssql_pool
 
-    pool_cls = getattr(mssql_pool, "ConnectionPool", None)
-    if pool_cls is None:
-        pytest.skip("ConnectionPool has not landed yet")
+    db = FakeDB()
     registry = CollectorRegistry()
     lab = (("pool", "fake"),)
-    with pool_cls(connect=_FakeConn, min_size=1, max_size=3, name="fake") as pool:
+    with mssql_pool.ConnectionPool(
+        connect=db.connect, min_size=1, max_size=3, name="fake", validate_after=0.0
+    ) as pool:
         register(pool, registry)
         with pool.connection(timeout=5.0) as conn:
             conn.cursor().execute("SELECT 1")
             got = scrape(registry)
             assert got[("mssql_pool_connections", (("pool", "fake"), ("state", "used")))] == 1
+            raw = conn
+        db.kill(raw)  # dies while idle: the next checkout's check finds it dead
+        with pool.connection(timeout=5.0) as conn:
+            conn.cursor().execute("SELECT 1")
         got = scrape(registry)
-        assert got[("mssql_pool_requests_total", lab)] >= 1
+        assert got[("mssql_pool_requests_total", lab)] == 2
         assert got[("mssql_pool_max_size", lab)] == 3
         assert got[("mssql_pool_connections", (("pool", "fake"), ("state", "used")))] == 0
+        assert got[("mssql_pool_checks_failed_total", lab)] == 1
+        assert got[("mssql_pool_connections_lost_total", lab)] == 1
+        assert got[("mssql_pool_connections_opened_total", lab)] == 2
 
 
 def test_every_key_of_a_real_pool_is_documented() -> None:
     """A key the pool reports but the table does not know would fall back to a gauge."""
+    from fakedb import FakeDB
+
     import mssql_pool
     from mssql_pool.metrics import _BY_KEY, _CONSUMED
 
-    pool = mssql_pool.ConnectionPool(connect=_FakeConn, min_size=0, max_size=1, name="keys")
+    pool = mssql_pool.ConnectionPool(connect=FakeDB().connect, min_size=0, max_size=1)
     try:
         missing = set(pool.get_stats()) - set(_BY_KEY) - _CONSUMED
     finally:
