@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -30,3 +34,33 @@ def raw_tds_login() -> Iterator[Callable[[TdsServer], socket.socket]]:
     yield login
     for s in opened:
         s.close()
+
+
+# pymssql keeps the severity of failed logins process-wide (FACTS.md): a failed login in the
+# test process would change what later tests see. Logins meant to fail run in a fresh
+# interpreter.
+_LOGIN_SCRIPT = r"""
+import json, sys, pymssql
+kw = json.loads(sys.argv[1])
+try:
+    pymssql.connect(**kw).close()
+    print(json.dumps({"ok": True}))
+except pymssql.OperationalError as exc:
+    number, text = exc.args[0]
+    print(json.dumps({"ok": False, "number": number, "text": text.decode("utf-8", "replace")}))
+"""
+
+
+@pytest.fixture
+def login_in_subprocess() -> Callable[..., dict[str, Any]]:
+    """Log into a TdsServer from a fresh interpreter: {"ok": True} or the error seen."""
+
+    def login(server: TdsServer, **kw: Any) -> dict[str, Any]:
+        args = json.dumps(server.connect_kwargs(**kw))
+        proc = subprocess.run([sys.executable, "-c", _LOGIN_SCRIPT, args], capture_output=True,
+                              text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        result: dict[str, Any] = json.loads(proc.stdout)
+        return result
+
+    return login

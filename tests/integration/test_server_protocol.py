@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -21,64 +20,39 @@ from mssql_pool.testing import _protocol as P
 
 pytestmark = pytest.mark.timeout(60)
 
-# pymssql keeps the severity of failed logins process-wide (FACTS.md), so login error numbers
-# are read in a fresh interpreter.
-_LOGIN_SCRIPT = r"""
-import json, sys, pymssql
-kw = json.loads(sys.argv[1])
-try:
-    pymssql.connect(**kw).close()
-    print(json.dumps({"ok": True}))
-except pymssql.OperationalError as exc:
-    number, text = exc.args[0]
-    print(json.dumps({"ok": False, "number": number, "text": text.decode("utf-8", "replace")}))
-"""
-
-
-def login_in_subprocess(server: TdsServer, **kw: object) -> dict[str, object]:
-    args = json.dumps(server.connect_kwargs(**kw))
-    proc = subprocess.run([sys.executable, "-c", _LOGIN_SCRIPT, args], capture_output=True,
-                          text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
-def test_login_ok_and_wrong_password(tds_server: TdsServer) -> None:
-    assert login_in_subprocess(tds_server) == {"ok": True}
-    res = login_in_subprocess(tds_server, password="wrong")
+def test_login_ok_and_wrong_password(tds_server: TdsServer, login_in_subprocess) -> None:
+    login = login_in_subprocess
+    assert login(tds_server) == {"ok": True}
+    res = login(tds_server, password="wrong")
     assert res["number"] == 18456
     assert "Login failed for user 'sa'." in res["text"]
-    res = login_in_subprocess(tds_server, user="nobody")
+    res = login(tds_server, user="nobody")
     assert "Login failed for user 'nobody'." in res["text"]
     st = tds_server.stats()
     assert st["logins"] == 1 and st["logins_failed"] == 2
 
 
-def test_login_failure_in_process_is_operational_error(tds_server: TdsServer) -> None:
-    with pytest.raises(pymssql.OperationalError) as info:
-        pymssql.connect(**tds_server.connect_kwargs(password="nope"))
-    # the number may be stale in this process (FACTS.md); the DB-Lib lines are always there
-    assert "20002" in str(info.value) or "18456" in str(info.value)
-
-
-def test_unknown_database_gives_4060(tds_server: TdsServer) -> None:
-    res = login_in_subprocess(tds_server, database="nowhere")
+def test_unknown_database_gives_4060(tds_server: TdsServer, login_in_subprocess) -> None:
+    login = login_in_subprocess
+    res = login(tds_server, database="nowhere")
     assert res["number"] == 4060
     assert 'Cannot open database "nowhere" requested by the login.' in res["text"]
 
 
-def test_fail_logins_40613_with_azure_text(tds_server: TdsServer) -> None:
+def test_fail_logins_40613_with_azure_text(tds_server: TdsServer, login_in_subprocess) -> None:
+    login = login_in_subprocess
     tds_server.fail_logins(40613, times=1)
-    res = login_in_subprocess(tds_server)
+    res = login(tds_server)
     assert res["number"] == 40613
     assert "is not currently available" in res["text"]
-    assert login_in_subprocess(tds_server) == {"ok": True}
+    assert login(tds_server) == {"ok": True}
 
 
-def test_max_sessions_10928_number(tds_server_factory) -> None:
+def test_max_sessions_10928_number(tds_server_factory, login_in_subprocess) -> None:
+    login = login_in_subprocess
     server = tds_server_factory(max_sessions=1)
     held = pymssql.connect(**server.connect_kwargs())
-    res = login_in_subprocess(server)
+    res = login(server)
     assert res["number"] == 10928 and "The session limit for the database is 1" in res["text"]
     held.close()
 
