@@ -123,6 +123,15 @@ class _CapturingCursor:
             self._log.append(("sql", operation, params))
         return result
 
+    def __iter__(self) -> Any:
+        return iter(self._cur)
+
+    def __enter__(self) -> _CapturingCursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cur.close()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cur, name)
 

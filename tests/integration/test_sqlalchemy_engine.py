@@ -358,9 +358,8 @@ def test_session_state_from_a_connect_listener_survives_a_borrowers_change(
 
     @event.listens_for(eng.pool, "connect")
     def repeatable_read(dbapi_conn: Any, record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        cur.close()
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 
     assert isolation(eng) == 3
     with eng.connect() as conn:        # a borrower changes session state...
