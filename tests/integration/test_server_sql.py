@@ -264,3 +264,15 @@ def test_unsupported_sql_is_an_error_not_a_dead_session(tds_server: TdsServer) -
         cur.execute("SELECT 1")
         assert cur.fetchone()[0] == 1
     assert len(tds_server.sessions()) == 1
+
+
+def test_callproc_rpc_procedures(tds_server: TdsServer) -> None:
+    conn = connect(tds_server)
+    cur = conn.cursor()
+    cur.callproc("sp_set_session_context", ("tenant", "acme"))
+    assert scalar(cur, "SELECT SESSION_CONTEXT(N'tenant')") == "acme"
+    with pytest.raises(pymssql.DatabaseError) as info:
+        cur.callproc("no_such_proc", (1,))
+    assert info.value.args[0] == 2812
+    assert scalar(cur, "SELECT 1") == 1
+    assert tds_server.stats()["rpcs"] == 2
