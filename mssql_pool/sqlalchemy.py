@@ -49,12 +49,15 @@ from ._dsn import parse_conninfo, redact
 from .config import PoolConfig
 from .connection import PooledConnection
 from .errors import ConfigError
+from .errors import PoolTimeout as _PoolTimeout
 from .pool import ConnectionPool
 from .reset import SESSION, WORK, rollback_work, scan_sql
 from .retry import RetryPolicy
 from .transaction import run_transaction as _run_transaction
 
-__all__ = ["MssqlPoolAdapter", "as_sqlalchemy_pool", "create_engine", "run_transaction"]
+__all__ = [
+    "MssqlPoolAdapter", "PoolTimeout", "as_sqlalchemy_pool", "create_engine", "run_transaction",
+]
 
 logger = logging.getLogger("mssql_pool.sqlalchemy")
 
@@ -66,6 +69,20 @@ _STALE_KEY = "mssql_pool.sqlalchemy.stale"         # a full reset undid them sin
 _capture = threading.local()   # .log: where connect-time session changes are recorded
 _DRIVERS = {"mssql": "mssql+pymssql", "mssql+pymssql": "mssql+pymssql"}
 _POOL_OPTIONS = frozenset(PoolConfig.__dataclass_fields__) - {"conninfo", "connect"}
+
+
+class PoolTimeout(_PoolTimeout, sa_exc.TimeoutError):
+    """No connection within the pool's ``timeout``, as the engine raises it: both
+    :class:`mssql_pool.PoolTimeout` (``waited``, ``last_error``...) and
+    ``sqlalchemy.exc.TimeoutError``, so either ``except`` clause catches it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _engine_timeout(exc: _PoolTimeout) -> PoolTimeout:
+    return PoolTimeout(str(exc), waited=exc.waited, pool_size=exc.pool_size,
+                       max_size=exc.max_size, waiting=exc.waiting, last_error=exc.last_error)
 
 
 class _EngineConnection(PooledConnection):
@@ -216,7 +233,10 @@ class MssqlPoolAdapter(Pool):
     def _do_get(self) -> ConnectionPoolEntry:
         pool = self.mssql_pool
         while True:
-            proxy = pool.getconn()
+            try:
+                proxy = pool.getconn()
+            except _PoolTimeout as exc:
+                raise _engine_timeout(exc) from exc.last_error
             proxy.__class__ = _EngineConnection   # same layout; see its docstring
             try:
                 held = proxy.info.get(_RECORD_KEY)
@@ -279,7 +299,10 @@ class MssqlPoolAdapter(Pool):
         """
         proxy: PooledConnection | None = getattr(self._pending, "proxy", None)
         if proxy is None:
-            proxy = self.mssql_pool.getconn()
+            try:
+                proxy = self.mssql_pool.getconn()
+            except _PoolTimeout as exc:
+                raise _engine_timeout(exc) from exc.last_error
             proxy.__class__ = _EngineConnection
         else:
             self._pending.proxy = None

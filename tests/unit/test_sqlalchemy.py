@@ -19,6 +19,7 @@ from mssql_pool import ConnectionPool  # noqa: E402
 from mssql_pool.errors import ConfigError  # noqa: E402
 from mssql_pool.sqlalchemy import (  # noqa: E402
     MssqlPoolAdapter,
+    PoolTimeout,
     as_sqlalchemy_pool,
     create_engine,
     run_transaction,
@@ -162,6 +163,24 @@ def test_a_failed_rollback_is_a_dbapi_error_and_marks_the_connection_dead(
         conn.rollback()
     conn.close()
     assert pool.get_stats()["connections_lost"] == 1 and pool.get_stats()["pool_size"] == 0
+
+
+def test_checkout_timeout_is_both_ours_and_sqlalchemys(make_pool: Callable[..., Any]) -> None:
+    import pickle
+
+    import mssql_pool
+
+    adapter = MssqlPoolAdapter(make_pool(max_size=1, timeout=0.0))
+    held = adapter.connect()
+    with pytest.raises(exc.TimeoutError) as info:
+        adapter.connect()
+    err = info.value
+    assert isinstance(err, PoolTimeout) and isinstance(err, mssql_pool.PoolTimeout)
+    assert err.max_size == 1 and "no connection" in str(err)
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is PoolTimeout and again.max_size == 1
+    held.close()
+    adapter.connect().close()
 
 
 def test_adapter_needs_a_connection_pool() -> None:
