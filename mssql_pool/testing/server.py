@@ -74,13 +74,13 @@ class TdsServer:
         if share_data_with is not None:
             # a replica (failover partner, node behind a gateway): the same databases on
             # disk, its own sessions, locks and name; the data belongs to the other server
-            self._data_dir = share_data_with._data_dir
-            self._cleanup = weakref.finalize(self, _keep)
+            self._data_dir: str = share_data_with._data_dir
+            self._cleanup: weakref.finalize[..., Any] = weakref.finalize(self, _keep)
         else:
             self._data_dir = tempfile.mkdtemp(prefix="mssql_pool_tds_")
             # the data goes when the server is garbage-collected even if close() was never
             # called
-            self._cleanup = weakref.finalize(self, shutil.rmtree, self._data_dir, True)
+            self._cleanup = weakref.finalize(self, _remove_tree, self._data_dir)
         self._engine = Engine(self._data_dir, [database, *databases], server_name, lock_wait)
         self._engine.sessions_provider = self._session_infos
         self._engine.kill = self.kill
@@ -360,6 +360,10 @@ class TdsServer:
 
 def _keep() -> None:
     """Finalizer of a replica: the data stays with the server that made it."""
+
+
+def _remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _check_times(times: int) -> None:
