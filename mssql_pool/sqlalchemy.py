@@ -67,6 +67,7 @@ _RECORD_KEY = "mssql_pool.sqlalchemy.record"
 _BASELINE_KEY = "mssql_pool.sqlalchemy.baseline"   # session changes made by connect events
 _STALE_KEY = "mssql_pool.sqlalchemy.stale"         # a full reset undid them since
 _capture = threading.local()   # .log: where connect-time session changes are recorded
+_checkout = threading.local()  # .timeout: a retried unit's remaining time (run_transaction)
 _DRIVERS = {"mssql": "mssql+pymssql", "mssql+pymssql": "mssql+pymssql"}
 _POOL_OPTIONS = frozenset(PoolConfig.__dataclass_fields__) - {"conninfo", "connect"}
 
@@ -234,7 +235,7 @@ class MssqlPoolAdapter(Pool):
         pool = self.mssql_pool
         while True:
             try:
-                proxy = pool.getconn()
+                proxy = pool.getconn(getattr(_checkout, "timeout", None))
             except _PoolTimeout as exc:
                 raise _engine_timeout(exc) from exc.last_error
             proxy.__class__ = _EngineConnection   # same layout; see its docstring
@@ -535,13 +536,22 @@ class _Unit:
     """What :mod:`mssql_pool.transaction` sees as a connection: a Session or Connection.
 
     ``commit``/``rollback``/``invalidate`` map onto SQLAlchemy's; leaving the ``with``
-    block closes it (returning its connection to the pool).
+    block closes it (returning its connection to the pool). While it is open, checkouts
+    from mssql_pool engines in this thread wait at most ``timeout`` (what is left of the
+    policy's deadline).
     """
 
-    __slots__ = ("target",)
+    __slots__ = ("target", "_outer")
 
-    def __init__(self, target: Session | Connection) -> None:
-        self.target = target
+    def __init__(self, open_target: Callable[[], Session | Connection],
+                 timeout: float | None) -> None:
+        self._outer = getattr(_checkout, "timeout", None)
+        _checkout.timeout = timeout
+        try:
+            self.target = open_target()
+        except BaseException:
+            _checkout.timeout = self._outer
+            raise
 
     def commit(self) -> None:
         self.target.commit()
@@ -561,7 +571,10 @@ class _Unit:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.target.close()
+        try:
+            self.target.close()
+        finally:
+            _checkout.timeout = self._outer
 
 
 class _UnitSource:
@@ -573,7 +586,7 @@ class _UnitSource:
         self._open = open_target
 
     def connection(self, timeout: float | None = None) -> _Unit:
-        return _Unit(self._open())
+        return _Unit(self._open, timeout)
 
 
 def _opener(source: Any) -> Callable[[], Session | Connection]:

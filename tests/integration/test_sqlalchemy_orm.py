@@ -229,3 +229,25 @@ def test_a_unit_survives_kill_all(tds_server: TdsServer, engine: Engine) -> None
     tds_server.kill_all()
     run_transaction(Factory, _bump, policy=FAST)
     assert _balance(engine) == 1
+
+
+def test_a_unit_waits_for_a_connection_no_longer_than_its_deadline(
+        tds_server: TdsServer) -> None:
+    import time
+
+    from mssql_pool.sqlalchemy import PoolTimeout
+
+    eng = create_engine(tds_server.url, max_size=1, timeout=30.0)
+    try:
+        with eng.connect() as held:
+            held.execute(text("SELECT 1")).all()
+            start = time.monotonic()
+            with pytest.raises(PoolTimeout):
+                run_transaction(sessionmaker(eng), lambda s: s.execute(text("SELECT 1")),
+                                policy=FAST.new(deadline=0.3))
+            assert time.monotonic() - start < 5.0          # not the pool's 30 s
+        assert run_transaction(eng, lambda c: c.execute(text("SELECT 2")).scalar(),
+                               policy=FAST) == 2
+    finally:
+        eng.dispose()
+        eng.pool.mssql_pool.close()  # type: ignore[attr-defined]
