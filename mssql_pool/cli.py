@@ -396,6 +396,69 @@ def _hex_ip(hex_ip: str, width: int) -> str:
     return socket.inet_ntop(socket.AF_INET6, words)
 
 
+_ENCRYPTION = {
+    0: "encryption off (login packet encrypted only)",
+    1: "encryption on",
+    2: "encryption not supported",
+    3: "encryption required",
+}
+
+
+def prelogin_probe(sock: socket.socket) -> str:
+    """Send a TDS PRELOGIN on a connected socket and describe the answer.
+
+    Tells a SQL Server (its version and encryption setting) from any other service
+    on the port, before any credentials are sent. Never raises.
+    """
+    # Options: VERSION (6 bytes), ENCRYPTION (1: ENCRYPT_OFF, to learn the server's
+    # setting), INSTOPT (1: default instance), THREADID (4), MARS (1: off); 0xFF ends.
+    options = [
+        (0x00, b"\x00" * 6),
+        (0x01, b"\x00"),
+        (0x02, b"\x00"),
+        (0x03, b"\x00" * 4),
+        (0x04, b"\x00"),
+    ]
+    head_len = 5 * len(options) + 1
+    table, data = b"", b""
+    for token, value in options:
+        table += bytes([token]) + (head_len + len(data)).to_bytes(2, "big")
+        table += len(value).to_bytes(2, "big")
+        data += value
+    payload = table + b"\xff" + data
+    packet = bytes([0x12, 0x01]) + (8 + len(payload)).to_bytes(2, "big") + b"\x00\x00\x01\x00"
+    try:
+        sock.sendall(packet + payload)
+        reply = b""
+        while len(reply) < 8 or len(reply) < int.from_bytes(reply[2:4], "big"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    except OSError as exc:
+        return f"no answer to a TDS PRELOGIN ({exc.strerror or exc}): is this a SQL Server port?"
+    if len(reply) < 8 or reply[0] != 0x04:
+        return "the service did not answer a TDS PRELOGIN: is this a SQL Server port?"
+    body = reply[8 : int.from_bytes(reply[2:4], "big")]
+    found: dict[int, bytes] = {}
+    i = 0
+    while i + 5 <= len(body) and body[i] != 0xFF:
+        token = body[i]
+        offset = int.from_bytes(body[i + 1 : i + 3], "big")
+        length = int.from_bytes(body[i + 3 : i + 5], "big")
+        found[token] = body[offset : offset + length]
+        i += 5
+    parts = []
+    version = found.get(0x00, b"")
+    if len(version) >= 4:
+        build = int.from_bytes(version[2:4], "big")
+        parts.append(f"server version {version[0]}.{version[1]}.{build}")
+    encryption = found.get(0x01, b"")
+    if encryption:
+        parts.append(_ENCRYPTION.get(encryption[0], f"encryption mode {encryption[0]}"))
+    return "PRELOGIN: " + (", ".join(parts) or "answered")
+
+
 def run_check(
     target: Target,
     *,
@@ -440,13 +503,18 @@ def run_check(
     # 2. TCP connect (first address that answers)
     tcp_error: OSError | None = None
     connected = ""
+    prelogin = ""
+    tcp_ms = 0.0
     start = time.perf_counter()
     for family, kind, proto, _name, sockaddr in infos:
         sock = socket.socket(family, kind, proto)
         sock.settimeout(timeout)
         try:
             sock.connect(sockaddr)
+            tcp_ms = _ms(start)
             connected = f"{sockaddr[0]!s}:{sockaddr[1]!s}"
+            sock.settimeout(min(timeout, 3.0))
+            prelogin = prelogin_probe(sock)
             break
         except OSError as exc:
             tcp_error = exc
@@ -480,7 +548,7 @@ def run_check(
             ),
             EXIT_TCP,
         )
-    steps.append(Step("tcp", True, _ms(start), f"connected to {connected}"))
+    steps.append(Step("tcp", True, tcp_ms, f"connected to {connected}; {prelogin}"))
 
     # 3. login
     try:
