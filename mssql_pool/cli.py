@@ -35,6 +35,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import socket
@@ -776,7 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="money transfers under a chaos schedule, with an invariant check",
         description="Run a money-transfer workload through pool.run_transaction while a "
         "seeded chaos schedule kills sessions, injects deadlocks and login failures, "
-        "restarts, redirects and partitions the embedded TDS test server.",
+        "restarts, redirects and partitions the embedded TDS test server. The pool's own "
+        "log lines go to stderr with MSSQL_POOL_LOG=INFO (default: errors only).",
     )
     demo.add_argument(
         "--duration", type=float, default=20.0, help="seconds of workload (default 20)"
@@ -898,6 +900,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--threads must be between 1 and 256")
         if args.accounts < 2:
             raise UsageError("--accounts must be >= 2")
+        if args.plot and importlib.util.find_spec("matplotlib") is None:
+            raise UsageError("--plot needs matplotlib: pip install 'mssql_pool[plot]'")
+        if args.metrics_port is not None and importlib.util.find_spec("prometheus_client") is None:
+            raise UsageError(
+                "--metrics-port needs prometheus-client: pip install 'mssql_pool[metrics]'"
+            )
         from mssql_pool.demo import demo_main
 
         return int(demo_main(args))
