@@ -285,13 +285,15 @@ def is_failover_error(exc: BaseException) -> bool:
 class _State:
     """Per-endpoint state (under the Endpoints lock, except the breaker's own)."""
 
-    __slots__ = ("endpoint", "breaker", "hold_until", "hold_error", "node", "connects",
+    __slots__ = ("endpoint", "breaker", "hold_until", "hold_for", "hold_error", "node",
+                 "connects",
                  "failures", "last_error", "redirected")
 
     def __init__(self, endpoint: Endpoint, breaker: CircuitBreaker | None) -> None:
         self.endpoint = endpoint
         self.breaker = breaker
         self.hold_until = 0.0
+        self.hold_for = 0.0
         self.hold_error: BaseException | None = None
         self.node: str | None = None
         self.connects = 0
@@ -471,13 +473,19 @@ class Endpoints:
     def _permit(self, st: _State) -> CircuitOpenError | None:
         """None when ``st`` may be dialled now, else the error explaining why not."""
         now = self._clock()
-        if st.hold_until > now:
-            wait = st.hold_until - now
+        with self._lock:
+            held = st.hold_error
+            until = st.hold_until
+            if held is not None and until <= now:
+                # Throttled: one login per hint interval until one succeeds. This caller
+                # goes; everyone else waits another interval.
+                st.hold_until = now + st.hold_for
+        if held is not None and until > now:
+            wait = until - now
             return CircuitOpenError(
                 f"endpoint {st.endpoint} asked for a pause before the next login "
-                f"({wait:.2f}s left); last error: {_short(st.hold_error)}",
-                last_error=st.hold_error, retry_at=st.hold_until, retry_in=wait,
-                endpoint=str(st.endpoint))
+                f"({wait:.2f}s left); last error: {_short(held)}",
+                last_error=held, retry_at=until, retry_in=wait, endpoint=str(st.endpoint))
         if st.breaker is None:
             return None
         try:
@@ -541,6 +549,7 @@ class Endpoints:
             st.last_error = exc
             if info.min_delay > 0 and info.kind is ErrorKind.THROTTLED:
                 st.hold_until = max(st.hold_until, now + info.min_delay)
+                st.hold_for = info.min_delay
                 st.hold_error = exc
                 logger.info("pool %r: %s throttled the login (%s); no login there for %.1fs",
                             self.name, st.endpoint, info.describe(), info.min_delay)
@@ -556,6 +565,7 @@ class Endpoints:
         with self._lock:
             st.connects += 1
             st.hold_error = None
+            st.hold_until = 0.0
             if redirected is not None:
                 st.redirected = redirected
                 if redirected:

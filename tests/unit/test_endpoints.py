@@ -226,8 +226,20 @@ def test_throttled_login_holds_the_endpoint_for_the_hint() -> None:
         eps.connect(KW, net.dial)
     assert len(net.dials) == 1 and 0 < ei.value.retry_in <= 0.1 + 1e-9
     clock.advance(0.2)
-    eps.connect(KW, net.dial)
-    assert len(net.dials) == 2
+    nested: list[BaseException] = []
+
+    def dial(**kw: Any) -> FakeRaw:
+        # while the first login after the hold is in flight, others still wait
+        try:
+            eps.connect(KW, net.dial)
+        except CircuitOpenError as exc:
+            nested.append(exc)
+        return net.dial(**kw)
+
+    eps.connect(KW, dial)
+    assert len(net.dials) == 2 and len(nested) == 1
+    eps.connect(KW, net.dial)                      # the hold ended with that success
+    assert len(net.dials) == 3
 
 
 # ----------------------------------------------------------------------------- redirects
