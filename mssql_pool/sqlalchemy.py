@@ -87,14 +87,16 @@ def _engine_timeout(exc: _PoolTimeout) -> PoolTimeout:
 
 
 class _EngineConnection(PooledConnection):
-    """The pooled connection as SQLAlchemy holds it: ``rollback()`` in one round trip.
+    """The pooled connection as SQLAlchemy holds it: ``rollback()`` in one round trip,
+    ``commit()`` that knows when it committed.
 
     SQLAlchemy rolls back when a ``Connection`` or ``Session`` ends a transaction. pymssql's
     own ``rollback()`` costs two round trips (ROLLBACK TRAN, then BEGIN TRAN); this sends
     the batch the pool's reset sends (:func:`mssql_pool.reset.rollback_work`), so a unit
     through the engine costs what it costs through the pool directly. Errors come out as
     ``pymssql.OperationalError`` (SQLAlchemy wraps and classifies those) and reach the
-    pool's disconnect handling, as with every other call on the proxy.
+    pool's disconnect handling, as with every other call on the proxy. In autocommit
+    mode both are pymssql's own (no-ops).
     """
 
     __slots__ = ()
@@ -123,6 +125,35 @@ class _EngineConnection(PooledConnection):
             raise _as_dbapi_error(exc) from exc
         rec.flags &= ~WORK
         _no_replay(self)     # as after pymssql's own rollback() on the proxy
+
+    def commit(self) -> None:
+        """pymssql's ``commit()`` (COMMIT TRAN, then BEGIN TRAN), with the two told apart.
+
+        Only a failed ``COMMIT TRAN`` is raised. If re-opening pymssql's transaction fails
+        afterwards, the unit *is* committed: the connection is discarded on return and
+        the commit reports success (pymssql would raise, and a lost connection there would
+        look like an unknown outcome to :func:`run_transaction`).
+        """
+        rec = self._rec
+        raw = self.raw
+        execute = getattr(getattr(raw, "_conn", None), "execute_non_query", None)
+        if rec is None or execute is None or getattr(raw, "autocommit_state", True):
+            super().commit()
+            return
+        try:
+            execute("COMMIT TRAN")
+        except Exception as exc:
+            self._pool._on_error(rec, exc)
+            raise _as_dbapi_error(exc) from exc
+        rec.flags &= ~WORK
+        _no_replay(self)
+        try:
+            execute("BEGIN TRAN")
+        except Exception as exc:
+            self._pool._on_error(rec, exc)
+            logger.warning("committed, but re-opening pymssql's transaction failed (%s); "
+                           "discarding the connection", redact(exc))
+            self.invalidate("BEGIN TRAN after COMMIT failed")
 
 
 class _CapturingCursor:
@@ -186,7 +217,10 @@ def _as_dbapi_error(exc: Exception) -> Exception:
 
     if isinstance(exc, pymssql.Error):
         return exc
-    return pymssql.OperationalError(*exc.args)
+    args = exc.args
+    if len(args) == 1 and isinstance(args[0], tuple):
+        args = args[0]           # ((number, text),) -> (number, text), as cursor errors
+    return pymssql.OperationalError(*args)
 
 
 class MssqlPoolAdapter(Pool):

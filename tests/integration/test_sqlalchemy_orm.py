@@ -223,6 +223,22 @@ def test_a_lost_commit_of_an_idempotent_unit_is_rerun(tds_server: TdsServer,
     assert _balance(engine) == 5
 
 
+def test_a_connection_lost_after_commit_tran_is_a_known_commit(
+        tds_server: TdsServer, engine: Engine) -> None:
+    Factory = sessionmaker(engine)
+    run_transaction(Factory, lambda s: s.add(Account(id=1, balance=0)), policy=FAST)
+    tds_server.drop_next(match="^BEGIN TRAN")   # pymssql re-opens its transaction: lost
+    calls = []
+
+    def bump(ses: Session) -> None:
+        calls.append(1)
+        _bump(ses)
+
+    run_transaction(Factory, bump, policy=FAST)  # no CommitUnknownError: COMMIT TRAN landed
+    assert calls == [1] and _balance(engine) == 1
+    assert engine.pool.mssql_pool.get_stats()["connections_discarded"] == 1  # type: ignore[attr-defined]
+
+
 def test_a_unit_survives_kill_all(tds_server: TdsServer, engine: Engine) -> None:
     Factory = sessionmaker(engine)
     run_transaction(Factory, lambda s: s.add(Account(id=1, balance=0)), policy=FAST)
