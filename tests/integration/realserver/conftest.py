@@ -12,7 +12,14 @@ Order of preference (``--backend``, declared in tests/conftest.py):
 * ``auto`` (default): the URL if set, else testcontainers, else compose, whichever is
   installed and finds a Docker engine.
 
-Without any of them every test here is skipped with one reason line. testcontainers
+Without any of them every test here is skipped with one reason line.
+
+To check the tests' own logic without Docker, point them at the TDS test server, which
+speaks enough T-SQL (KILL, sys.dm_exec_sessions, lock waits and deadlock detection)::
+
+    mssql-pool serve --port 14330 --password Real-Test-1 &
+    MSSQL_POOL_TEST_URL=mssql://sa:Real-Test-1@127.0.0.1:14330/master \
+        pytest -m realserver tests/integration/realserver testcontainers
 and pytest-docker come with ``pip install -e '.[docker]'`` and are imported lazily.
 """
 
