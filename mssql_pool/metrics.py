@@ -56,6 +56,7 @@ connections_discarded_total        counter  connections_discarded    --
 connections_expired_total          counter  connections_expired      --
 connections_idle_closed_total      counter  connections_idle_closed  --
 connections_leaked_total           counter  connections_leaked       --
+connections_replaced_total         counter  connections_replaced     --
 keepalives_total                   counter  keepalives_run           --
 resets_none_total                  counter  resets_none              --
 redirects_total                    counter  redirects                --
@@ -232,6 +233,12 @@ METRICS: tuple[MetricSpec, ...] = (
         "connections_leaked",
         "counter",
         "Connections garbage-collected without being returned.",
+    ),
+    MetricSpec(
+        "connections_replaced",
+        "connections_replaced",
+        "counter",
+        "Connections found dead by a checkout's first statement and replaced (statement replayed).",
     ),
     MetricSpec("keepalives_run", "keepalives", "counter", "Keepalive pings of idle connections."),
     MetricSpec("resets_none", "resets_none", "counter", "Returns that needed no reset round trip."),
