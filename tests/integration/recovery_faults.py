@@ -497,6 +497,7 @@ def run_fault(fault: Fault, adapter_name: str, *, adapter_options: dict[str, Any
     failed: set[str] = set()
     unknown: set[str] = set()
     workers: list[threading.Thread] = []
+    stopped_at = 0.0
 
     def work(w: int) -> None:
         i = 0
@@ -543,6 +544,7 @@ def run_fault(fault: Fault, adapter_name: str, *, adapter_options: dict[str, Any
             time.sleep(fault.after)
             if fault.check is not None:
                 fault.check(env, out)
+            out.extra["stopped_at"] = stopped_at = time.monotonic() - t0
             stop.set()
             for t in workers:
                 t.join(30.0)
@@ -586,5 +588,5 @@ def run_fault(fault: Fault, adapter_name: str, *, adapter_options: dict[str, Any
     for t in oks:
         if t >= env.fault_start:
             gap, prev = max(gap, t - prev), t
-    out.max_gap = max(gap, out.run_end - prev if prev < out.run_end - 0.5 else 0.0)
+    out.max_gap = max(gap, stopped_at - prev)
     return out
