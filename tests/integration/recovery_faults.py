@@ -586,7 +586,7 @@ def run_fault(fault: Fault, adapter_name: str, *, adapter_options: dict[str, Any
     out.events.sort(key=lambda e: e.at)
     prev, gap = env.fault_start, 0.0
     for t in oks:
-        if t >= env.fault_start:
+        if env.fault_start <= t <= stopped_at:
             gap, prev = max(gap, t - prev), t
     out.max_gap = max(gap, stopped_at - prev)
     return out
