@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -78,6 +79,13 @@ def test_documented_defaults_match_the_code() -> None:
         if f"`{shown}`" not in rows.get(f.name, ""):
             wrong.append(f"{f.name}: code {shown}, docs {rows.get(f.name)!r}")
     assert not wrong, f"defaults in docs/configuration.md differ from PoolConfig: {wrong}"
+
+
+def test_documented_endpoint_breaker_matches_the_code() -> None:
+    from mssql_pool.endpoints import DEFAULT_ENDPOINT_BREAKER
+
+    shown = json.dumps(dict(DEFAULT_ENDPOINT_BREAKER))
+    assert f"`{shown}`" in _text("configuration.md"), f"document {shown} under endpoint_breaker"
 
 
 def test_every_stats_key_is_documented() -> None:
