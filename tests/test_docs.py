@@ -50,8 +50,27 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     assert (tmp_path / "site" / "configuration" / "index.html").is_file()
 
 
-def test_every_pool_option_is_documented() -> None:
+def _pool_options() -> list[str]:
+    """PoolConfig's fields, plus the connect-guard options the pool accepts besides them."""
     options = [f.name for f in dataclasses.fields(PoolConfig)]
+    try:
+        from mssql_pool.breaker import GUARD_OPTIONS
+    except ImportError:
+        return options
+    for name in GUARD_OPTIONS:
+        value = False if name == "circuit_wait" else None
+        try:
+            ConnectionPool(connect=lambda: None, min_size=0, background=False,
+                           **{name: value}).close()
+        except ValueError as exc:
+            if "unknown option" in str(exc):
+                continue
+        options.append(name)
+    return options
+
+
+def test_every_pool_option_is_documented() -> None:
+    options = _pool_options()
     assert "max_size" in options and len(options) > 10
     text = _text("configuration.md")
     missing = _missing(options, text)
