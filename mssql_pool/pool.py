@@ -115,6 +115,7 @@ class ConnectionPool:
         self._pid = os.getpid()
         #: Endpoint choice, failover partners, redirects (None for ``connect=`` pools).
         self.endpoints: _endpoints.Endpoints | None = _endpoints.make_endpoints(cfg)
+        self._connect_failing = False   # the last connect failed: wake waiters on success
         self._maintenance = Maintenance(self)
         _pools.add(self)
         logger.info("pool %r created: %s", self.name, self.config)
@@ -498,6 +499,7 @@ class ConnectionPool:
                 if not fast:
                     self._stats.connections_errors += 1
                 self.last_connect_error = exc
+                self._connect_failing = True
             logger.log(logging.DEBUG if fast else logging.WARNING,
                        "pool %r: connecting failed: %s", self.name, redact(exc))
             raise
@@ -512,6 +514,15 @@ class ConnectionPool:
             st = self._stats
             st.connections_num += 1
             st.connections_ms += (now - start) * 1000.0
+            if self._connect_failing:
+                # Connecting works again (e.g. a circuit's probe got through): callers
+                # pausing between connect attempts connect now, not when their backoff
+                # ends. Bounded by max_size.
+                self._connect_failing = False
+                while self._waiters and self._size < self._max_size and not self._closed:
+                    self._size += 1
+                    self._opening += 1
+                    self._waiters.popleft().deliver(_SLOT)
         rec.conn_properties = conn_properties
         rec.landing = landing
         logger.debug("pool %r: opened connection #%d in %.1f ms", self.name, rec.seq,
