@@ -89,6 +89,8 @@ def plot(results: list[rf.Outcome], path: str) -> None:
             ok = [0] * n
             err = [0] * n
             for e in out.events:
+                if e.at > out.extra.get("stopped_at", out.run_end):
+                    continue                 # finished after the workload stopped
                 i = min(int(e.at / BIN), n - 1)
                 (ok if e.ok else err)[i] += 1
             xs = [i * BIN for i in range(n)]
@@ -98,6 +100,7 @@ def plot(results: list[rf.Outcome], path: str) -> None:
                        label=f"{out.pool} errors", align="edge")
             ax.axvspan(out.fault_start, max(out.fault_end, out.fault_start + 0.03),
                        color="grey", alpha=0.12 if out.pool == "mssql_pool" else 0.08)
+        ax.set_xlim(0, max(o.extra.get("stopped_at", o.run_end) for o in rows) + 0.1)
         ax.set_title(rf.BY_KEY[key].title, fontsize=9, loc="left")
         ax.set_ylabel("per 100 ms", fontsize=8)
         ax.tick_params(labelsize=7)

@@ -28,8 +28,8 @@ maintenance_interval 1.0        seconds between maintenance passes
 servers            None         every endpoint in order (replaces conninfo's server), endpoints.py
 failover_partners  None         endpoints tried after conninfo's server, e.g. ["host2:1433"]
 read_only          False        read-only intent in the login (Always On read-only routing)
-endpoint_breaker   "auto"       per-endpoint CircuitBreaker arguments, a factory or None; auto: on
-                                with several endpoints (endpoints.DEFAULT_ENDPOINT_BREAKER)
+endpoint_breaker   "auto"       per-endpoint CircuitBreaker arguments, a factory or None (off);
+                                auto: endpoints.DEFAULT_ENDPOINT_BREAKER
 identify           None         ask each new connection which node it reached (None: auto)
 clock/sleep/random monotonic... injection points for tests (monotonic clock only)
 ================== ============ ==========================================================

@@ -31,7 +31,6 @@ from tcp_proxy import TcpProxy
 
 from mssql_pool import ConnectionPool
 from mssql_pool.classify import ErrorKind, retry_if_kind, retry_if_retryable
-from mssql_pool.endpoints import DEFAULT_ENDPOINT_BREAKER
 from mssql_pool.errors import CommitUnknownError
 from mssql_pool.retry import AttemptRecord, ExponentialBackoff, RetryPolicy
 from mssql_pool.testing import TdsServer
@@ -150,10 +149,8 @@ class MssqlPoolAdapter:
     def __init__(self, conninfo: Any, *, threads: int, max_size: int = 8,
                  sleep: Callable[[float], object] = time.sleep, **pool_options: Any) -> None:
         self.retries: list[AttemptRecord] = []
-        # Circuits on (off by default for a single server): no login storms.
         opts: dict[str, Any] = {"min_size": min(4, max_size), "max_size": max_size,
-                                "timeout": 20.0, "name": "matrix",
-                                "endpoint_breaker": DEFAULT_ENDPOINT_BREAKER}
+                                "timeout": 20.0, "name": "matrix"}
         opts.update(pool_options)
         self.pool = ConnectionPool(conninfo, **opts)
         # Inside a transaction a query timeout kills the connection, so the server rolls

@@ -370,11 +370,10 @@ def test_pool_options_validated_with_parameter_names() -> None:
     assert cfg.failover_partners == (Endpoint("h2", 1433), Endpoint("h3", 1500))
     eps = make_endpoints(cfg)
     assert eps is not None and eps.breaker("h2:1433") is not None  # auto: on with partners
-    cfg1 = make_config(conninfo=url)
-    one = make_endpoints(cfg1)
-    assert one is not None and one._breaker_spec is None          # auto: off for one server
-    cfg2 = make_config(conninfo=url, endpoint_breaker=DEFAULT_ENDPOINT_BREAKER)
-    assert make_endpoints(cfg2)._breaker_spec == DEFAULT_ENDPOINT_BREAKER  # type: ignore[union-attr]
+    one = make_endpoints(make_config(conninfo=url))
+    assert one is not None and one._breaker_spec == DEFAULT_ENDPOINT_BREAKER  # auto: on
+    off = make_endpoints(make_config(conninfo=url, endpoint_breaker=None))
+    assert off is not None and off._breaker_spec is None
     cases: list[tuple[dict[str, Any], str]] = [
         ({"failover_partners": "h2"}, "failover_partners"),
         ({"servers": []}, "servers"),
