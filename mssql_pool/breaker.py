@@ -405,12 +405,14 @@ class ConnectGuard:
         sleep: Callable[[float], object] = time.sleep,
         random: Callable[[], float] | None = None,
         name: str = "",
+        other_circuits: bool = False,
     ) -> ConnectGuard:
         """Validate the pool options ``connect_policy`` (a RetryPolicy, "auto" for
         :data:`~mssql_pool.retry.CONNECT_POLICY`, or None), ``circuit_breaker`` (a
         CircuitBreaker, a mapping of its arguments, "auto" for the defaults, or None) and
         ``circuit_wait`` (bool). The pool's clock, sleep and random source are used unless
-        the policy or breaker was given its own."""
+        the policy or breaker was given its own. ``other_circuits``: the pool already has
+        circuits in front of its logins (one per endpoint), so "auto" adds none."""
         from .retry import CONNECT_POLICY, RetryPolicy
 
         policy: RetryPolicy | None
@@ -428,7 +430,7 @@ class ConnectGuard:
             policy = policy.new(**changes)
         breaker: CircuitBreaker | None
         if circuit_breaker == _AUTO:
-            breaker = CircuitBreaker(clock=clock, name=name)
+            breaker = None if other_circuits else CircuitBreaker(clock=clock, name=name)
         elif circuit_breaker is None or isinstance(circuit_breaker, CircuitBreaker):
             breaker = circuit_breaker
         elif isinstance(circuit_breaker, Mapping):

@@ -395,3 +395,9 @@ def test_guard_connect_goes_through_the_breaker() -> None:
     with pytest.raises(CircuitOpenError):
         guard.connect(lambda: "conn")  # background: never waits
     assert "ConnectGuard" in repr(guard)
+
+
+def test_guard_auto_adds_no_circuit_where_endpoints_have_theirs() -> None:
+    assert ConnectGuard.from_options(other_circuits=True).breaker is None
+    mine = CircuitBreaker()
+    assert ConnectGuard.from_options(circuit_breaker=mine, other_circuits=True).breaker is mine
