@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import PoolError
+from .health import may_replay
 from .reset import SESSION, WORK, scan_sql
 from .reset import _cache as _scan_cache
 
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from .pool import ConnectionPool
 
 __all__ = ["ConnState", "ConnectionRecord", "PooledConnection", "PooledCursor"]
+
+NO_REPLAY = -1.0   # ConnectionRecord.replay_timeout when a failed first statement is not replayed
 
 
 class ConnState(enum.Enum):
@@ -56,7 +59,7 @@ class ConnectionRecord:
     __slots__ = (
         "raw", "seq", "generation", "created_at", "expires_at", "returned_at", "checkout_at",
         "state", "flags", "dead", "_info", "autocommit", "stack", "leak_warned", "pid",
-        "pinged_at", "conn_properties", "landing",
+        "pinged_at", "conn_properties", "landing", "replay_timeout",
     )
 
     def __init__(self, raw: Any, seq: int, generation: int, now: float, expires_at: float,
@@ -79,6 +82,9 @@ class ConnectionRecord:
         self.pinged_at = now              # last keepalive ping
         self.conn_properties: str | None = None   # pymssql conn_properties given at connect
         self.landing: Landing | None = None       # endpoint dialled, node reached (endpoints.py)
+        # The caller's checkout timeout (None: the pool's) while this checkout ran no check
+        # and no commit/rollback: its first statement may be replayed (health.may_replay).
+        self.replay_timeout: float | None = NO_REPLAY
 
     @property
     def info(self) -> dict[str, Any]:
@@ -115,8 +121,11 @@ class PooledConnection:
         if rec is None:
             raise _closed_error()
         try:
-            cur = self.raw.cursor(*args, **kwargs) if args or kwargs else self.raw.cursor()
-            return PooledCursor(cur, rec, self)
+            if args or kwargs:
+                pooled = PooledCursor(self.raw.cursor(*args, **kwargs), rec, self)
+                pooled._args = (args, kwargs)    # to open the same kind on a replacement
+                return pooled
+            return PooledCursor(self.raw.cursor(), rec, self)
         except Exception as exc:
             self._pool._on_error(rec, exc)
             raise
@@ -125,6 +134,7 @@ class PooledConnection:
         rec = self._rec
         if rec is None:
             raise _closed_error()
+        rec.replay_timeout = NO_REPLAY     # a later statement is not the checkout's first
         try:
             getattr(self.raw, method)()
         except Exception as exc:
@@ -231,7 +241,8 @@ class PooledConnection:
 class PooledCursor:
     """A driver cursor that tells its record what ran. Everything else passes through."""
 
-    __slots__ = ("_cur", "_rec", "_conn")
+    __slots__ = ("_cur", "_rec", "_conn", "_args")
+    _args: tuple[tuple[Any, ...], dict[str, Any]]   # set only when cursor() had arguments
 
     def __init__(self, cur: Any, rec: ConnectionRecord, conn: PooledConnection) -> None:
         self._cur = cur
@@ -245,13 +256,50 @@ class PooledCursor:
     def execute(self, operation: Any, params: Any = None) -> Any:
         rec = self._rec
         flags = _scan_cache.get(operation)  # the common case without a function call
-        rec.flags |= scan_sql(operation) if flags is None else flags
+        before = rec.flags
+        rec.flags = before | (scan_sql(operation) if flags is None else flags)
         try:
             if params is None:
                 return self._cur.execute(operation)
             return self._cur.execute(operation, params)
         except Exception as exc:
-            self._conn._pool._on_error(rec, exc)
+            if before or rec.replay_timeout == NO_REPLAY or self._conn._rec is not rec \
+                    or not may_replay(exc, rec.raw, operation):
+                self._conn._pool._on_error(rec, exc)
+                raise
+            error = exc
+        return self._replay(error, operation, params)
+
+    def _replay(self, error: Exception, operation: Any, params: Any) -> Any:
+        """The checkout's first statement found its connection dead (see
+        :func:`mssql_pool.health.may_replay`): run it once on a validated replacement.
+
+        Runs outside the ``except`` block so that an error of the replay does not carry
+        the original one as its context (the classifier reads the whole chain).
+        """
+        conn = self._conn
+        flags = self._rec.flags            # this statement's reset bits (putconn clears them)
+        new = conn._pool._replace(conn, self._rec, error)
+        if new is None:
+            raise error
+        args = getattr(self, "_args", None)
+        try:
+            cur = new.raw.cursor(*args[0], **args[1]) if args else new.raw.cursor()
+        except Exception as exc:
+            conn._pool._on_error(new, exc)
+            raise
+        stale, self._cur, self._rec = self._cur, cur, new
+        new.flags |= flags
+        try:
+            stale.close()
+        except Exception:
+            pass   # its connection is closed already
+        try:
+            if params is None:
+                return cur.execute(operation)
+            return cur.execute(operation, params)
+        except Exception as exc:
+            conn._pool._on_error(new, exc)
             raise
 
     def executemany(self, operation: Any, seq_of_params: Sequence[Any]) -> Any:

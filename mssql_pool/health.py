@@ -10,9 +10,31 @@ the error are not suspect, and a brand-new connection is never checked.
 
 The window is a trade: a connection whose server died less than ``validate_after``
 seconds after it came back can reach a caller unchecked. Its first error marks it dead
-(discarded on return) and every older connection suspect, so the damage is one failed
-statement, which the transaction layer retries. ``validate_after=0`` checks every
-checkout (one extra round trip each).
+(discarded on return) and every older connection suspect. The pool then hides that
+error when it safely can (:func:`may_replay`): if the *first* statement of a checkout
+that ran no check fails because the connection was already dead, the proxy discards the
+driver connection, takes a validated replacement within the caller's checkout timeout,
+swaps it in (a new driver cursor under the same :class:`~mssql_pool.connection.PooledCursor`)
+and runs the statement once more (stat ``connections_replaced``). Otherwise, or if no
+replacement comes in time, the caller sees the original error: one failed statement,
+which the transaction layer retries. ``validate_after=0`` checks every checkout (one
+extra round trip each) and never needs the replay.
+
+What "safely" means, from pymssql's behaviour (seen with FreeTDS packet traces): pymssql
+*does* send the batch on a connection whose peer already closed; the write succeeds and
+the read fails, reported as 20047 "DBPROCESS is dead or not enabled". A connection reset
+(RST) after the server ran the batch is reported exactly the same way. So 20047 alone
+does not prove the statement never ran; what makes the replay safe is the transaction
+pymssql keeps open when ``autocommit`` is off (its own ``BEGIN TRAN``): work of a session
+that dies uncommitted is rolled back by the server. The replay therefore requires the
+driver connection to be in that mode and the statement text to contain neither
+``commit`` nor ``exec`` (a procedure may commit). ``InterfaceError('Not connected to any
+MS SQL server')`` is raised before any I/O and is replayed in either mode. Errors that
+say the statement may have run (20017 unexpected EOF, 20004 read failed, 20006 write
+failed, 20003 timeout, also 20047 carrying any of them) are never replayed. Only
+``cursor.execute`` is replayed (not ``executemany`` or ``callproc``); other cursors
+opened on the proxy before that statement stay on the dead connection, and a ``raw``
+reference taken before it goes stale (``conn.raw`` is updated).
 
 ``check`` is SQL text (default ``SELECT 1``, run on a cursor and fetched), a callable
 ``check(raw_conn)`` that raises (or returns ``False``) on failure, or ``None`` (no check).
@@ -28,9 +50,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ._driver import _to_text, numbers_in_text
 from .errors import ConnectionCheckFailed
 
-__all__ = ["run_check", "DEFAULT_CHECK"]
+__all__ = ["run_check", "DEFAULT_CHECK", "may_replay"]
 
 DEFAULT_CHECK = "SELECT 1"
 
@@ -50,3 +73,33 @@ def run_check(check: str | Callable[[Any], object] | None, raw: Any) -> None:
             cur.fetchall()
     finally:
         cur.close()
+
+
+_DEAD = 20047
+_NOT_CONNECTED = "Not connected to any MS SQL server"
+_UNSAFE_WORDS = ("commit", "exec")   # the statement itself may commit: never run it twice
+
+
+def may_replay(exc: BaseException, raw: Any, operation: object) -> bool:
+    """Whether a failed first statement may run again on a replacement connection.
+
+    True for ``InterfaceError('Not connected to any MS SQL server')`` (raised before any
+    I/O), and for a bare 20047 "DBPROCESS is dead" (``args == (20047, text)`` naming no
+    other DB-Library error) when ``raw.autocommit_state is False`` (the work of a session
+    that died is rolled back by the server) and ``operation`` mentions neither ``commit``
+    nor ``exec``. Everything else is False. The caller guarantees the rest: the statement
+    is the first of an unchecked checkout (nothing else ran on the connection).
+    """
+    args = exc.args
+    if type(exc).__name__ == "InterfaceError":
+        return len(args) == 1 and _to_text(args[0]).strip() == _NOT_CONNECTED
+    if len(args) != 2 or args[0] != _DEAD:
+        return False
+    text = _to_text(args[1])
+    if "DBPROCESS is dead" not in text \
+            or any(n != _DEAD for n in numbers_in_text(text)):
+        return False
+    if getattr(raw, "autocommit_state", None) is not False:
+        return False
+    sql = (operation if isinstance(operation, str) else _to_text(operation)).lower()
+    return not any(word in sql for word in _UNSAFE_WORDS)

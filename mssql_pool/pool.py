@@ -39,8 +39,15 @@ from . import endpoints as _endpoints
 from ._dsn import parse_conninfo, redact
 from .classify import is_disconnect
 from .config import Conninfo, PoolConfig, make_config
-from .connection import ConnectionRecord, ConnState, PooledConnection
-from .errors import PoolClosed, PoolError, PoolTimeout, RedirectError, TooManyRequests
+from .connection import NO_REPLAY, ConnectionRecord, ConnState, PooledConnection
+from .errors import (
+    CircuitOpenError,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    RedirectError,
+    TooManyRequests,
+)
 from .health import run_check
 from .maintenance import Maintenance
 from .reset import CALLBACK, FULL, NONE, ROLLBACK, full_reset, plan, rollback_work
@@ -142,6 +149,7 @@ class ConnectionPool:
                     self._idle.pop()
                     rec.state = _BUSY
                     rec.checkout_at = now
+                    rec.replay_timeout = timeout    # unchecked: see health.may_replay
                     self._nbusy += 1
                     st = self._stats
                     st.requests_num += 1
@@ -223,8 +231,6 @@ class ConnectionPool:
                         if now >= deadline:
                             self._raise_timeout_locked(now - start, connect_error)
                         continue                       # backoff pause over: connect again
-                    if queued:
-                        self._stats.requests_wait_ms += (now - start) * 1000.0
                     if isinstance(result, ConnectionRecord):
                         rec = result
                         check = self._needs_check_locked(rec, now)
@@ -238,15 +244,26 @@ class ConnectionPool:
                 except Exception as exc:
                     connect_error = exc
                     backing_off = True
+                    refused = isinstance(exc, CircuitOpenError)
                     with self._lock:
                         self._opening -= 1
                         self._size -= 1
-                        self._slot_freed_locked()
+                        if not refused:
+                            # A real attempt failed: the next waiter may try its own.
+                            # A circuit's refusal is not passed on, or the slot would
+                            # spin through every waiter until the probe is due.
+                            self._slot_freed_locked()
                         now = clock()
                         if now >= deadline:
                             self._raise_timeout_locked(now - start, connect_error)
                     if isinstance(exc, RedirectError):
                         raise        # misrouted logins do not heal by waiting
+                    if refused:
+                        assert isinstance(exc, CircuitOpenError)
+                        if now + exc.retry_in >= deadline:
+                            raise    # the next probe is past the caller's deadline: fail fast
+                        # Sleep until the probe is due (a returned connection still comes).
+                        backoff = max(backoff, exc.retry_in)
                     continue
                 with self._lock:
                     self._opening -= 1
@@ -282,9 +299,14 @@ class ConnectionPool:
                     now = clock()
                     continue
                 rec.returned_at = now = clock()
+            # Handed out without a check: a first statement that finds it dead may be
+            # replayed on a replacement within the same timeout (health.may_replay).
+            rec.replay_timeout = NO_REPLAY if check else timeout
             with self._lock:
                 rec.checkout_at = now
                 self._stats.requests_num += 1
+                if queued:   # counted once per request, however many turns it took
+                    self._stats.requests_wait_ms += (now - start) * 1000.0
             if self._busy_recs is not None:
                 self._track_busy(rec)
             return PooledConnection(rec, self)
@@ -547,6 +569,38 @@ class ConnectionPool:
             logger.info("pool %r: connection #%d saw a failover error (%s); every older "
                         "connection is checked on checkout", self.name, rec.seq, redact(exc))
             self._mark_suspects()
+
+    def _replace(self, conn: PooledConnection, rec: ConnectionRecord,
+                 error: BaseException) -> ConnectionRecord | None:
+        """``conn``'s first statement found ``rec`` dead (health.may_replay said a replay is
+        safe): give ``rec`` back as dead, take a validated replacement within the caller's
+        checkout timeout, and point ``conn`` at it. None (``conn`` returned) if none came."""
+        timeout = rec.replay_timeout
+        rec.replay_timeout = NO_REPLAY     # never again through another cursor of ``rec``
+        self._on_error(rec, error)
+        if rec.dead is None:               # a classifier that does not call it a disconnect
+            rec.dead = f"dead at its first statement: {redact(error)}"
+            with self._lock:
+                self._stats.connections_lost += 1
+        self._mark_suspects()
+        self.putconn(conn)
+        try:
+            fresh = self.getconn(timeout)
+        except Exception as exc:
+            logger.info("pool %r: no replacement for dead connection #%d (%s); the caller "
+                        "sees its error", self.name, rec.seq, exc)
+            return None
+        new = fresh._rec
+        assert new is not None
+        fresh._rec = None                  # the caller's proxy takes it over
+        new.replay_timeout = NO_REPLAY     # one replay per statement
+        conn._rec = new
+        conn.raw = new.raw
+        with self._lock:
+            self._stats.connections_replaced += 1
+        logger.info("pool %r: connection #%d was dead at its first statement; replaying it "
+                    "on #%d", self.name, rec.seq, new.seq)
+        return new
 
     def _mark_suspects(self) -> None:
         """A disconnect was seen: every connection opened before now is suspect (checked on

@@ -45,6 +45,12 @@ Counters:
     idle connections above ``min_size`` closed after ``max_idle``.
 ``connections_leaked``
     proxies garbage-collected without being returned.
+``connections_replaced``
+    connections found dead by the first statement of a checkout that ran no check
+    (``validate_after`` window) and replaced under the caller, the statement replayed
+    once (see :func:`mssql_pool.health.may_replay`). Each is also counted in
+    ``connections_lost`` and ``connections_discarded``, and its replacement's checkout in
+    ``requests_num``.
 ``checks_run``, ``checks_skipped``, ``checks_failed``
     health checks on checkout: run, bypassed (``validate_after`` window), failed.
 ``keepalives_run``
@@ -62,8 +68,9 @@ COUNTERS = (
     "requests_num", "requests_queued", "requests_wait_ms", "requests_timeouts",
     "requests_errors", "usage_ms", "connections_num", "connections_ms", "connections_errors",
     "connections_lost", "connections_discarded", "connections_expired",
-    "connections_idle_closed", "connections_leaked", "checks_run", "checks_skipped",
-    "checks_failed", "keepalives_run", "resets_none", "resets_rollback", "resets_full",
+    "connections_idle_closed", "connections_leaked", "connections_replaced", "checks_run",
+    "checks_skipped", "checks_failed", "keepalives_run", "resets_none", "resets_rollback",
+    "resets_full",
 )
 
 
@@ -87,6 +94,7 @@ class PoolStats:
         self.connections_expired = 0
         self.connections_idle_closed = 0
         self.connections_leaked = 0
+        self.connections_replaced = 0
         self.checks_run = 0
         self.checks_skipped = 0
         self.checks_failed = 0

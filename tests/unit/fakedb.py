@@ -37,7 +37,8 @@ from typing import Any
 
 __all__ = ["FakeDB", "FakeClock", "pool_factory", "FakeConnection", "FakeCursor", "Error",
            "OperationalError", "InterfaceError", "ProgrammingError", "disconnect_error",
-           "refused_error", "syntax_error"]
+           "refused_error", "syntax_error", "eof_error", "not_connected_error",
+           "query_timeout_error"]
 
 
 class Error(Exception):
@@ -60,6 +61,25 @@ def disconnect_error() -> OperationalError:
     """What pymssql raises on first use of a connection whose socket died (20047)."""
     return OperationalError(
         20047, b"DB-Lib error message 20047, severity 9:\nDBPROCESS is dead or not enabled\n")
+
+
+def eof_error() -> OperationalError:
+    """The server closed the socket mid reply (20017): the statement may have run."""
+    return OperationalError(
+        20017, b"DB-Lib error message 20017, severity 9:\nUnexpected EOF from the server\n")
+
+
+def not_connected_error() -> InterfaceError:
+    """pymssql's error for any call after a fatal one (raised before any I/O)."""
+    return InterfaceError("Not connected to any MS SQL server")
+
+
+def query_timeout_error() -> OperationalError:
+    """A query timeout: FreeTDS closed the socket; 20047 carrying 20003 (FACTS.md)."""
+    return OperationalError(
+        20047, b"DB-Lib error message 20047, severity 9:\nDBPROCESS is dead or not enabled\n"
+               b"DB-Lib error message 20003, severity 6:\nAdaptive Server connection timed "
+               b"out\n")
 
 
 def refused_error() -> OperationalError:
@@ -261,6 +281,8 @@ class FakeConnection:
 
 def _is_dead(exc: BaseException) -> bool:
     args = exc.args
+    if isinstance(exc, InterfaceError):
+        return "Not connected" in str(exc)
     return bool(args) and (args[0] in (20047, 20017, 20003, 20006)
                            or (isinstance(args[0], tuple) and args[0][0] in (20009, 20002)))
 

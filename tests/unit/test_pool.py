@@ -109,11 +109,12 @@ def test_error_marks_dead_and_older_connections_suspect(make_pool: Any, db: Fake
         pool.putconn(c)
     db.shutdown()
     db.restart()
-    # Within the bypass window the newest one is handed out unchecked, and fails.
+    # Within the bypass window the newest one is handed out unchecked, and fails. (A first
+    # statement would be replayed on a replacement, test_pool_replay.py; a rollback is not.)
     conn = pool.getconn()
     newest = conn.raw
     with pytest.raises(db.OperationalError):
-        conn.cursor().execute("SELECT 1")
+        conn.rollback()
     assert conn.invalidated
     pool.putconn(conn)
     assert newest.closed
@@ -575,7 +576,7 @@ def test_error_on_older_connection_marks_newer_ones_too(make_pool: Any, db: Fake
     first = pool.getconn()
     assert first.raw is a.raw
     with pytest.raises(db.OperationalError):
-        first.cursor().execute("SELECT 1")
+        first.rollback()                        # (not replayed, unlike a first statement)
     pool.putconn(first)
     with pool.connection() as conn:             # b is newer than a, but older than the error
         assert conn.raw is not b.raw and conn.raw.alive
