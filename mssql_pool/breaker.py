@@ -182,7 +182,13 @@ class CircuitBreaker:
 
     def _error_locked(self, now: float) -> CircuitOpenError:
         self._rejected += 1
-        retry_at = self._retry_at if self._state is CircuitState.OPEN else now
+        if self._state is CircuitState.OPEN:
+            retry_at = self._retry_at
+        else:
+            # A probe is in flight: should it fail, the next one is an interval away (or
+            # when this one is given up). Never "now": a caller would spin on it.
+            since = self._probe_since if self._probe_since is not None else now
+            retry_at = min(now + self._interval, since + self.probe_timeout)
         retry_in = max(0.0, retry_at - now)
         last = self._last_error
         why = short_text(f"{type(last).__name__}: {last}") if last is not None else "unknown"

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ._driver import extract
-from .errors import MssqlPoolError
+from .errors import CircuitOpenError, MssqlPoolError
 
 __all__ = [
     "ErrorKind",
@@ -403,9 +403,15 @@ class Classifier:
         for exc_type, kind in self.exception_kinds:
             if isinstance(exc, exc_type):
                 return ErrorInfo(kind=kind, message=_short(exc))
+        if isinstance(exc, CircuitOpenError):
+            # Connecting is suspended until the next probe: worth another try after it,
+            # if the caller's deadline allows (a unit of work waits for the probe).
+            retry_in = float(getattr(exc, "retry_in", 0.0) or 0.0)
+            return ErrorInfo(kind=ErrorKind.TRANSIENT, min_delay=max(0.0, retry_in),
+                             message=_short(exc))
         if isinstance(exc, MssqlPoolError):
-            # Our own errors (PoolTimeout, CircuitOpenError, ...) are decisions, not faults
-            # of one connection: never retried by a policy that wraps them.
+            # Our own other errors (PoolTimeout, RetryExhausted, ...) are decisions, not
+            # faults of one connection: never retried by a policy that wraps them.
             return ErrorInfo(kind=ErrorKind.OTHER, message=_short(exc))
         try:
             raw = extract(exc)

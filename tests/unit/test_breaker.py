@@ -71,6 +71,7 @@ def test_half_open_lets_exactly_one_probe() -> None:
         with pytest.raises(CircuitOpenError) as ei:
             b.before_attempt()
         assert "probe" in str(ei.value)
+        assert ei.value.retry_in == pytest.approx(5.0)  # never 0: nobody should spin
         assert b.before_attempt(wait=True) > 0
     b.record_success()
     assert b.state is CircuitState.CLOSED

@@ -263,9 +263,15 @@ def test_socket_timeout_is_a_timeout() -> None:
 
 
 def test_our_own_errors_are_not_driver_faults() -> None:
-    for exc in (PoolTimeout("x"), CircuitOpenError("x"), RetryExhausted("x")):
+    for exc in (PoolTimeout("x"), RetryExhausted("x")):
         info = classify(exc)
         assert info.kind is ErrorKind.OTHER and not info.connection_dead
+
+
+def test_open_circuit_is_retryable_after_the_next_probe() -> None:
+    info = classify(CircuitOpenError("open", retry_at=12.0, retry_in=1.5))
+    assert info.kind is ErrorKind.TRANSIENT and info.retryable
+    assert info.min_delay == 1.5 and not info.connection_dead
 
 
 def test_plain_exceptions_are_other() -> None:
