@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="run only these faults")
     ap.add_argument("--pools", nargs="*", choices=POOLS, default=list(POOLS))
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--after", type=float, default=2.0,
+                    help="seconds of workload after each fault clears (default 2)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     for fault in faults:
         for pool in args.pools:
             t = time.monotonic()
-            out = rf.run_fault(fault, pool)
+            out = rf.run_fault(fault, pool, after=max(fault.after, args.after))
             results.append(out)
             print(f"{time.monotonic() - t:5.1f}s {out.summary()}", flush=True)
     md = table(results)

@@ -54,9 +54,11 @@ without a login: open circuit or throttling hold).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -344,6 +346,7 @@ class Endpoints:
         self._counters = dict.fromkeys(ENDPOINT_COUNTERS, 0)
         for ep in self._fixed:
             self._state(ep)
+        _instances.add(self)
 
     # -- observation ------------------------------------------------------------------
 
@@ -625,6 +628,13 @@ class Endpoints:
 
     # -- internals --------------------------------------------------------------------
 
+    def _after_fork_in_child(self) -> None:
+        """A forked child starts with fresh locks and circuits (a lock another thread of
+        the parent held at fork time would never be released here)."""
+        self._lock = threading.Lock()
+        for st in self._states.values():
+            st.breaker = self._make_breaker(st.endpoint)
+
     def _state(self, ep: Endpoint) -> _State:
         with self._lock:
             st = self._states.get(ep)
@@ -665,6 +675,21 @@ class Endpoints:
         if cur is None or cur not in order:
             return order
         return [cur, *[ep for ep in order if ep != cur]]
+
+
+_instances: weakref.WeakSet[Endpoints] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for eps in list(_instances):
+        try:
+            eps._after_fork_in_child()
+        except Exception:  # pragma: no cover - must never break the child
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _endpoint_healthy(exc: BaseException) -> bool:

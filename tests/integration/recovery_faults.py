@@ -478,8 +478,11 @@ def _read_ledger(server: TdsServer) -> tuple[Counter[str], int]:
 
 
 def run_fault(fault: Fault, adapter_name: str, *, adapter_options: dict[str, Any] | None = None,
-              threads: int | None = None) -> Outcome:
-    """Run one row with one adapter; always cleans up its servers, pool and threads."""
+              threads: int | None = None, after: float | None = None) -> Outcome:
+    """Run one row with one adapter; always cleans up its servers, pool and threads.
+
+    ``after`` (default: the fault's) is how long the workload goes on once the fault has
+    cleared."""
     t0 = time.monotonic()
     env = Env(t0)
     nthreads = threads or fault.threads
@@ -538,7 +541,7 @@ def run_fault(fault: Fault, adapter_name: str, *, adapter_options: dict[str, Any
                 t.start()
             time.sleep(fault.warmup)
             fault.inject(env, pause)
-            time.sleep(fault.after)
+            time.sleep(fault.after if after is None else after)
             if fault.check is not None:
                 fault.check(env, out)
             out.extra["stopped_at"] = stopped_at = time.monotonic() - t0

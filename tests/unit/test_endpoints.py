@@ -400,6 +400,28 @@ def test_pool_options_validated_with_parameter_names() -> None:
     assert ei.value.parameter == "conninfo.tds_version"
 
 
+def test_forked_child_gets_fresh_locks_and_circuits() -> None:
+    import pickle
+
+    from mssql_pool import endpoints as mod
+
+    clock, net = FakeClock(), FakeNet()
+    eps = endpoints(clock)
+    net.behaviour["primary"] = refused("primary")
+    with pytest.raises(pymssql.OperationalError):
+        eps.connect(KW, net.dial)
+    assert eps.breaker("primary:1433").state.value == "open"  # type: ignore[union-attr]
+    eps._lock.acquire()                  # as if another thread held it at fork time
+    mod._after_fork()
+    assert eps.breaker("primary:1433").state.value == "closed"  # type: ignore[union-attr]
+    net.behaviour["primary"] = "up"
+    eps.connect(KW, net.dial)            # no deadlock
+    err = pickle.loads(pickle.dumps(RedirectError("m", hops=("a:1", "b:2"))))
+    assert err.hops == ("a:1", "b:2") and str(err) == "m"
+    coe = pickle.loads(pickle.dumps(CircuitOpenError("m", retry_in=1.0, endpoint="a:1")))
+    assert coe.endpoint == "a:1" and coe.retry_in == 1.0
+
+
 def test_failover_class_errors() -> None:
     e40613 = pymssql.OperationalError(40613, b"Database 'db' on server 's' is not currently "
                                              b"available.")
