@@ -219,7 +219,11 @@ class ConnectionPool:
             if waiter is not None:
                 limit = deadline - now
                 if backing_off:
-                    limit = min(limit, backoff * (0.5 + self.config.random()))
+                    pause = backoff * (0.5 + self.config.random())
+                    probe_in = getattr(connect_error, "retry_in", 0.0)
+                    if probe_in:   # an open circuit: be there when its next probe is due
+                        pause = min(pause, probe_in + 0.02 * self.config.random())
+                    limit = min(limit, pause)
                     backoff = min(backoff * 2, _CONNECT_BACKOFF[1])
                     backing_off = False
                 waiter.lock.acquire(True, min(max(limit, 0.0), threading.TIMEOUT_MAX))
