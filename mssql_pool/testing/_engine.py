@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _locks, _plans, _types
 from . import _protocol as P
 from ._faults import error_text
 from ._tsql import Block, IfStmt, Simple, SqlSyntaxError, Tok, TryCatch, parse, tokenize, unquote
@@ -347,6 +348,8 @@ class Executor:
         self._tran_conns: list[sqlite3.Connection] = []
         self._catching_depth = 0
         self._catch: SqlError | None = None
+        self.var_types: dict[str, _types.SqlType] = {}
+        self.locks = _locks.SessionLocks(self)
         self.conn = self._connect(state.database)
 
     # ---------------------------------------------------------------- connections
@@ -362,15 +365,16 @@ class Executor:
             con.execute("ATTACH DATABASE ':memory:' AS sys")
             con.execute("ATTACH DATABASE ':memory:' AS information_schema")
             self._install_functions(con)
+            _types.install_functions(con)
+            self.locks.install(con, database)
             self._conns[key] = con
             self._apply_lock_timeout()
         return con
 
     def _apply_lock_timeout(self) -> None:
-        """SET LOCK_TIMEOUT n (ms) bounds SQLite's busy wait; -1 means the server's lock_wait."""
-        ms = self.state.lock_timeout
-        if ms < 0:
-            ms = int(self.engine.lock_wait * 1000)
+        """SQLite's busy wait covers only another statement in flight (statements run in
+        autocommit mode); SET LOCK_TIMEOUT bounds waits for row locks in ._locks."""
+        ms = int(self.engine.lock_wait * 1000)
         for con in self._conns.values():
             con.execute(f"PRAGMA busy_timeout = {int(ms)}")
 
@@ -451,21 +455,14 @@ class Executor:
 
     @property
     def _in_sqlite_tran(self) -> bool:
-        return self.conn in self._tran_conns
+        return self.state.trancount > 0
 
     def _begin_sqlite(self) -> None:
-        """SQLite's transaction starts at the first write (reads before it see committed data)."""
-        if self.state.trancount > 0 and self.conn not in self._tran_conns:
-            self._run_raw("BEGIN IMMEDIATE")
-            self._tran_conns.append(self.conn)
+        """Statements run in SQLite's autocommit mode; ._locks makes the transaction (row
+        locks, lock waits, deadlock victims, an undo log replayed on rollback)."""
 
     def _end_sqlite(self, commit: bool) -> None:
-        conns, self._tran_conns = self._tran_conns, []
-        for con in conns:
-            try:
-                con.execute("COMMIT" if commit else "ROLLBACK")
-            except sqlite3.Error as exc:
-                log.debug("spid %d: end of transaction failed: %s", self.state.spid, exc)
+        self.locks.end(commit)
 
     def begin(self, out: list[Out]) -> None:
         self.state.trancount += 1
@@ -486,13 +483,10 @@ class Executor:
         if st.trancount <= 0:
             raise SqlError(3903)
         if savepoint:
-            if self._in_sqlite_tran:
-                try:
-                    self.conn.execute(f'ROLLBACK TO "sp_{savepoint}"')
-                except sqlite3.Error:
-                    raise SqlError(
-                        6401, f"Cannot roll back {savepoint}. No transaction or savepoint of "
-                        "that name was found.", 16) from None
+            if not self.locks.rollback_to(savepoint):
+                raise SqlError(
+                    6401, f"Cannot roll back {savepoint}. No transaction or savepoint of "
+                    "that name was found.", 16)
             return
         st.trancount = 0
         self._end_sqlite(False)
@@ -617,6 +611,7 @@ class Executor:
             self._set(toks, out)
         elif head == "DECLARE":
             self._declare(toks)
+            _types.declare(self, toks)
         elif head == "BEGIN" and len(w) > 1 and w[1] in ("TRAN", "TRANSACTION", "DISTRIBUTED"):
             self.begin(out)
         elif head == "COMMIT":
@@ -635,10 +630,7 @@ class Executor:
             if st.trancount <= 0:
                 raise SqlError(628, "Cannot issue SAVE TRANSACTION when there is no active "
                                "transaction.", 16)
-            name = unquote(toks[-1])
-            self._begin_sqlite()
-            self.conn.execute(f'SAVEPOINT "sp_{name}"')
-            self._savepoints.add(name.lower())
+            self.locks.savepoint(unquote(toks[-1]))
         elif head == "PRINT":
             out.append(Info(0, str(self._scalar(toks[1:])), 0))
         elif head == "RAISERROR":
@@ -662,18 +654,10 @@ class Executor:
         elif head == "WHILE":
             raise SqlError(102, near="WHILE")
         else:
-            self._sql(toks, out)
-
-    @property
-    def _savepoints(self) -> set[str]:
-        sp: set[str] | None = getattr(self, "_sp", None)
-        if sp is None or not self._in_sqlite_tran:
-            sp = set()
-            self._sp = sp
-        return sp
+            self._sql(toks, out, wait)
 
     def _has_savepoint(self, name: str) -> bool:
-        return name.lower() in self._savepoints
+        return self.locks.has_savepoint(name)
 
     def _set(self, toks: list[Tok], out: list[Out]) -> None:
         st = self.state
@@ -897,6 +881,7 @@ class Executor:
                 if k:
                     local[k.lower()] = v
             self.state.variables = local
+            _types.declare_params(self, params[1][1] if len(params) > 1 else None)
             try:
                 out.extend(self.run_nested(sql, wait))
             finally:
@@ -922,16 +907,18 @@ class Executor:
 
     # ---------------------------------------------------------------- plain SQL
 
-    def _sql(self, toks: list[Tok], out: list[Out]) -> None:
+    def _sql(self, toks: list[Tok], out: list[Out], wait: Waiter | None = None) -> None:
         w0 = toks[0].up
-        sql, returning, kind = self._translate(toks)
+        plan = _plans.plan(self, toks)  # translation cached by statement text
+        sql, returning, kind = plan.sql, plan.returning, plan.kind
         writes = w0 not in ("SELECT", "WITH") or returning is not None or _selects_into(toks)
-        if writes:
-            self._begin_sqlite()
-        names, rows, count = self._execute(sql, writes)
+        names, rows, count = self.locks.run(lambda: self._execute(sql, writes), sql, writes,
+                                            plan.nolock, wait)
+        if kind == "ddl" or (writes and w0 == "SELECT"):
+            self.locks.after_ddl(self.conn, plan.created, plan.temp)
         st = self.state
         if kind == "select" or returning:
-            cols = infer_columns(names, rows)
+            cols, rows = _types.describe(self, plan.shape, names, rows, infer_columns)
             out.append(Rows(cols, rows))
             st.rowcount = len(rows)
             out.append(Done(len(rows)))

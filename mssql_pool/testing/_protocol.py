@@ -375,6 +375,10 @@ K_DATE = "date"
 K_GUID = "uniqueidentifier"
 
 PLP_NULL = 0xFFFFFFFFFFFFFFFF
+
+# kind -> (typeinfo(encoder, column), value(encoder, column, v)): column types added by
+# other modules (mssql_pool.testing._types registers tinyint, smallint, real, char...)
+EXTRA_KINDS: dict[str, tuple[Any, Any]] = {}
 _EPOCH_1900 = _dt.date(1900, 1, 1)
 
 
@@ -459,6 +463,8 @@ class Encoder:
                     return b"\xa5\xff\xff"
                 return b"\x22" + struct.pack("<i", 0x7FFFFFFF) + b"\x00\x00"
             return b"\xa5" + struct.pack("<H", max(1, min(c.size, 8000)))
+        if k in EXTRA_KINDS:
+            return bytes(EXTRA_KINDS[k][0](self, c))
         raise ValueError(f"unknown column kind {k}")
 
     def row(self, values: Sequence[Any]) -> bytes:
@@ -507,6 +513,8 @@ class Encoder:
         if k == K_VARBINARY:
             data = None if v is None else bytes(v)
             return self._var(c, data)
+        if k in EXTRA_KINDS:
+            return bytes(EXTRA_KINDS[k][1](self, c, v))
         raise ValueError(f"unknown column kind {k}")
 
     def _var(self, c: Column, data: bytes | None) -> bytes:

@@ -1,0 +1,83 @@
+"""Statement plans cached by text: the SQLite translation and the result-type shape.
+
+Translating T-SQL with sqlglot costs milliseconds; pools send the same few statements over
+and over. A statement whose translation does not depend on session state (no ``@var``, no
+``@@value``, no niladic function such as ``DB_NAME()``) is translated once per server process
+and database list, then looked up by its text.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import _types
+from ._tsql import Tok, unquote
+
+if TYPE_CHECKING:
+    from ._engine import Executor
+
+MAX_PLANS = 4096
+_STATEFUL_WORDS = {"CURRENT_USER", "SYSTEM_USER", "SESSION_USER"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    sql: str
+    returning: str | None
+    kind: str  # select / dml / ddl
+    shape: _types.Shape | None
+    nolock: bool
+    created: str | None  # the table a CREATE TABLE makes
+    temp: bool
+
+
+_plans: dict[tuple[str, int], Plan] = {}
+_lock = threading.Lock()
+stats = {"hits": 0, "misses": 0, "uncacheable": 0}
+
+
+def _stateful(ex: Executor, toks: list[Tok]) -> bool:
+    niladic = ex._niladic
+    for t in toks:
+        if t.kind in ("var", "sysvar"):
+            return True
+        if t.kind == "word" and (t.up in niladic or t.up in _STATEFUL_WORDS):
+            return True
+    return False
+
+
+def plan(ex: Executor, toks: list[Tok]) -> Plan:
+    """The plan of one statement (from the cache when its text was seen before)."""
+    key = (" ".join([t.text for t in toks]), len(ex.engine.databases()))
+    p = _plans.get(key)
+    if p is not None:
+        stats["hits"] += 1
+        return p
+    sql, returning, kind = ex._translate(_types.rewrite_casts(toks))
+    created = None
+    temp = False
+    if len(toks) > 2 and toks[0].up == "CREATE" and toks[1].up == "TABLE":
+        j = 2
+        while j + 2 < len(toks) and toks[j + 1].text == ".":
+            j += 2
+        name = toks[j]
+        temp = name.kind == "temp"
+        created = "tmp__" + name.text.lstrip("#") if temp else unquote(name)
+    p = Plan(sql, returning, kind, _types.shape_of(toks),
+             any(t.up == "NOLOCK" for t in toks), created, temp)
+    if toks[0].up == "DROP" or _stateful(ex, toks):  # DROP TABLE checks existence as it goes
+        stats["uncacheable"] += 1
+        return p
+    stats["misses"] += 1
+    with _lock:
+        if len(_plans) >= MAX_PLANS:
+            _plans.clear()
+        _plans[key] = p
+    return p
+
+
+def clear() -> None:
+    with _lock:
+        _plans.clear()
