@@ -109,7 +109,9 @@ def test_dead_primary_costs_one_probe_per_interval(tds_server_factory: Any,
             assert node_of(pool) == "PARTNER"
             pool.drain()
         partner.stop()
-        with pytest.raises(PoolTimeout) as ei:           # both down: fast failures, bounded
+        # both down: fast failures within the caller's timeout (PoolTimeout, or the open
+        # circuit itself when its next probe is due after the caller's deadline)
+        with pytest.raises((PoolTimeout, CircuitOpenError)) as ei:
             pool.getconn(timeout=1.0)
         assert ei.value.last_error is not None
     assert dead.stats()["accepted"] == 1                 # the dead primary: dialled once
@@ -150,7 +152,7 @@ def test_routed_node_down_is_transient_and_reconnects_through_the_gateway(
     gateway.redirect_to(node_a)
     node_a.stop()
     with ConnectionPool(gateway.url, min_size=0, max_size=2, timeout=10.0, name="gw2") as pool:
-        with pytest.raises(PoolTimeout) as ei:           # routed to a dead node: retried
+        with pytest.raises((PoolTimeout, CircuitOpenError)) as ei:   # a dead node: retried
             pool.getconn(timeout=0.5)
         err = ei.value.last_error
         if isinstance(err, CircuitOpenError):            # the circuit opened: its cause
