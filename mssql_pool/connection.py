@@ -60,12 +60,15 @@ class ConnectionRecord:
         "raw", "seq", "generation", "created_at", "expires_at", "returned_at", "checkout_at",
         "state", "flags", "dead", "_info", "autocommit", "stack", "leak_warned", "pid",
         "pinged_at", "conn_properties", "landing", "replay_timeout",
+        "trusted",
     )
 
     def __init__(self, raw: Any, seq: int, generation: int, now: float, expires_at: float,
                  autocommit: bool | None, pid: int) -> None:
         self.raw = raw
-        self.seq = seq                    # creation order; suspect marking compares it
+        self.seq = seq                    # creation order (the #n in logs)
+        self.trusted = seq                # ordinal of its opening or last passed check;
+                                          # suspect when below the pool's mark
         self.generation = generation      # drain() bumps the pool's generation
         self.created_at = now
         self.expires_at = expires_at      # jittered max_lifetime (inf when off)

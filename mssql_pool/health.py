@@ -6,7 +6,8 @@ suspect. A connection is suspect when a disconnect error was seen (on any connec
 the pool, or by a failed check) after it was opened: after a server restart the first
 error marks every connection opened before it, so the pool checks (and replaces) them
 all in one pass instead of failing once per stale connection. Connections opened after
-the error are not suspect, and a brand-new connection is never checked.
+the error are not suspect, a connection that passes that check is trusted again (its
+window applies until the next disconnect), and a brand-new connection is never checked.
 
 The window is a trade: a connection whose server died less than ``validate_after``
 seconds after it came back can reach a caller unchecked. Its first error marks it dead

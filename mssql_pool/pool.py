@@ -115,7 +115,8 @@ class ConnectionPool:
         self._closed = False
         self._generation = 0
         self._seq = 0
-        self._suspect_before = 0   # records with a smaller seq are suspect (see _mark_suspects)
+        self._suspect_before = 0   # records with a smaller .trusted are suspect (_mark_suspects)
+        self._ordinal = 0          # last .trusted given out (a new connection, a passed check)
         self._orphans: deque[ConnectionRecord] = deque()
         self._busy_recs: set[ConnectionRecord] | None = set() if cfg.leak_timeout else None
         self._stats = PoolStats()
@@ -144,7 +145,7 @@ class ConnectionPool:
             if self._idle:
                 rec = self._idle[-1]
                 if (now - rec.returned_at < self._validate_after
-                        and rec.seq >= self._suspect_before and now < rec.expires_at
+                        and rec.trusted >= self._suspect_before and now < rec.expires_at
                         and rec.generation == self._generation):
                     self._idle.pop()
                     rec.state = _BUSY
@@ -283,6 +284,7 @@ class ConnectionPool:
                 check = False
             assert rec is not None
             if check:
+                mark = self._suspect_before
                 try:
                     run_check(self._check, rec.raw)
                 except Exception as exc:
@@ -303,6 +305,7 @@ class ConnectionPool:
                     now = clock()
                     continue
                 rec.returned_at = now = clock()
+                self._vouch(rec, mark)
             # Handed out without a check: a first statement that finds it dead may be
             # replayed on a replacement within the same timeout (health.may_replay).
             rec.replay_timeout = NO_REPLAY if check else timeout
@@ -332,7 +335,7 @@ class ConnectionPool:
     def _needs_check_locked(self, rec: ConnectionRecord, now: float) -> bool:
         if self._check is None:
             return False
-        if rec.seq < self._suspect_before or now - rec.returned_at >= self._validate_after:
+        if rec.trusted < self._suspect_before or now - rec.returned_at >= self._validate_after:
             self._stats.checks_run += 1
             return True
         self._stats.checks_skipped += 1
@@ -535,8 +538,10 @@ class ConnectionPool:
         expires = _INF if lifetime is None else now + lifetime * (1.0 - 0.05 * cfg.random())
         with self._lock:
             self._seq += 1
+            self._ordinal += 1
             rec = ConnectionRecord(raw, self._seq, self._generation, now, expires,
                                    None if autocommit is None else bool(autocommit), os.getpid())
+            rec.trusted = self._ordinal
             st = self._stats
             st.connections_num += 1
             st.connections_ms += (now - start) * 1000.0
@@ -606,14 +611,23 @@ class ConnectionPool:
                     "on #%d", self.name, rec.seq, new.seq)
         return new
 
-    def _mark_suspects(self) -> None:
-        """A disconnect was seen: every connection opened before now is suspect (checked on
-        its next checkout, bypass window or not). The server may have restarted; this makes
-        the pool converge in one pass instead of failing once per stale connection."""
+    def _vouch(self, rec: ConnectionRecord, mark: int) -> None:
+        """``rec`` passed a check begun when the suspect mark was ``mark``: no longer
+        suspect (its bypass window applies again), unless a newer mark came meanwhile."""
         with self._lock:
-            newer = self._seq + 1 > self._suspect_before
+            if self._suspect_before == mark:
+                self._ordinal += 1
+                rec.trusted = self._ordinal
+
+    def _mark_suspects(self) -> None:
+        """A disconnect was seen: every connection opened (or last checked) before now is
+        suspect (checked on its next checkout, bypass window or not). The server may have
+        restarted; this makes the pool converge in one pass instead of failing once per
+        stale connection. A connection that passes that check is trusted again."""
+        with self._lock:
+            newer = self._ordinal + 1 > self._suspect_before
             if newer:
-                self._suspect_before = self._seq + 1
+                self._suspect_before = self._ordinal + 1
                 count = self._size
         if newer:
             logger.info("pool %r: a connection died; the %d open ones are checked on checkout",
@@ -721,9 +735,11 @@ class ConnectionPool:
                 self._nbusy += 1
         failed = 0
         for rec in recs:
+            mark = self._suspect_before
             try:
                 run_check(self._check, rec.raw)
                 ok = True
+                self._vouch(rec, mark)
             except Exception as exc:
                 ok = False
                 failed += 1

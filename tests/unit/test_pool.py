@@ -581,3 +581,32 @@ def test_error_on_older_connection_marks_newer_ones_too(make_pool: Any, db: Fake
     with pool.connection() as conn:             # b is newer than a, but older than the error
         assert conn.raw is not b.raw and conn.raw.alive
     assert pool.get_stats()["checks_failed"] == 1
+
+
+def test_a_suspect_that_passes_its_check_is_trusted_again(make_pool: Any, db: FakeDB,
+                                                          clock: FakeClock) -> None:
+    """One check per survivor after a disconnect, not one per checkout forever; a later
+    disconnect makes it suspect again."""
+    pool = make_pool()
+    a, b = pool.getconn(), pool.getconn()
+    db.kill(a)
+    with pytest.raises(db.OperationalError):
+        a.rollback()                               # a disconnect: b is suspect
+    pool.putconn(a)
+    pool.putconn(b)
+    for _ in range(4):
+        clock.advance(0.01)                        # always inside the bypass window
+        with pool.connection() as conn:
+            assert conn.raw is b.raw
+    stats = pool.get_stats()
+    assert stats["checks_run"] == 1 and stats["checks_skipped"] == 3
+    with pool.connection() as conn:
+        c = pool.getconn()                         # a fresh one, opened after the mark
+        db.kill(c)
+        with pytest.raises(db.OperationalError):
+            c.rollback()                           # a second disconnect
+        pool.putconn(c)
+    clock.advance(0.01)
+    with pool.connection() as conn:
+        assert conn.raw is b.raw
+    assert pool.get_stats()["checks_run"] == 2     # b was checked again
