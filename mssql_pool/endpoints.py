@@ -446,7 +446,13 @@ class Endpoints:
                 continue
             if st.breaker is not None:
                 st.breaker.record_success()
-            landing = self._landed(st, raw, previous, failed, skipped)
+            try:
+                landing = self._landed(st, raw, previous, failed, skipped)
+            except Exception as exc:       # died while identifying itself: not a keeper
+                _close_quietly(raw)
+                self._failed(st, exc)
+                failed.append((ep, exc))
+                continue
             return raw, landing
         with self._lock:
             self._counters["connects_rejected"] += len(skipped)
@@ -697,6 +703,13 @@ def _endpoint_healthy(exc: BaseException) -> bool:
     if isinstance(exc, RedirectError):
         return False
     return classify(exc).kind in (ErrorKind.AUTH, ErrorKind.PROGRAMMING)
+
+
+def _close_quietly(raw: Any) -> None:
+    try:
+        raw.close()
+    except Exception:
+        pass
 
 
 def _query_row(raw: Any, sql: str) -> tuple[Any, ...] | None:

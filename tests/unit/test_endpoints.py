@@ -346,6 +346,37 @@ def test_identify_falls_back_and_can_be_off_or_custom() -> None:
     assert landing.node == "SRV"
 
 
+def test_a_connection_that_dies_while_identifying_is_closed_and_the_next_endpoint_tried() -> None:
+    clock, net = FakeClock(), FakeNet()
+    eps = endpoints(clock, "partner", identify=True)
+    dead = pymssql.OperationalError(20047, b"DB-Lib error message 20047, severity 9:\n"
+                                           b"DBPROCESS is dead or not enabled\n")
+    closed: list[str] = []
+
+    class DyingCursor:
+        def execute(self, sql: str) -> None:
+            raise dead
+
+        def close(self) -> None:
+            pass
+
+    class Dying(FakeRaw):
+        def cursor(self) -> Any:
+            return DyingCursor()
+
+        def close(self) -> None:
+            closed.append("x")
+
+    def dial(**kw: Any) -> FakeRaw:
+        if kw["server"] == "primary":
+            net.dials.append(kw)
+            return Dying("P")
+        return net.dial(**kw)
+
+    _, landing = eps.connect(KW, dial)
+    assert closed == ["x"] and landing.endpoint == Endpoint("partner")
+
+
 # ----------------------------------------------------------------------------- login kwargs
 
 
