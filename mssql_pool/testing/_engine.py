@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _locks, _plans, _types
+from . import _locks, _plans, _procs, _types
 from . import _protocol as P
 from ._faults import error_text
 from ._tsql import Block, IfStmt, Simple, SqlSyntaxError, Tok, TryCatch, parse, tokenize, unquote
@@ -534,6 +534,8 @@ class Executor:
     # ---------------------------------------------------------------- entry points
 
     def run_batch(self, sql: str, wait: Waiter) -> list[Out]:
+        if _procs.handles(sql):  # CREATE/ALTER/DROP PROCEDURE: the whole batch
+            return _procs.run_definition(self, sql)
         out: list[Out] = []
         self._catching_depth = 0
         try:
@@ -893,7 +895,7 @@ class Executor:
             out.append(Rows(infer_columns(["spid", "status", "loginame", "hostname", "dbname"],
                                           rows), rows))
             out.append(ReturnStatus(0))
-        else:
+        elif not _procs.call(self, name, params, out, wait):
             raise SqlError(2812, name=name)
 
     def run_nested(self, sql: str, wait: Waiter) -> list[Out]:
