@@ -375,6 +375,7 @@ K_DATE = "date"
 K_GUID = "uniqueidentifier"
 
 PLP_NULL = 0xFFFFFFFFFFFFFFFF
+_WIDE = decimal.Context(prec=80)  # decimal(38, s) needs more than the default 28 digits
 
 # kind -> (typeinfo(encoder, column), value(encoder, column, v)): column types added by
 # other modules (mssql_pool.testing._types registers tinyint, smallint, real, char...)
@@ -489,7 +490,7 @@ class Encoder:
             if v is None:
                 return b"\x00"
             d = v if isinstance(v, decimal.Decimal) else decimal.Decimal(str(v))
-            n = int(d.scaleb(c.scale).to_integral_value(rounding=decimal.ROUND_HALF_EVEN))
+            n = int(d.scaleb(c.scale, _WIDE).to_integral_value(rounding=decimal.ROUND_HALF_EVEN))
             ln = _decimal_len(c.precision)
             return bytes([ln, 0 if n < 0 else 1]) + abs(n).to_bytes(ln - 1, "little")
         if k == K_DATETIME:
@@ -679,7 +680,7 @@ def read_typed_value(r: Reader, major: int) -> tuple[int, Any]:
             return t, None
         raw = r.take(n)
         mag = int.from_bytes(raw[1:], "little")
-        return t, decimal.Decimal(mag if raw[0] else -mag).scaleb(-scale)
+        return t, decimal.Decimal(mag if raw[0] else -mag).scaleb(-scale, _WIDE)
     if t == 0x28:  # DATEN
         n = r.u8()
         if n == 0:

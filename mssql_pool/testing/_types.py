@@ -475,8 +475,8 @@ def _classify(it: list[Tok]) -> Item:
             if "." in t.text and "e" not in t.text.lower():
                 whole, _, frac = t.text.partition(".")
                 digits = len(whole.lstrip("0")) + len(frac)
-                return ("type", SqlType(P.K_DECIMAL, precision=max(digits, 1, len(frac)),
-                                        scale=len(frac)))
+                return ("exact", (SqlType(P.K_DECIMAL, precision=min(max(digits, 1, len(frac)), 38),
+                                          scale=len(frac)), decimal.Decimal(t.text)))
             return None
         if t.kind == "str":
             text = unquote(t)
@@ -550,6 +550,8 @@ def describe(ex: Executor, shape: Shape | None, names: list[str],
         what, arg = item
         if what == "type":
             declared[idx] = arg
+        elif what == "exact":  # a literal: its text is more precise than SQLite's REAL
+            declared[idx], exact[idx] = arg
         elif what == "var":
             value = ex.state.variables.get(arg)
             declared[idx] = var_types.get(arg) or type_of_value(value)
