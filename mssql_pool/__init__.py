@@ -17,6 +17,7 @@ from .classify import (
 )
 from .config import PoolConfig
 from .connection import PooledConnection, PooledCursor
+from .endpoints import Endpoint, Landing
 from .errors import (
     CircuitOpenError,
     CommitUnknownError,
@@ -74,6 +75,8 @@ __all__ = [
     "CommitUnknownError",
     "ConfigError",
     "ConnectionPool",
+    "Endpoint",
+    "Landing",
     "ConnectionCheckFailed",
     "MssqlPoolError",
     "PoolClosed",
