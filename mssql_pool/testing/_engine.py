@@ -539,7 +539,7 @@ class Executor:
         out: list[Out] = []
         self._catching_depth = 0
         try:
-            stmts = parse(sql)
+            stmts = _plans.parse_cached(sql)
         except SqlSyntaxError as exc:
             out.append(SqlError(102, near=exc.near[:30]))
             return out

@@ -347,6 +347,9 @@ class SessionLocks:
 
     def after_ddl(self, con: sqlite3.Connection, created: str | None, temp: bool) -> None:
         """Triggers for new or altered tables; a table created in a transaction is undone."""
+        from . import _types
+
+        _types.forget_tables()
         ensure_triggers(con)
         if created and self.ex.state.trancount > 0:
             schema = "temp" if temp else "main"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import _types
-from ._tsql import Tok, unquote
+from ._tsql import Tok, parse, unquote
 
 if TYPE_CHECKING:
     from ._engine import Executor
@@ -81,3 +81,23 @@ def plan(ex: Executor, toks: list[Tok]) -> Plan:
 def clear() -> None:
     with _lock:
         _plans.clear()
+
+
+_parsed: dict[str, list[object]] = {}
+
+
+def parse_cached(sql: str) -> list[object]:
+    """``_tsql.parse`` with the statement trees of short batches kept by text.
+
+    The trees are read-only for the executor, so sessions share them. Syntax errors are not
+    cached (they raise, as ``parse`` does).
+    """
+    stmts = _parsed.get(sql)
+    if stmts is None:
+        stmts = parse(sql)
+        if len(sql) <= 4000:
+            with _lock:
+                if len(_parsed) >= MAX_PLANS:
+                    _parsed.clear()
+                _parsed[sql] = stmts
+    return stmts

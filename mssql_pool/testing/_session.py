@@ -10,6 +10,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from . import _fast
 from . import _protocol as P
 from ._engine import (
     VERSION,
@@ -278,6 +279,11 @@ class Session:
     # ------------------------------------------------------------------ requests
 
     def _request(self, ptype: int, status: int, payload: bytes) -> None:
+        fast = _fast.reply(self, ptype, status, payload)  # SELECT 1, sp_reset_connection
+        if fast is not None:
+            self.in_request = False
+            self._send(fast)
+            return
         srv = self.server
         ex = self.executor
         assert ex is not None

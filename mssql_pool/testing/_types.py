@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import decimal
+import functools
 import re
 import sqlite3
 import struct
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,6 +66,21 @@ _TYPE = re.compile(
 )
 
 
+_SIMPLE = {
+    "bit": SqlType(P.K_BIT), "tinyint": SqlType(K_TINYINT), "smallint": SqlType(K_SMALLINT),
+    "int": SqlType(P.K_INT), "integer": SqlType(P.K_INT), "bigint": SqlType(P.K_BIGINT),
+    "real": SqlType(K_REAL), "double": SqlType(P.K_FLOAT),
+    "money": SqlType(P.K_DECIMAL, precision=19, scale=4),
+    "smallmoney": SqlType(P.K_DECIMAL, precision=10, scale=4),
+    "date": SqlType(P.K_DATE), "datetime": SqlType(P.K_DATETIME),
+    "smalldatetime": SqlType(P.K_DATETIME), "uniqueidentifier": SqlType(P.K_GUID),
+    "text": SqlType(K_VARCHAR, -1), "ntext": SqlType(P.K_NVARCHAR, -1),
+    "image": SqlType(P.K_VARBINARY, -1), "xml": SqlType(P.K_NVARCHAR, -1),
+    "sysname": SqlType(P.K_NVARCHAR, 256),
+}
+
+
+@functools.lru_cache(maxsize=1024)
 def parse_type(text: str, in_cast: bool = False, table: bool = False) -> SqlType | None:
     """``'decimal(10, 2)'`` -> SqlType; None for a type this server does not model.
 
@@ -78,20 +95,8 @@ def parse_type(text: str, in_cast: bool = False, table: bool = False) -> SqlType
     n = -1 if arg is not None and arg.lower() == "max" else int(arg) if arg else None
     s = int(m.group(3)) if m.group(3) else None
     default_len = 30 if in_cast else -1 if table else 1
-    simple = {
-        "bit": SqlType(P.K_BIT), "tinyint": SqlType(K_TINYINT), "smallint": SqlType(K_SMALLINT),
-        "int": SqlType(P.K_INT), "integer": SqlType(P.K_INT), "bigint": SqlType(P.K_BIGINT),
-        "real": SqlType(K_REAL), "double": SqlType(P.K_FLOAT),
-        "money": SqlType(P.K_DECIMAL, precision=19, scale=4),
-        "smallmoney": SqlType(P.K_DECIMAL, precision=10, scale=4),
-        "date": SqlType(P.K_DATE), "datetime": SqlType(P.K_DATETIME),
-        "smalldatetime": SqlType(P.K_DATETIME), "uniqueidentifier": SqlType(P.K_GUID),
-        "text": SqlType(K_VARCHAR, -1), "ntext": SqlType(P.K_NVARCHAR, -1),
-        "image": SqlType(P.K_VARBINARY, -1), "xml": SqlType(P.K_NVARCHAR, -1),
-        "sysname": SqlType(P.K_NVARCHAR, 256),
-    }
-    if name in simple:
-        return simple[name]
+    if name in _SIMPLE:
+        return _SIMPLE[name]
     if name == "float":
         return SqlType(K_REAL if n is not None and 0 < n <= 24 else P.K_FLOAT)
     if name in ("decimal", "numeric", "dec"):
@@ -493,8 +498,38 @@ def _classify(it: list[Tok]) -> Item:
 # ----------------------------------------------------------------------------- table columns
 
 
-def table_types(con: sqlite3.Connection, tables: Sequence[str]) -> dict[str, SqlType]:
-    """Column name (lower case) -> declared type, for the named tables (first one wins)."""
+_table_cache: dict[tuple[str, tuple[str, ...]], dict[str, SqlType]] = {}
+_table_lock = threading.Lock()
+
+
+def forget_tables() -> None:
+    """A table was created, altered or dropped: declared types are looked up again."""
+    with _table_lock:
+        _table_cache.clear()
+
+
+def table_types(con: sqlite3.Connection, tables: Sequence[str],
+                database_key: str = "") -> dict[str, SqlType]:
+    """Column name (lower case) -> declared type, for the named tables (first one wins).
+
+    Cached per ``database_key`` (a database file) unless a table is a #temp one.
+    """
+    key = (database_key, tuple(tables))
+    cacheable = bool(database_key) and not any(t.startswith("tmp__") for t in tables)
+    if cacheable:
+        hit = _table_cache.get(key)
+        if hit is not None:
+            return hit
+    out = _table_types(con, tables)
+    if cacheable:
+        with _table_lock:
+            if len(_table_cache) > 2048:
+                _table_cache.clear()
+            _table_cache[key] = out
+    return out
+
+
+def _table_types(con: sqlite3.Connection, tables: Sequence[str]) -> dict[str, SqlType]:
     out: dict[str, SqlType] = {}
     for name in tables:
         try:
@@ -558,7 +593,8 @@ def describe(ex: Executor, shape: Shape | None, names: list[str],
             exact[idx] = value
         elif what == "column" and shape.tables:
             if tabtypes is None:
-                tabtypes = table_types(ex.conn, shape.tables)
+                tabtypes = table_types(ex.conn, shape.tables,
+                                       ex.engine.path(ex.state.database))
             declared[idx] = tabtypes.get(arg)
     if not any(declared):
         return cols, rows
