@@ -82,6 +82,9 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))
         if not chunk:
+            if buf:  # a bad session, not a goodbye: the session logs it
+                raise ProtocolError(f"truncated packet: the peer closed after {len(buf)} of "
+                                    f"{n} bytes")
             raise PeerClosed()
         buf += chunk
     return bytes(buf)
@@ -93,7 +96,11 @@ def read_packet(sock: socket.socket) -> tuple[int, int, bytes]:
     ptype, status, length, _spid, _pid, _win = HEADER.unpack(head)
     if length < 8 or length > 65535:
         raise ProtocolError(f"bad packet length {length}")
-    return ptype, status, recv_exact(sock, length - 8)
+    try:
+        return ptype, status, recv_exact(sock, length - 8)
+    except PeerClosed:
+        raise ProtocolError(f"truncated packet: the peer closed after its header (length "
+                            f"{length})") from None
 
 
 def read_message(sock: socket.socket) -> tuple[int, int, bytes]:
@@ -103,7 +110,11 @@ def read_message(sock: socket.socket) -> tuple[int, int, bytes]:
     parts = [payload]
     total = len(payload)
     while not status & STATUS_EOM:
-        t, status, payload = read_packet(sock)
+        try:
+            t, status, payload = read_packet(sock)
+        except PeerClosed:
+            raise ProtocolError("truncated message: the peer closed before its last packet"
+                                ) from None
         if t == PKT_ATTENTION:
             # an attention in the middle of a message: the message is abandoned
             return PKT_ATTENTION, status, b""
