@@ -25,7 +25,7 @@ from typing import Any
 from . import _locks, _plans, _procs, _types
 from . import _protocol as P
 from ._faults import error_text
-from ._tsql import Block, IfStmt, Simple, SqlSyntaxError, Tok, TryCatch, parse, tokenize, unquote
+from ._tsql import Block, IfStmt, Simple, SqlSyntaxError, Tok, TryCatch, tokenize, unquote
 
 log = logging.getLogger("mssql_pool.testing.engine")
 
@@ -901,7 +901,7 @@ class Executor:
     def run_nested(self, sql: str, wait: Waiter) -> list[Out]:
         out: list[Out] = []
         try:
-            stmts = parse(sql)
+            stmts = _plans.parse_cached(sql)
         except SqlSyntaxError as exc:
             raise SqlError(102, near=exc.near[:30]) from None
         self._run_list(stmts, out, wait)

@@ -48,14 +48,25 @@ def _stateful(ex: Executor, toks: list[Tok]) -> bool:
     return False
 
 
-def plan(ex: Executor, toks: list[Tok]) -> Plan:
-    """The plan of one statement (from the cache when its text was seen before)."""
-    key = (" ".join([t.text for t in toks]), len(ex.engine.databases()))
-    p = _plans.get(key)
-    if p is not None:
-        stats["hits"] += 1
-        return p
-    sql, returning, kind = ex._translate(_types.rewrite_casts(toks))
+@dataclass(frozen=True)
+class _Skeleton:
+    """What does not depend on session state: kept even when the translation is not."""
+
+    toks: list[Tok]  # CAST/CONVERT rewritten
+    shape: _types.Shape | None
+    nolock: bool
+    created: str | None
+    temp: bool
+    stateful: bool
+
+
+_skeletons: dict[str, _Skeleton] = {}
+
+
+def _skeleton(ex: Executor, key: str, toks: list[Tok]) -> _Skeleton:
+    sk = _skeletons.get(key)
+    if sk is not None:
+        return sk
     created = None
     temp = False
     if len(toks) > 2 and toks[0].up == "CREATE" and toks[1].up == "TABLE":
@@ -65,9 +76,28 @@ def plan(ex: Executor, toks: list[Tok]) -> Plan:
         name = toks[j]
         temp = name.kind == "temp"
         created = "tmp__" + name.text.lstrip("#") if temp else unquote(name)
-    p = Plan(sql, returning, kind, _types.shape_of(toks),
-             any(t.up == "NOLOCK" for t in toks), created, temp)
-    if toks[0].up == "DROP" or _stateful(ex, toks):  # DROP TABLE checks existence as it goes
+    sk = _Skeleton(_types.rewrite_casts(toks), _types.shape_of(toks),
+                   any(t.up == "NOLOCK" for t in toks), created, temp,
+                   toks[0].up == "DROP" or _stateful(ex, toks))  # DROP checks as it goes
+    with _lock:
+        if len(_skeletons) >= MAX_PLANS:
+            _skeletons.clear()
+        _skeletons[key] = sk
+    return sk
+
+
+def plan(ex: Executor, toks: list[Tok]) -> Plan:
+    """The plan of one statement (from the cache when its text was seen before)."""
+    text = " ".join([t.text for t in toks])
+    key = (text, len(ex.engine.databases()))
+    p = _plans.get(key)
+    if p is not None:
+        stats["hits"] += 1
+        return p
+    sk = _skeleton(ex, text, toks)
+    sql, returning, kind = ex._translate(sk.toks)
+    p = Plan(sql, returning, kind, sk.shape, sk.nolock, sk.created, sk.temp)
+    if sk.stateful:
         stats["uncacheable"] += 1
         return p
     stats["misses"] += 1
@@ -81,6 +111,8 @@ def plan(ex: Executor, toks: list[Tok]) -> Plan:
 def clear() -> None:
     with _lock:
         _plans.clear()
+        _skeletons.clear()
+        _parsed.clear()
 
 
 _parsed: dict[str, list[object]] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -30,8 +31,8 @@ class Tok:
     start: int
     end: int
 
-    @property
-    def up(self) -> str:
+    @functools.cached_property
+    def up(self) -> str:  # computed once: the executor asks for it many times per token
         return self.text.upper() if self.kind == "word" else self.text
 
 

@@ -636,21 +636,38 @@ def declare(ex: Executor, toks: Sequence[Tok]) -> None:
 
 def declare_params(ex: Executor, decl: Any) -> None:
     """Remember the types of a ``sp_executesql`` ``@params`` declaration string."""
-    if not isinstance(decl, str) or not decl.strip():
-        return
+    if isinstance(decl, str) and decl.strip():
+        _apply(ex, _params_of(decl))
+
+
+@functools.lru_cache(maxsize=512)
+def _params_of(decl: str) -> tuple[tuple[str, SqlType | None], ...]:
     from ._tsql import tokenize
 
     try:
-        toks = tokenize(decl)
+        return _declared(tokenize(decl))
     except Exception:  # noqa: BLE001 - a malformed declaration only loses the typing
-        return
-    _declare_list(ex, toks)
+        return ()
 
 
 def _declare_list(ex: Executor, toks: Sequence[Tok]) -> None:
+    _apply(ex, _declared(toks))
+
+
+def _apply(ex: Executor, declared: tuple[tuple[str, SqlType | None], ...]) -> None:
     types: dict[str, SqlType] | None = getattr(ex, "var_types", None)
     if types is None:
         return
+    for name, t in declared:
+        if t is not None:
+            types[name] = t
+        else:
+            types.pop(name, None)
+
+
+def _declared(toks: Sequence[Tok]) -> tuple[tuple[str, SqlType | None], ...]:
+    """(variable, type) for each ``@name type [= default] [OUTPUT]`` of a declaration list."""
+    out: list[tuple[str, SqlType | None]] = []
     for p in split_top(toks):
         if len(p) < 2 or p[0].kind != "var":
             continue
@@ -659,11 +676,8 @@ def _declare_list(ex: Executor, toks: Sequence[Tok]) -> None:
             body = body[1:]
         cut = next((k for k, t in enumerate(body) if t.text == "=" or t.up in ("OUTPUT", "OUT")),
                    len(body))
-        declared = parse_type(_type_text(body[:cut]))
-        if declared is not None:
-            types[p[0].text.lower()] = declared
-        else:
-            types.pop(p[0].text.lower(), None)
+        out.append((p[0].text.lower(), parse_type(_type_text(body[:cut]))))
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- wire encodings
