@@ -33,7 +33,7 @@ class Plan:
     temp: bool
 
 
-_plans: dict[tuple[str, int], Plan] = {}
+_plans: dict[tuple[str, tuple[str, ...]], Plan] = {}
 _lock = threading.Lock()
 stats = {"hits": 0, "misses": 0, "uncacheable": 0}
 
@@ -89,7 +89,7 @@ def _skeleton(ex: Executor, key: str, toks: list[Tok]) -> _Skeleton:
 def plan(ex: Executor, toks: list[Tok]) -> Plan:
     """The plan of one statement (from the cache when its text was seen before)."""
     text = " ".join([t.text for t in toks])
-    key = (text, len(ex.engine.databases()))
+    key = (text, tuple(ex.engine.databases()))  # db..t qualifiers depend on the names
     p = _plans.get(key)
     if p is not None:
         stats["hits"] += 1
