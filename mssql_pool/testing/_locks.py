@@ -25,6 +25,7 @@ duplicate of another session's uncommitted key fails at once (2627) instead of w
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -181,17 +182,24 @@ class LockManager:
                     "waits": self.waits, "deadlocks": self.deadlocks, "timeouts": self.timeouts}
 
 
-_managers: weakref.WeakKeyDictionary[Any, LockManager] = weakref.WeakKeyDictionary()
+_managers: weakref.WeakValueDictionary[str, LockManager] = weakref.WeakValueDictionary()
+_serials: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_next_serial = itertools.count(1)
 _managers_lock = threading.Lock()
 
 
-def manager_for(engine: Engine) -> LockManager:
-    """The lock manager shared by all sessions of ``engine``'s server."""
+def manager_for(engine: Engine) -> tuple[LockManager, int]:
+    """The lock manager of ``engine``'s data (replicas sharing data share it), and the
+    number that makes this server's session ids distinct in it."""
     with _managers_lock:
-        mgr = _managers.get(engine)
+        mgr = _managers.get(engine.data_dir)
         if mgr is None:
-            mgr = _managers[engine] = LockManager()
-        return mgr
+            mgr = LockManager()
+            _managers[engine.data_dir] = mgr
+        serial = _serials.get(engine)
+        if serial is None:
+            serial = _serials[engine] = next(_next_serial)
+        return mgr, serial
 
 
 def _ident(name: str) -> str:
@@ -211,13 +219,14 @@ class SessionLocks:
 
     def __init__(self, ex: Executor) -> None:
         self.ex = ex
-        self.manager = manager_for(ex.engine)
+        self.manager, serial = manager_for(ex.engine)
+        self.owner = serial * 100_000 + ex.state.spid  # the lock owner: server and session
         # (connection, database, table, undo statement, its parameters)
         self.undo: list[tuple[sqlite3.Connection, str, str, str, tuple[Any, ...]]] = []
         self.savepoints: list[tuple[str, int]] = []
         self._conflict: tuple[str, Any] | None = None
         self._replaying = False
-        self.manager.sessions[ex.state.spid] = self
+        self.manager.sessions[self.owner] = self
 
     @property
     def spid(self) -> int:
@@ -245,7 +254,7 @@ class SessionLocks:
                 if rid is None:
                     continue
                 key = (db, str(table).lower(), int(rid))
-                holder = self.manager.try_lock(self.spid, key)
+                holder = self.manager.try_lock(self.owner, key)
                 if holder is not None:
                     self._conflict = ("row", key)
                     raise _Conflict()
@@ -293,12 +302,12 @@ class SessionLocks:
                     self._wait(want, poll)
         finally:
             if st.trancount == 0:
-                self.manager.release_all(self.spid)
+                self.manager.release_all(self.owner)
 
     def _others_undo(self, sql: str) -> list[tuple[str, tuple[Any, ...]]]:
         """Undo steps of other sessions' open transactions on the tables ``sql`` reads."""
         db = self.ex.state.database.lower()
-        tables = self.manager.locked_tables(self.spid, db)
+        tables = self.manager.locked_tables(self.owner, db)
         if not tables:
             return []
         low = sql.lower()
@@ -337,7 +346,7 @@ class SessionLocks:
         from ._engine import SqlError
 
         try:
-            self.manager.wait(self.spid, want, self.ex.state.lock_timeout, poll)
+            self.manager.wait(self.owner, want, self.ex.state.lock_timeout, poll)
         except LockTimeout:
             log.info("session %d: lock request timed out on %s", self.spid, want[1])
             raise SqlError(1222) from None
@@ -381,7 +390,7 @@ class SessionLocks:
         finally:
             self.undo.clear()
             self.savepoints.clear()
-            self.manager.release_all(self.spid)
+            self.manager.release_all(self.owner)
 
     def _replay(self, mark: int) -> None:
         entries = self.undo[mark:]
