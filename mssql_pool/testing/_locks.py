@@ -241,7 +241,13 @@ class SessionLocks:
             return self._row(con, db, args)
 
         con.create_function("__tds_row", -1, row_hook)
-        ensure_triggers(con)
+        self._triggers(con)
+
+    def _triggers(self, con: sqlite3.Connection) -> None:
+        try:
+            ensure_triggers(con)
+        except sqlite3.Error as exc:  # e.g. busy past lock_wait: the next DDL tries again
+            log.warning("session %d: could not install row-lock triggers: %s", self.spid, exc)
 
     def _row(self, con: sqlite3.Connection, db: str, args: tuple[Any, ...]) -> int:
         if self._replaying:
@@ -359,7 +365,7 @@ class SessionLocks:
         from . import _types
 
         _types.forget_tables()
-        ensure_triggers(con)
+        self._triggers(con)
         if created and self.ex.state.trancount > 0:
             schema = "temp" if temp else "main"
             self.undo.append((con, "", "", f"DROP TABLE IF EXISTS {schema}.{_ident(created)}",
