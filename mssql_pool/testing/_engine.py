@@ -649,8 +649,8 @@ class Executor:
             spid = int(self._scalar(toks[1:]) or 0)
             if not self.engine.kill(spid):
                 raise SqlError(6106, f"Process ID {spid} is not an active process ID.", 16)
-        elif head == "RETURN":
-            raise _Return()
+        elif head == "RETURN":  # the value is a procedure's return status
+            raise _Return(self._scalar(toks[1:]) if len(toks) > 1 else 0)
         elif head == "CREATE" and len(w) > 1 and w[1] == "DATABASE":
             self.engine.add_database(unquote(toks[2]))
         elif head == "WHILE":

@@ -169,14 +169,15 @@ def call(ex: Executor, name: str, args: list[tuple[str | None, Any]], out: list[
         t = _types.parse_type(p.type_text)
         if t is not None:
             ex.var_types[p.name] = t
+    status = 0
     try:
         ex._run_list(parse(proc.body), out, wait)
-    except _Return:
-        pass
+    except _Return as ret:
+        status = int(ret.args[0] or 0) if ret.args else 0
     finally:
         ex.state.variables = saved_vars
         ex.var_types = saved_types
-    out.append(ReturnStatus(0))
+    out.append(ReturnStatus(status))
     return True
 
 

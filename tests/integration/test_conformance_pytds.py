@@ -149,10 +149,11 @@ def test_pytds_callproc_and_return_status(orders: TdsServer) -> None:
     cur.callproc("orders_since", (1, 2))
     assert [tuple(r) for r in cur.fetchall()] == [(1, "tea"), (2, "cake")]
     assert cur.get_proc_return_status() == 0
-    cur.execute("ALTER PROCEDURE orders_since @since INT AS SELECT COUNT(*) FROM orders "
-                "WHERE id >= @since")
+    cur.execute("ALTER PROCEDURE orders_since @since INT AS BEGIN SELECT COUNT(*) FROM orders "
+                "WHERE id >= @since; RETURN @since + 40; END")
     cur.callproc("orders_since", (2,))
     assert cur.fetchone()[0] == 2
+    assert cur.get_proc_return_status() == 42
     cur.execute("DROP PROCEDURE orders_since")
     with pytest.raises(pytds.ProgrammingError):
         cur.callproc("orders_since", (2,))
