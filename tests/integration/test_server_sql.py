@@ -236,14 +236,16 @@ def test_writers_wait_and_lock_timeout_gives_1222(tds_server: TdsServer) -> None
     cb.execute("SELECT COUNT(*) FROM w")  # readers are not blocked and see committed data
     assert cb.fetchone()[0] == 0
     cb.execute("SET LOCK_TIMEOUT 200")
+    cb.execute("INSERT INTO w VALUES (2)")  # another row: row locks do not conflict
     with pytest.raises(pymssql.OperationalError) as info:
-        cb.execute("INSERT INTO w VALUES (2)")
+        cb.execute("UPDATE w SET id = 20 WHERE id = 1")  # a's uncommitted row: waits
     assert info.value.args[0] == 1222
     assert scalar(cb, "SELECT @@TRANCOUNT") == 1  # the statement was cancelled, not the tran
     a.commit()
-    cb.execute("INSERT INTO w VALUES (2)")
+    cb.execute("UPDATE w SET id = 20 WHERE id = 1")
     b.commit()
-    assert scalar(ca, "SELECT COUNT(*) FROM w") == 2
+    ca.execute("SELECT id FROM w")
+    assert sorted(r[0] for r in ca.fetchall()) == [2, 20]
 
 
 def test_statement_errors_do_not_abort_the_batch(tds_server: TdsServer) -> None:
