@@ -256,12 +256,12 @@ class EmbeddedBackend(Backend):
         self.node2: Any = None
         self.share_problem = ""
         try:
+            # a replica: node1's databases on disk, its own sessions and name
             self.node2 = TdsServer(
-                users={"sa": DEMO_PASSWORD}, database="master", server_name="NODE2"
+                users={"sa": DEMO_PASSWORD}, database="master", server_name="NODE2",
+                share_data_with=self.node1,
             )
-            self.share_problem = _share_storage(self.node2, self.node1)
-            if not self.share_problem:
-                self.node2.start()
+            self.node2.start()
         except Exception as exc:  # noqa: BLE001 - the step is skipped, with the reason
             self.share_problem = f"second node could not start: {exc}"
         self.active = self.node1
@@ -289,6 +289,11 @@ class EmbeddedBackend(Backend):
         server = self.active
         where = "node 2" if server is self.node2 else "node 1"
         if plan.key == "kill":
+            # The pool may still be reconnecting after the previous fault: give it a
+            # moment (bounded) so the kill meets real sessions rather than none.
+            wait_until = time.monotonic() + 3.0
+            while not server.sessions() and time.monotonic() < wait_until and not stop.is_set():
+                stop.wait(0.05)
             spids = sorted(int(info["spid"]) for info in server.sessions())
             victims = (
                 rng.sample(spids, max(1, round(len(spids) * plan.params["fraction"])))
@@ -351,20 +356,6 @@ class EmbeddedBackend(Backend):
                     server.close()  # node2's own (unused) data dir goes; node1's last
                 except Exception:  # noqa: BLE001
                     log.debug("closing a demo server failed", exc_info=True)
-
-
-def _share_storage(replica: Any, primary: Any) -> str:
-    """Make ``replica`` serve ``primary``'s databases. Empty string on success.
-
-    TdsServer has no public option for shared storage yet; its engine (SQLite files,
-    lock manager) is swapped in when the attribute exists, else the redirect step is
-    skipped with this reason.
-    """
-    engine = getattr(primary, "_engine", None)
-    if engine is None or not hasattr(replica, "_engine"):
-        return "the TDS test server cannot share storage between two nodes yet"
-    replica._engine = engine
-    return ""
 
 
 class RealServerBackend(Backend):
