@@ -226,11 +226,23 @@ class SessionLocks:
         self.savepoints: list[tuple[str, int]] = []
         self._conflict: tuple[str, Any] | None = None
         self._replaying = False
+        # a KILL interrupts SQLite from another thread: never while the undo log replays
+        self._interrupt_guard = threading.Lock()
+        self._undoing = 0
         self.manager.sessions[self.owner] = self
 
     @property
     def spid(self) -> int:
         return self.ex.state.spid
+
+    def interrupt(self, con: sqlite3.Connection) -> bool:
+        """Interrupt the statement running on ``con`` (a KILL, from any thread), unless this
+        session is rolling back: a rollback always runs to its end. True when delivered."""
+        with self._interrupt_guard:
+            if self._undoing:
+                return False
+            con.interrupt()
+            return True
 
     # ---------------------------------------------------------------- connections
 
@@ -341,10 +353,12 @@ class SessionLocks:
                     try:
                         con.execute(stmt, params)
                     except sqlite3.Error:
-                        pass  # the change was rolled back meanwhile: nothing to hide
+                        if not con.in_transaction:  # interrupted: SQLite ended the txn,
+                            raise  # a further step would commit another session's undo
+                        # else the change was rolled back meanwhile: nothing to hide
                 return execute()
             finally:
-                con.execute("ROLLBACK")
+                _retry_interrupted(con, "ROLLBACK", (), lambda: con.in_transaction)
         finally:
             self._replaying = False
 
@@ -403,15 +417,34 @@ class SessionLocks:
         del self.undo[mark:]
         if not entries:
             return
+        with self._interrupt_guard:
+            self._undoing += 1
         self._replaying = True
         try:
             for con, _db, _table, sql, params in reversed(entries):
                 try:
-                    con.execute(sql, params)
+                    # an interrupt delivered just before the guard can still be pending
+                    _retry_interrupted(con, sql, params, lambda: True)
                 except sqlite3.Error as exc:
                     log.warning("session %d: undo step failed (%s): %s", self.spid, exc, sql)
         finally:
             self._replaying = False
+            with self._interrupt_guard:
+                self._undoing -= 1
+
+
+def _retry_interrupted(con: sqlite3.Connection, sql: str, params: tuple[Any, ...],
+                       needed: Callable[[], bool], tries: int = 50) -> None:
+    """Run ``sql`` while ``needed()``, again after an interrupt (a KILL racing with it)."""
+    for left in range(tries - 1, -1, -1):
+        if not needed():
+            return
+        try:
+            con.execute(sql, params)
+            return
+        except sqlite3.OperationalError as exc:
+            if left == 0 or "interrupt" not in str(exc):
+                raise
 
 
 def _columns(cols_json: str, _cache: dict[str, list[str]] = {}) -> list[str]:  # noqa: B006

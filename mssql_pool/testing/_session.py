@@ -92,7 +92,7 @@ class Session:
         ex = self.executor
         if ex is not None and self.in_request:
             try:
-                ex.conn.interrupt()
+                ex.locks.interrupt(ex.conn)  # never while it rolls back
             except Exception:  # noqa: BLE001 - the connection may be closing
                 pass
 
