@@ -101,7 +101,11 @@ class RetryExhausted(MssqlPoolError):
     """A retry policy gave up. ``last_error`` is the final error, ``attempts`` every attempt."""
 
     def __init__(
-        self, message: str, *, last_error: BaseException | None = None, attempts: tuple[Any, ...] = ()
+        self,
+        message: str,
+        *,
+        last_error: BaseException | None = None,
+        attempts: tuple[Any, ...] = (),
     ) -> None:
         super().__init__(message)
         self.last_error = last_error
