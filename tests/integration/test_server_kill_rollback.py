@@ -175,3 +175,33 @@ def test_kills_at_random_moments_never_leave_uncommitted_values(
         assert_untouched(server)
     assert_no_failed_undo(caplog)
     assert rounds >= 10
+
+
+def test_kill_landing_inside_a_committed_read_leaves_others_work_alone(
+        server: TdsServer) -> None:
+    # A reader sees the last committed rows by undoing the writer's changes in a SQLite
+    # transaction it then rolls back; a KILL interrupting that must not commit the undo.
+    for nth in (1, 4, 7, 10, 13, 16, 50, 2000):
+        writer = connect(server)
+        dirty(writer)
+        reader = connect(server, autocommit=True)
+        cur = reader.cursor()
+        cur.execute("SELECT @@SPID")
+        spid = int(cur.fetchone()[0])
+        fired = kill_during_replay(server, spid, nth, "kill")
+        with pytest.raises(pymssql.Error):
+            cur.execute("SELECT SUM(v) FROM t")
+        wait_gone(server, spid)
+        reader.close()
+        assert fired.is_set()
+        writer.commit()
+        writer.close()
+        check = connect(server, autocommit=True)
+        c = check.cursor()
+        c.execute("SELECT COUNT(*), SUM(v) FROM t")
+        assert tuple(c.fetchone()) == (ROWS + 5, 7 * (ROWS - 5) + 99 * 10)
+        c.execute(f"DELETE FROM t WHERE id >= {ROWS}")
+        c.execute("INSERT INTO t (id, v) VALUES " + ",".join(f"({i}, 0)" for i in range(5)))
+        c.execute("UPDATE t SET v = 0")
+        check.close()
+        assert_untouched(server)
