@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 from . import endpoints as _endpoints
 from ._dsn import parse_conninfo, redact
+from .breaker import ConnectGuard
 from .classify import is_disconnect
 from .config import Conninfo, PoolConfig, make_config
 from .connection import NO_REPLAY, ConnectionRecord, ConnState, PooledConnection
@@ -96,6 +97,7 @@ class ConnectionPool:
 
     def __init__(self, conninfo: Conninfo = None, *, connect: Callable[[], Any] | None = None,
                  **options: Any) -> None:
+        guard_options = ConnectGuard.pop_options(options)
         self.config: PoolConfig = make_config(conninfo=conninfo, connect=connect, **options)
         cfg = self.config
         self.name: str = cfg.name
@@ -123,6 +125,15 @@ class ConnectionPool:
         self._pid = os.getpid()
         #: Endpoint choice, failover partners, redirects (None for ``connect=`` pools).
         self.endpoints: _endpoints.Endpoints | None = _endpoints.make_endpoints(cfg)
+        #: The connect policy and the pool-wide circuit in front of every login
+        #: (options ``connect_policy``, ``circuit_breaker``, ``circuit_wait``).
+        #: ``circuit_breaker="auto"`` adds no pool circuit: conninfo pools have endpoint
+        #: circuits (``endpoint_breaker=None`` turns circuits off), and a ``connect=``
+        #: factory may put its own breaker in front of its logins (a second one would
+        #: count every failure twice and keep callers out after the first has closed).
+        self.connect_guard: ConnectGuard = ConnectGuard.from_options(
+            **guard_options, clock=cfg.clock, sleep=cfg.sleep, random=cfg.random,
+            name=cfg.name, other_circuits=True)
         self._connect_failing = False   # the last connect failed: wake waiters on success
         self._maintenance = Maintenance(self)
         _pools.add(self)
@@ -224,6 +235,8 @@ class ConnectionPool:
                     probe_in = getattr(connect_error, "retry_in", 0.0)
                     if probe_in:   # an open circuit: be there when its next probe is due
                         pause = min(pause, probe_in + 0.02 * self.config.random())
+                    else:          # a throttling hint (40501: 10 s) sets the least pause
+                        pause = max(pause, self.connect_guard.min_delay(connect_error))
                     limit = min(limit, pause)
                     backoff = min(backoff * 2, _CONNECT_BACKOFF[1])
                     backing_off = False
@@ -245,11 +258,13 @@ class ConnectionPool:
                     connect = True
             if connect:
                 try:
-                    rec = self._connect_new()
+                    rec = self._connect_new(max(deadline - clock(), 0.0))
                 except Exception as exc:
                     connect_error = exc
                     backing_off = True
                     refused = isinstance(exc, CircuitOpenError)
+                    # Not retried (18456): the caller hears it now, not at its deadline.
+                    fatal = not refused and self.connect_guard.give_up(exc)
                     with self._lock:
                         self._opening -= 1
                         self._size -= 1
@@ -259,8 +274,12 @@ class ConnectionPool:
                             # spin through every waiter until the probe is due.
                             self._slot_freed_locked()
                         now = clock()
-                        if now >= deadline:
+                        if fatal:
+                            self._stats.requests_errors += 1
+                        elif now >= deadline:
                             self._raise_timeout_locked(now - start, connect_error)
+                    if fatal:
+                        raise self._login_refused(exc, now - start) from exc
                     if isinstance(exc, RedirectError):
                         raise        # misrouted logins do not heal by waiting
                     if refused:
@@ -351,6 +370,15 @@ class ConnectionPool:
             msg += "; every connection stayed busy: raise max_size or return connections sooner"
         raise PoolTimeout(msg, waited=waited, pool_size=self._size, max_size=self._max_size,
                           waiting=len(self._waiters), last_error=error)
+
+    def _login_refused(self, error: BaseException, waited: float) -> PoolTimeout:
+        """The error for a login the connect policy never retries (18456): at once, with
+        the server's message (passwords masked) and what to check."""
+        return PoolTimeout(
+            f"pool {self.name!r}: the server refused the login, not retried (check the user "
+            f"name and password, and that the login may use the database): {redact(error)}",
+            waited=waited, pool_size=self._size, max_size=self._max_size,
+            waiting=len(self._waiters), last_error=error)
 
     def _track_busy(self, rec: ConnectionRecord) -> None:
         rec.stack = "".join(traceback.format_stack(limit=16)[:-2])
@@ -487,21 +515,24 @@ class ConnectionPool:
                          redact(exc))
 
     # ------------------------------------------------------------------ connect
-    def _connect_new(self) -> ConnectionRecord:
+    def _connect_new(self, timeout: float | None = None) -> ConnectionRecord:
         """Open one new driver connection and return its (unowned) record.
 
         The single place where connections are made: resolves ``conninfo`` (calling it when
-        it is callable), calls the driver or the ``connect`` factory, runs ``configure``,
-        and records the outcome (``last_connect_error``, stats). Connect policies, circuit
-        breakers and failover wrap this method. The caller has reserved the slot.
+        it is callable), calls the driver or the ``connect`` factory through
+        :attr:`connect_guard` (its circuit; endpoints add theirs), runs ``configure``, and
+        records the outcome (``last_connect_error``, stats). ``timeout`` is what is left of
+        the caller's acquire timeout (with ``circuit_wait`` it may be spent waiting for the
+        circuit's next probe); None (refills) never waits. The caller has reserved the slot.
         """
         cfg = self.config
         start = self._clock()
         conn_properties = None
         landing = None
         try:
+            guard = self.connect_guard
             if cfg.connect is not None:
-                raw = cfg.connect()
+                raw = guard.connect(cfg.connect, timeout)
             else:
                 info = cfg.conninfo
                 resolved: str | Mapping[str, Any] = info() if callable(info) else info  # type: ignore[assignment]
@@ -511,8 +542,10 @@ class ConnectionPool:
                     else " ".join(props)
                 import pymssql  # the hard dependency, imported when first needed
 
-                assert self.endpoints is not None
-                raw, landing = self.endpoints.connect(kwargs, pymssql.connect)
+                endpoints = self.endpoints
+                assert endpoints is not None
+                raw, landing = guard.connect(lambda: endpoints.connect(kwargs, pymssql.connect),
+                                             timeout)
             if cfg.configure is not None:
                 try:
                     cfg.configure(raw)
@@ -671,6 +704,9 @@ class ConnectionPool:
                 if self._size - self._opening >= self._min_size:
                     return
                 now = self._clock()
+                if error is not None and not isinstance(error, CircuitOpenError) \
+                        and self.connect_guard.give_up(error):
+                    raise self._login_refused(error, now - start) from error
                 if now >= deadline:
                     self._raise_timeout_locked(now - start, error or self.last_connect_error)
             self.config.sleep(min(backoff, max(deadline - now, 0.0)))
@@ -854,6 +890,9 @@ class ConnectionPool:
     def _after_fork_in_child(self) -> None:
         """In a forked child: forget the parent's connections, never touch their sockets."""
         self._lock = threading.Lock()
+        breaker = self.connect_guard.breaker
+        if breaker is not None:   # a lock another thread of the parent held stays held
+            breaker._cond = threading.Condition(threading.Lock())
         _inherited.extend(rec.raw for rec in self._idle)
         self._idle.clear()
         self._waiters.clear()
