@@ -735,18 +735,7 @@ class Executor:
 
     def _args(self, toks: list[Tok]) -> list[Any]:
         """Comma-separated expressions (outside parentheses) evaluated to values."""
-        parts: list[list[Tok]] = [[]]
-        depth = 0
-        for t in toks:
-            if t.text == "(":
-                depth += 1
-            elif t.text == ")":
-                depth -= 1
-            if depth == 0 and t.text == ",":
-                parts.append([])
-            else:
-                parts[-1].append(t)
-        return [self._scalar(p) for p in parts if p]
+        return [self._scalar(p) for p in _types.split_top(toks) if p]
 
     def _raiserror(self, toks: list[Tok], out: list[Out]) -> None:
         inner = toks[1:]
@@ -830,19 +819,7 @@ class Executor:
             name += "." + unquote(toks[j + 1])
             j += 2
         params: list[tuple[str | None, Any]] = []
-        rest = toks[j:]
-        parts: list[list[Tok]] = [[]]
-        depth = 0
-        for t in rest:
-            if t.text == "(":
-                depth += 1
-            elif t.text == ")":
-                depth -= 1
-            if depth == 0 and t.text == ",":
-                parts.append([])
-            else:
-                parts[-1].append(t)
-        for p in parts:
+        for p in _types.split_top(toks[j:]):
             if not p:
                 continue
             if p[-1].up in ("OUTPUT", "OUT"):
