@@ -475,7 +475,10 @@ class Endpoints:
 
     def _login_kwargs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(kwargs)
-        check_login_kwargs(out, "conninfo")
+        if self._fixed or self.read_only:
+            # routing to partners and read-only routing need TDS 7.4; a single server
+            # may be spoken to at the version the user chose
+            check_login_kwargs(out, "conninfo")
         out.setdefault("tds_version", "7.4")
         if self.read_only:
             out["read_only"] = True

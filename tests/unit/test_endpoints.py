@@ -387,9 +387,14 @@ def test_login_carries_tds_74_database_and_read_only_intent() -> None:
     sent = net.dials[-1]
     assert sent["tds_version"] == "7.4" and sent["read_only"] is True
     assert sent["database"] == "db" and sent["server"] == "primary" and sent["port"] == "1433"
-    with pytest.raises(ConfigError) as ei:
-        endpoints(clock).connect({**KW, "tds_version": "7.1"}, net.dial)
+    with pytest.raises(ConfigError) as ei:   # partners: routing needs TDS 7.4
+        endpoints(clock, "partner").connect({**KW, "tds_version": "7.1"}, net.dial)
     assert ei.value.parameter == "conninfo.tds_version"
+    with pytest.raises(ConfigError):         # read-only routing too
+        endpoints(clock, read_only=True).connect({**KW, "tds_version": "7.1"}, net.dial)
+    # a single server is spoken to at the version the user chose
+    endpoints(clock).connect({**KW, "tds_version": "7.1"}, net.dial)
+    assert net.dials[-1]["tds_version"] == "7.1"
 
 
 # ----------------------------------------------------------------------------- options
