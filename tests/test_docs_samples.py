@@ -35,8 +35,8 @@ The conventions, also stated for readers in docs/index.md ("About the samples"):
   shown output of the form ``module.SomeError: message`` must be what the statement
   raises; other shown output is illustrative and not compared.
 * A ``bash``/``sh`` block runs each command line; a ``console`` block runs each ``$ ...``
-  line and compares its output with the lines shown under it, numbers and runs of spaces
-  aside (timings, ports). Only the ``mssql-pool`` command (any path to it) can be run; any
+  line and compares its output with the lines shown under it, numbers with a decimal point
+  (timings, addresses) and runs of spaces aside. Only the ``mssql-pool`` command (any path to it) can be run; any
   other command must be in a fragment. ``mssql-pool serve`` is started in the background,
   waited for, and stopped with Ctrl-C (SIGINT) at the end of the block, which must end it
   with status 0; other ``bash`` commands must exit 0. The port ``14339`` stands for a free
@@ -420,7 +420,7 @@ def _env() -> dict[str, str]:
 
 
 def _normalised(line: str) -> str:
-    return " ".join(re.sub(r"\d+(\.\d+)*", "N", line).split())
+    return " ".join(re.sub(r"\d+(\.\d+)+", "N", line).split())
 
 
 def _console(code: str) -> list[tuple[str, list[str]]]:
@@ -464,7 +464,7 @@ def run_shell(block: Block) -> None:
                 got = [_normalised(ln) for ln in output if ln.strip()]
                 want = [_normalised(ln) for ln in shown]
                 assert got == want, (
-                    f"{block.id}: `{cmd}` printed (numbers aside) something else than the "
+                    f"{block.id}: `{cmd}` printed (timings aside) something else than the "
                     "page shows:\n" + "\n".join(output))
             else:
                 assert done.returncode == 0, (
