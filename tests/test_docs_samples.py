@@ -36,11 +36,12 @@ The conventions, also stated for readers in docs/index.md ("About the samples"):
   raises; other shown output is illustrative and not compared.
 * A ``bash``/``sh`` block runs each command line; a ``console`` block runs each ``$ ...``
   line and compares its output with the lines shown under it, numbers with a decimal point
-  (timings, addresses) and runs of spaces aside. Only the ``mssql-pool`` command (any path to it) can be run; any
-  other command must be in a fragment. ``mssql-pool serve`` is started in the background,
-  waited for, and stopped with Ctrl-C (SIGINT) at the end of the block, which must end it
-  with status 0; other ``bash`` commands must exit 0. The port ``14339`` stands for a free
-  port; when no ``serve`` in the block provides it, a TdsServer listens there.
+  (timings, addresses) and runs of spaces aside. Only the ``mssql-pool`` command (any path
+  to it) can be run; any other command must be in a fragment. ``mssql-pool serve`` is
+  started in the background, waited for, and stopped with Ctrl-C (SIGINT) at the end of the
+  block, which must end it with status 0; other ``bash`` commands must exit 0. The port
+  ``14339`` stands for a free port; when no ``serve`` in the block provides it, a TdsServer
+  listens there.
 """
 
 from __future__ import annotations

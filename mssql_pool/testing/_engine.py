@@ -281,6 +281,10 @@ class Engine:
         self.sessions_provider: Callable[[], list[dict[str, Any]]] = list
         self.kill: Callable[[int], bool] = lambda spid: False
         self.listen_address: tuple[str, int] | None = None  # set by TdsServer.start()
+        #: False when sqlglot is missing: statements run on SQLite untranslated
+        self.translates = translation_available()
+        if not self.translates:
+            log.warning("TDS test server %s: %s", server_name, NO_TRANSLATION)
 
     def add_database(self, name: str) -> None:
         with self._lock:
@@ -950,8 +954,10 @@ class Executor:
             return SqlError(207, name=m.group(1).split(".")[-1])
         m = re.search(r"no such function: (\S+)", msg)
         if m:
-            return SqlError(195, f"'{m.group(1)}' is not a recognized built-in function name.",
-                            15)
+            text = f"'{m.group(1)}' is not a recognized built-in function name."
+            if not translation_available():
+                text += f" ({NO_TRANSLATION}.)"
+            return SqlError(195, text, 15)
         if "database is locked" in msg or "database table is locked" in msg:
             return SqlError(1222)
         m = re.search(r"table (\S+) already exists", msg)
@@ -970,7 +976,10 @@ class Executor:
             return SqlError(547, name="FK", database=self.state.database, table="?")
         m = re.search(r'near "([^"]*)": syntax error', msg)
         if m:
-            return SqlError(102, near=m.group(1))
+            err = SqlError(102, near=m.group(1))
+            if not translation_available():
+                err = SqlError(102, f"{err.text} ({NO_TRANSLATION}.)", err.severity)
+            return err
         log.debug("sqlite error %s for %r", msg, sql)
         return SqlError(50000, f"The TDS test server could not run this statement: {msg}", 16)
 
@@ -1244,12 +1253,35 @@ class Executor:
 _TEMP_PREFIX = "tmp__"
 
 
+NO_TRANSLATION = (
+    "T-SQL translation is off: sqlglot is not installed (pip install 'mssql_pool[testing]'); "
+    "statements run on SQLite as written, so TOP, ISNULL, GETDATE and the like fail"
+)
+"""The WARNING a server logs when it is created without sqlglot (and the hint in errors)."""
+
+
+def translation_available() -> bool:
+    """True when sqlglot can be imported: T-SQL is then translated to SQLite's dialect.
+
+    Without it the server still runs (logins, faults, the pool's own statements, plain SQL
+    that SQLite understands); statements that need translation fail with an error whose
+    text says why.
+    """
+    try:
+        import sqlglot  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=4096)
 def to_sqlite(text: str) -> str | None:
     """sqlglot's T-SQL -> SQLite translation of rewritten text (cached); None if it fails."""
     try:
         import sqlglot
-
+    except ImportError:
+        return None     # the server said so at start (NO_TRANSLATION); run the text as is
+    try:
         return ";".join(sqlglot.transpile(text, read="tsql", write="sqlite"))
     except Exception as exc:  # noqa: BLE001 - sqlglot raises many types; run the text as is
         log.debug("sqlglot could not translate %r: %s", text, exc)
