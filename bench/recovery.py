@@ -18,9 +18,11 @@ Per fault and pool: units done, errors the application saw, units lost or applie
 the fault cleared, the longest time without any success from the fault's start, and the
 logins attempted while the fault lasted (every ``pymssql.connect`` call is counted).
 
-Writes ``bench/results/recovery.md`` (the table) and ``bench/results/recovery.png``
-(successes and errors per 100 ms for each fault, fault windows shaded), plus
-``recovery.json``. Server hints are real: 40501 asks for 10 s, so that row takes longer.
+Writes ``recovery.md`` (the table), ``recovery.png`` (successes and errors per 100 ms for
+each fault, fault windows shaded) and ``recovery.json`` to a scratch directory
+(``mssql_pool-bench`` in the system's temporary directory), or to ``--out DIR``:
+``--out bench/results`` replaces the project's committed results. Server hints are real:
+40501 asks for 10 s, so that row takes longer.
 
 Run: ``python bench/recovery.py`` (about 90 s) or ``--only restart partition``.
 """
@@ -33,6 +35,7 @@ import logging
 import os
 import platform
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -44,6 +47,9 @@ import recovery_faults as rf  # noqa: E402
 
 POOLS = ("mssql_pool", "sqlalchemy")
 BIN = 0.1
+#: Where results go unless ``--out`` says otherwise: never over the committed ones.
+SCRATCH = os.path.join(tempfile.gettempdir(), "mssql_pool-bench")
+COMMITTED = os.path.join(HERE, "results")
 
 
 def fmt_errors(out: rf.Outcome) -> str:
@@ -111,15 +117,21 @@ def plot(results: list[rf.Outcome], path: str) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", choices=[f.key for f in rf.FAULTS],
                     help="run only these faults")
     ap.add_argument("--pools", nargs="*", choices=POOLS, default=list(POOLS))
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--out", default=SCRATCH,
+                    help=f"directory for recovery.md, .json and .png (default {SCRATCH}; "
+                         "--out bench/results replaces the committed results)")
     ap.add_argument("--after", type=float, default=2.0,
                     help="seconds of workload after each fault clears (default 2)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
     os.makedirs(args.out, exist_ok=True)
@@ -143,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dump([_jsonable(o) for o in results], fh, indent=1)
     print()
     print(md)
+    print(f"\nwritten to {args.out}", flush=True)
     return 0
 
 
