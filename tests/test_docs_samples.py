@@ -414,6 +414,11 @@ def _argv(command: str) -> list[str]:
             "sys.exit(main())", *argv[1:]]
 
 
+def _starts_server(argv: list[str]) -> bool:
+    """``mssql-pool serve`` (not its --help): runs until stopped."""
+    return argv[3:4] == ["serve"] and not {"-h", "--help"} & set(argv)
+
+
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSSQL_POOL_")}
     env["PYTHONUNBUFFERED"] = "1"
@@ -445,14 +450,14 @@ def run_shell(block: Block) -> None:
     background: list[subprocess.Popen[str]] = []
     server = None
     try:
-        serves = any(_argv(cmd)[3:4] == ["serve"] for cmd, _ in commands)
+        serves = any(_starts_server(_argv(cmd)) for cmd, _ in commands)
         if not serves and port in code:
             from mssql_pool.testing import TdsServer
 
             server = TdsServer(port=int(port)).start()
         for cmd, shown in commands:
             argv = _argv(cmd)
-            if argv[3:4] == ["serve"]:
+            if _starts_server(argv):
                 proc = subprocess.Popen(argv, cwd=ROOT, env=_env(), text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                 background.append(proc)
@@ -502,3 +507,18 @@ def test_sample(block: Block, monkeypatch: pytest.MonkeyPatch) -> None:
         run_python(block, monkeypatch)
     elif block.lang in SHELL:
         run_shell(block)
+
+
+def test_the_tds_server_signature_on_the_testing_page_is_the_real_one() -> None:
+    """docs/testing.md shows ``TdsServer(...)`` with every argument at its default."""
+    import ast
+
+    from mssql_pool.testing import TdsServer
+
+    shown = next(b for b in BLOCKS if b.page == "docs/testing.md" and "server = TdsServer(users="
+                 in b.code)
+    call = next(node for node in ast.walk(ast.parse(shown.code))
+                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "TdsServer")
+    documented = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+    real = {name: p.default for name, p in inspect.signature(TdsServer).parameters.items()}
+    assert documented == real, f"{shown.id} shows {documented}, the code has {real}"
