@@ -29,8 +29,9 @@ The conventions, also stated for readers in docs/index.md ("About the samples"):
   ``pymssql.connect`` is wrapped to dial it instead.
   After the code, each ``test_*`` function the block defines is called with the pytest
   fixtures it names (``tds_server``, ``tds_server_factory``, as the plugin gives them).
-  Pools and servers left open are closed; the default classifier, the retry testing switch
-  and logging are restored.
+  Pools and servers left open are closed (a thread of the package still running after that
+  fails the block); the default classifier, the retry testing switch and logging are
+  restored.
 * A block whose first line starts with ``>>>`` is a console session: each statement runs;
   shown output of the form ``module.SomeError: message`` must be what the statement
   raises; other shown output is illustrative and not compared.
@@ -56,6 +57,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -353,7 +355,22 @@ def _check_fragment(block: Block) -> None:
         compile(_padded(block, code), block.page, "exec")   # a fragment must still compile
 
 
+def _threads_left(before: set[threading.Thread], timeout: float = 5.0) -> list[str]:
+    """The package's threads a sample started and did not stop (a pool it left open)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [t.name for t in threading.enumerate()
+                if t not in before and t.name.startswith("mssql_pool") and t.is_alive()]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
 def run_python(block: Block, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mssql_pool import pool as pool_module
+
+    before = set(threading.enumerate())
+    pools = set(getattr(pool_module, "_pools", ()))
     opened: list[Any] = []
     server = _docs_server()
     opened.append(server)
@@ -379,6 +396,10 @@ def run_python(block: Block, monkeypatch: pytest.MonkeyPatch) -> None:
                 _close_everything(list(ns.values()))
     finally:
         _close_everything(opened[::-1])
+    # pools the sample made and dropped (``pool = ...`` twice) are closed here
+    _close_everything([p for p in getattr(pool_module, "_pools", ()) if p not in pools])
+    left = _threads_left(before)
+    assert not left, f"{block.id} leaves threads running: {left}"
 
 
 # ----------------------------------------------------------------------------- shell
