@@ -62,12 +62,16 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._dsn import redact
 from .breaker import CircuitBreaker
 from .classify import ErrorKind, classify
 from .errors import CircuitOpenError, ConfigError, RedirectError
+from .events import EventKind, error_info
+
+if TYPE_CHECKING:
+    from .events import EventBus
 
 __all__ = [
     "Endpoint",
@@ -344,9 +348,26 @@ class Endpoints:
         self._primary: Endpoint | None = None if primary_from_conninfo else self._fixed[0]
         self._current: Endpoint | None = self._primary
         self._counters = dict.fromkeys(ENDPOINT_COUNTERS, 0)
+        #: Where ``failover``, ``redirect`` and the circuits' events go (the pool's bus).
+        self.events: EventBus | None = None
         for ep in self._fixed:
             self._state(ep)
         _instances.add(self)
+
+    def bind_events(self, bus: EventBus | None) -> None:
+        """Emit ``failover`` and ``redirect`` to ``bus``, and every endpoint circuit's
+        transitions (circuits made later are bound when made)."""
+        self.events = bus
+        with self._lock:
+            states = list(self._states.values())
+        for st in states:
+            self._bind_breaker(st.breaker, st.endpoint)
+
+    def _bind_breaker(self, breaker: CircuitBreaker | None, ep: Endpoint) -> None:
+        if breaker is not None and self.events is not None and breaker.events is None:
+            breaker.events = self.events
+            if breaker.endpoint is None:
+                breaker.endpoint = str(ep)
 
     # -- observation ------------------------------------------------------------------
 
@@ -596,13 +617,24 @@ class Endpoints:
                 if previous is not None and (failed or skipped):
                     self._counters["failovers"] += 1
                 self._current = ep
+        bus = self.events
         if moved_from is not None:
             logger.info("pool %r: failover behind %s: now on node %s (was %s)", self.name, ep,
                         node, moved_from)
+            if bus is not None:
+                bus.emit(EventKind.FAILOVER, endpoint=str(ep), from_endpoint=str(ep),
+                         to_endpoint=str(ep), node=node, reason=f"node was {moved_from}")
         if switched and previous is not None:
             why = "; ".join(f"{e}: {_short(x)}" for e, x in failed) or \
                 "; ".join(str(x) for x in skipped) or "configuration"
             logger.info("pool %r: failover from %s to %s (%s)", self.name, previous, ep, why)
+            if bus is not None and (failed or skipped):
+                last = failed[-1][1] if failed else (skipped[-1] if skipped else None)
+                bus.emit(EventKind.FAILOVER, endpoint=str(ep), from_endpoint=str(previous),
+                         to_endpoint=str(ep), node=node, reason=why,
+                         error_info=error_info(last))
+        if redirected and bus is not None:
+            bus.emit(EventKind.REDIRECT, endpoint=str(ep), node=node)
         return Landing(ep, node, redirected, now)
 
     def _identify_node(self, raw: Any, ep: Endpoint) -> tuple[str | None, int | None]:
@@ -660,8 +692,10 @@ class Endpoints:
             if not isinstance(made, CircuitBreaker):
                 raise ConfigError("endpoint_breaker", f"the factory must return a "
                                                       f"CircuitBreaker, got {made!r}")
+            self._bind_breaker(made, ep)
             return made
-        return CircuitBreaker(**dict(spec), clock=self._clock, name=f"{self.name} {ep}")
+        return CircuitBreaker(**dict(spec), clock=self._clock, name=f"{self.name} {ep}",
+                              events=self.events, endpoint=str(ep))
 
     def _set_primary_locked(self, ep: Endpoint) -> None:
         if ep == self._primary:

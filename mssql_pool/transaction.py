@@ -41,6 +41,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from .classify import Classifier, ErrorInfo, get_default_classifier
 from .errors import CommitUnknownError, ConfigError, RetryExhausted
+from .events import EventKind
 from .retry import ExponentialBackoff, RetryPolicy
 
 __all__ = [
@@ -195,6 +196,21 @@ def _rollback(conn: Any, info: ErrorInfo | None, classifier: Classifier) -> None
         _invalidate(conn, "rollback failed")
 
 
+def _retrying(pool: Any, state: RetryPolicy) -> RetryPolicy:
+    """A ``retry_attempt`` event for the attempt ``state`` just recorded (pool events)."""
+    bus = getattr(pool, "events", None)
+    if bus is not None and state.history and bus.wants(EventKind.RETRY_ATTEMPT):
+        rec = state.history[-1]
+        bus.emit(EventKind.RETRY_ATTEMPT, attempt=rec.attempt, delay=rec.delay,
+                 duration=rec.duration, error_info=_info(state, rec.error),
+                 reason=state.name or None)
+    return state
+
+
+def _info(state: RetryPolicy, exc: BaseException) -> ErrorInfo:
+    return (state.classifier or get_default_classifier()).classify(exc)
+
+
 def _acquire(pool: _Pool, policy: RetryPolicy) -> Any:
     remaining = policy.remaining()
     if remaining is None:
@@ -236,7 +252,7 @@ def run_transaction(
         except _CommitOutcome as outcome:
             exc = outcome.error
             if not outcome.ambiguous:
-                state = state.increment(exc)  # raises exc or RetryExhausted
+                state = _retrying(pool, state.increment(exc))  # raises exc or RetryExhausted
             else:
                 decided = _resolve_ambiguous(
                     pool, outcome, state, idempotent=idempotent, verify=verify,
@@ -244,9 +260,9 @@ def run_transaction(
                 )
                 if isinstance(decided, _Landed):
                     return cast(T, decided.result)
-                state = decided
+                state = _retrying(pool, decided)
         except Exception as exc:
-            state = state.increment(exc)  # raises exc or RetryExhausted
+            state = _retrying(pool, state.increment(exc))  # raises exc or RetryExhausted
         state.wait()
         state = state.begin()
 
@@ -308,6 +324,10 @@ def _resolve_ambiguous(
     logger.warning(
         "connection lost while COMMIT was in flight (%s): outcome unknown", info.describe()
     )
+    bus = getattr(pool, "events", None)
+    if bus is not None:
+        bus.emit(EventKind.COMMIT_UNKNOWN, error_info=info, attempt=state.attempt,
+                 reason="rerun" if idempotent else ("raised" if verify is None else "verify"))
     if idempotent:
         return _next_or_exhausted(state, exc, "idempotent unit re-run after an unknown commit")
     if verify is None:
@@ -328,7 +348,7 @@ def _resolve_ambiguous(
             break
         except Exception as verr:
             try:
-                vstate = vstate.increment(verr)
+                vstate = _retrying(pool, vstate.increment(verr))
             except Exception as final:
                 raise CommitUnknownError(
                     "the connection was lost while COMMIT was in flight and verify() could "
@@ -440,6 +460,6 @@ def run(
                     raise
                 return result
         except Exception as exc:
-            state = state.increment(exc)
+            state = _retrying(pool, state.increment(exc))
         state.wait()
         state = state.begin()
