@@ -82,7 +82,7 @@ except ImportError:  # the bench extra is not installed
     mssql_python = None
 
 POOL_SIZE = 4
-ROWS = 100
+ROWS = 840  # a multiple of every thread count used: threads never touch each other's rows
 CONTENDERS = ("mssql_pool", "qp", "qp+ping", "mssql-python")
 
 SELECT_SQL = "SELECT id, v FROM rt_item WHERE id = %s"
@@ -177,7 +177,7 @@ def u_select(c: Contender, n: int) -> None:
 def _two_updates(conn: Any, c: Contender, n: int) -> None:
     cur = conn.cursor()
     cur.execute(*c.sql(UPDATE_SQL, n % ROWS + 1))
-    cur.execute(*c.sql(UPDATE_SQL, (n + 37) % ROWS + 1))
+    cur.execute(*c.sql(UPDATE_SQL, (n + ROWS // 2) % ROWS + 1))
 
 
 def u_update(c: Contender, n: int) -> None:
@@ -204,7 +204,7 @@ def u_core_begin(c: Contender, n: int) -> None:
     stmt = text("UPDATE rt_item SET v = v + 1 WHERE id = :id")
     with c.engine.begin() as conn:
         conn.execute(stmt, {"id": n % ROWS + 1})
-        conn.execute(stmt, {"id": (n + 37) % ROWS + 1})
+        conn.execute(stmt, {"id": (n + ROWS // 2) % ROWS + 1})
 
 
 def u_orm_read(c: Contender, n: int) -> None:
@@ -214,7 +214,7 @@ def u_orm_read(c: Contender, n: int) -> None:
 
 def u_orm_write(c: Contender, n: int) -> None:
     with Session(c.engine) as ses:
-        for key in (n % ROWS + 1, (n + 37) % ROWS + 1):
+        for key in (n % ROWS + 1, (n + ROWS // 2) % ROWS + 1):
             ses.execute(update(Item).where(Item.id == key).values(v=Item.v + 1))
         ses.commit()
 
