@@ -91,7 +91,8 @@ class RequestTap:
     """Parse what a client sends (TDS packets) and record each request message.
 
     :meth:`feed` takes the client-to-server bytes in any chunking. PRELOGIN and LOGIN7 are
-    not requests; TLS records (an encrypted login) are skipped whole, so a login-only
+    not requests, nor is an ATTENTION (a cancel; counted in :attr:`attentions`); TLS
+    records (an encrypted login) are skipped whole, so a login-only
     encryption leaves the requests after it readable. With full encryption nothing after
     the handshake can be read: :attr:`opaque` then turns True and counts stay at zero.
     ``major`` is the TDS version's major byte, taken from LOGIN7 when it is readable.
@@ -104,6 +105,7 @@ class RequestTap:
         self.stream = stream
         self.major = major
         self.opaque = False
+        self.attentions = 0
         self._lock = lock or threading.Lock()
         self._buf = bytearray()
         self._msg = bytearray()
@@ -151,8 +153,11 @@ class RequestTap:
                 self.major = payload[7]   # TDSVersion, e.g. 0x74000004 little-endian
             return
         if ptype == P.PKT_ATTENTION:
+            # a cancel: not a request (the server counts it apart), but a round trip of
+            # its own (the client waits for the acknowledgement)
             self._msg.clear()
             self._msg_type = None
+            self.attentions += 1
             return
         kind = _KINDS.get(ptype)
         if kind is None:

@@ -19,6 +19,7 @@ into the partition cannot land after the client gave up on it.
 ``stats()``: ``accepted``, ``active``, ``bytes_up`` (client to server), ``bytes_down``,
 ``cut`` (connections reset by cut/heal/refuse), and with ``TcpProxy(..., tap=True)``
 ``requests``: request messages clients sent (batches, RPCs, TM requests), i.e. round trips,
+and ``attentions`` (cancels),
 counted on the wire so that it works for any server; :meth:`requests` lists them with their
 text (``mssql_pool.testing.round_trips.RequestTap``). The first 4 KiB each client sent are kept
 (the PRELOGIN and LOGIN7 packets; no TLS with the test server): :meth:`login_packet`.
@@ -153,6 +154,7 @@ class TcpProxy:
         self.target = target
         self.tapped = tap
         self._requests: list[Request] = []
+        self._gone_attentions = 0
         self.host = host
         self.port = port
         self._lock = threading.Lock()
@@ -247,6 +249,8 @@ class TcpProxy:
             out["active"] = len(self._pairs)
             if self.tapped:
                 out["requests"] = len(self._requests)
+                out["attentions"] = sum(p.tap.attentions for p in self._pairs.values()
+                                        if p.tap is not None) + self._gone_attentions
         return out
 
     def requests(self, since: int = 0) -> list[Request]:
@@ -302,7 +306,8 @@ class TcpProxy:
 
     def _forget(self, pair: _Pair) -> None:
         with self._lock:
-            self._pairs.pop(pair.ident, None)
+            if self._pairs.pop(pair.ident, None) is not None and pair.tap is not None:
+                self._gone_attentions += pair.tap.attentions
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:

@@ -57,6 +57,7 @@ def test_a_stream_fed_whole() -> None:
     tap.feed(STREAM)
     assert tap.requests == EXPECTED
     assert tap() == 6
+    assert tap.attentions == 1
     assert not tap.opaque
     assert [str(r) for r in tap.requests[:3]] == [
         "SELECT 1", "rpc:sp_reset_connection", "tm:COMMIT TRAN + BEGIN TRAN"]
