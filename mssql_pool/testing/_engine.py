@@ -613,6 +613,8 @@ class Executor:
         w = [t.up for t in toks]
         head = w[0]
         st = self.state
+        if st.trancount == 0 and st.options.get("IMPLICIT_TRANSACTIONS") and opens_implicit(toks):
+            self.begin(out)  # the unseen BEGIN TRAN of implicit transaction mode
         if head == "SET":
             self._set(toks, out)
         elif head == "DECLARE":
@@ -709,7 +711,8 @@ class Executor:
                     st.options[opt] = value
                     if opt == "ANSI_DEFAULTS":
                         for o in ("ANSI_NULLS", "ANSI_NULL_DFLT_ON", "ANSI_PADDING",
-                                  "ANSI_WARNINGS", "QUOTED_IDENTIFIER"):
+                                  "ANSI_WARNINGS", "QUOTED_IDENTIFIER", "CURSOR_CLOSE_ON_COMMIT",
+                                  "IMPLICIT_TRANSACTIONS"):
                             st.options[o] = value
             return
         # other SET options (DATEFORMAT, DATEFIRST, DEADLOCK_PRIORITY, ROWCOUNT...) are kept
@@ -1272,6 +1275,39 @@ def translation_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+# Statements that open a transaction in implicit transaction mode when none is open
+# (SET IMPLICIT_TRANSACTIONS): SELECT only when it reads a table, ALTER only ALTER TABLE.
+_IMPLICIT_HEADS = frozenset({
+    "CREATE", "DELETE", "DROP", "FETCH", "GRANT", "INSERT", "MERGE", "OPEN", "REVOKE",
+    "TRUNCATE", "UPDATE",
+})
+
+
+def _reads_table(toks: list[Tok]) -> bool:
+    """A FROM (or SELECT ... INTO) anywhere in the statement: it touches a table.
+
+    ``SELECT 1``, ``SELECT @@TRANCOUNT`` and ``SELECT GETDATE()`` do not. Neither do an IF
+    condition or a DECLARE's initial value that read a table (Babelfish, seen).
+    """
+    return any(t.kind == "word" and t.up in ("FROM", "INTO") for t in toks)
+
+
+def opens_implicit(toks: list[Tok]) -> bool:
+    """Whether this statement opens a transaction under SET IMPLICIT_TRANSACTIONS ON."""
+    head = toks[0].up if toks else ""
+    if head in _IMPLICIT_HEADS:
+        # CREATE DATABASE cannot run inside a transaction at all
+        return not (head == "CREATE" and len(toks) > 1 and toks[1].up == "DATABASE")
+    if head == "ALTER":
+        return len(toks) > 1 and toks[1].up == "TABLE"
+    if head == "BEGIN":
+        return len(toks) > 1 and toks[1].up in ("TRAN", "TRANSACTION", "DISTRIBUTED")
+    if head in ("SELECT", "WITH"):
+        return _reads_table(toks) or (head == "WITH" and any(
+            t.kind == "word" and t.up in ("INSERT", "UPDATE", "DELETE", "MERGE") for t in toks))
+    return False
 
 
 @functools.lru_cache(maxsize=4096)

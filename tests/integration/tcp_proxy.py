@@ -17,7 +17,11 @@ no longer agree on the TDS stream). Bytes are never delivered late, so a COMMIT 
 into the partition cannot land after the client gave up on it.
 
 ``stats()``: ``accepted``, ``active``, ``bytes_up`` (client to server), ``bytes_down``,
-``cut`` (connections reset by cut/heal/refuse). The first 4 KiB each client sent are kept
+``cut`` (connections reset by cut/heal/refuse), and with ``TcpProxy(..., tap=True)``
+``requests``: request messages clients sent (batches, RPCs, TM requests), i.e. round trips,
+and ``attentions`` (cancels),
+counted on the wire so that it works for any server; :meth:`requests` lists them with their
+text (``mssql_pool.testing.round_trips.RequestTap``). The first 4 KiB each client sent are kept
 (the PRELOGIN and LOGIN7 packets; no TLS with the test server): :meth:`login_packet`.
 Every thread is named and daemonic; ``close()`` joins them.
 """
@@ -33,6 +37,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+from mssql_pool.testing.round_trips import Request, RequestTap
 
 __all__ = ["TcpProxy", "tcp_proxy_factory"]
 
@@ -65,6 +71,8 @@ class _Pair:
         self.lost_bytes = False
         self.captured = bytearray()
         self.threads: list[threading.Thread] = []
+        self.tap = (RequestTap(proxy._requests, ident, lock=proxy._lock)
+                    if proxy.tapped else None)
 
     def run(self) -> None:
         p = self.proxy
@@ -108,6 +116,8 @@ class _Pair:
                     continue
                 if up and len(self.captured) < 4096:
                     self.captured += data[: 4096 - len(self.captured)]
+                if up and self.tap is not None:
+                    self.tap.feed(data)
                 delay = p._delay
                 if delay > 0:
                     time.sleep(delay)
@@ -139,8 +149,12 @@ class _Pair:
 class TcpProxy:
     """A TCP proxy from ``127.0.0.1:port`` to ``target`` with faults on cue."""
 
-    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1", port: int = 0,
+                 tap: bool = False) -> None:
         self.target = target
+        self.tapped = tap
+        self._requests: list[Request] = []
+        self._gone_attentions = 0
         self.host = host
         self.port = port
         self._lock = threading.Lock()
@@ -233,7 +247,21 @@ class TcpProxy:
         with self._lock:
             out = dict(self._stats)
             out["active"] = len(self._pairs)
+            if self.tapped:
+                out["requests"] = len(self._requests)
+                out["attentions"] = sum(p.tap.attentions for p in self._pairs.values()
+                                        if p.tap is not None) + self._gone_attentions
         return out
+
+    def requests(self, since: int = 0) -> list[Request]:
+        """Request messages seen (``tap=True``), in arrival order, from index ``since``."""
+        with self._lock:
+            return list(self._requests[since:])
+
+    def request_count(self) -> int:
+        """How many request messages went through (``tap=True``): a round-trip counter."""
+        with self._lock:
+            return len(self._requests)
 
     def login_packet(self, index: int = -1) -> bytes | None:
         """The LOGIN7 payload (without the 8-byte header) client ``index`` sent, or None."""
@@ -278,7 +306,8 @@ class TcpProxy:
 
     def _forget(self, pair: _Pair) -> None:
         with self._lock:
-            self._pairs.pop(pair.ident, None)
+            if self._pairs.pop(pair.ident, None) is not None and pair.tap is not None:
+                self._gone_attentions += pair.tap.attentions
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -294,10 +323,10 @@ def tcp_proxy_factory() -> Iterator[TcpProxyFactory]:
     closed after the test."""
     proxies: list[TcpProxy] = []
 
-    def make(target: Any) -> TcpProxy:
+    def make(target: Any, tap: bool = False) -> TcpProxy:
         if not isinstance(target, tuple):
             target = (target.host, target.port)
-        proxy = TcpProxy(target).start()
+        proxy = TcpProxy(target, tap=tap).start()
         proxies.append(proxy)
         return proxy
 
