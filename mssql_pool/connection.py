@@ -31,10 +31,11 @@ import enum
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._scan import _cache as _scan_cache
+from ._scan import scan as scan_sql
 from .errors import PoolError
 from .health import may_replay
-from .reset import SESSION, WORK, scan_sql
-from .reset import _cache as _scan_cache
+from .reset import SESSION, WORK
 
 if TYPE_CHECKING:
     from .endpoints import Landing
