@@ -144,7 +144,8 @@ def test_lost_commit_is_unknown_whatever_the_classifier(tds_server: TdsServer) -
 
         tds_server.drop_next(match=r"IF @n = 1 COMMIT", after_execute=True)
         with pytest.raises(CommitUnknownError):
-            pool.run_transaction(unit, policy=_policy(classifier=loose))
+            pool.run_transaction(unit, policy=_policy(
+                classifier=loose, retry_on=lambda e: loose.classify(e).retryable))
     assert _outside(tds_server, "SELECT COUNT(*) FROM t4") == [(1,)]
 
 
