@@ -672,8 +672,24 @@ class Executor:
             self.engine.add_database(unquote(toks[2]))
         elif head == "WHILE":
             raise SqlError(102, near="WHILE")
+        elif self._is_bare_call(toks):
+            # A procedure called without EXEC (SQL Server allows it as a batch's first
+            # statement).
+            self._exec([Tok("word", "EXEC", toks[0].start, toks[0].start), *toks], out, wait)
         else:
             self._sql(toks, out, wait)
+
+    def _is_bare_call(self, toks: list[Tok]) -> bool:
+        if toks[0].kind not in ("word", "br", "dq"):
+            return False
+        name = unquote(toks[0])
+        i = 1
+        while i + 1 < len(toks) and toks[i].text == ".":
+            name = unquote(toks[i + 1])
+            i += 2
+        short = name.lower()
+        return short.startswith("sp_") or \
+            (self.state.database.lower(), short) in _procs._procs(self.engine)
 
     def _execute_as(self, toks: list[Tok]) -> None:
         """EXECUTE AS LOGIN|USER = 'name' (any name is accepted: no principals here)."""
