@@ -1,22 +1,31 @@
 """What happens when a connection comes back: the cheapest reset that is still complete.
 
-The proxy records, per connection, a small bit set (:data:`WORK`, :data:`SESSION`,
-:data:`DISCARD`) from the statements it saw. On return the pool picks:
+The proxy records, per connection, a small bit set (:data:`WORK`, :data:`TXN`,
+:data:`SESSION`, :data:`DISCARD`; see :mod:`mssql_pool._scan`) from the statements it saw.
+On return the pool picks:
 
 ==========================  ====================================================================
 what happened               reset="auto" (default)
 ==========================  ====================================================================
 nothing executed since the  nothing: no round trip
-last commit/rollback
-statements executed         rollback, one round trip (:func:`rollback_work`)
+last commit/rollback, and
+no transaction control
+statements executed, or     rollback, one round trip (:func:`rollback_work`): ``IF @@TRANCOUNT >
+transactions controlled     0 ROLLBACK TRAN`` asks the server, so a hand-written BEGIN TRAN (in
+(BEGIN/COMMIT/ROLLBACK/     autocommit mode, or nested under pymssql's own) is ended even when
+SAVE TRAN, procedures,      ``commit()``/``rollback()`` were called after it
+dynamic SQL)
 session state changed       full reset (below)
 (SET option, ``#temp``,
 USE, CONTEXT_INFO,
 sp_set_session_context,
 isolation level, DECLARE
-CURSOR, autocommit toggled)
-app role / session app      discard the connection (``sp_reset_connection`` cannot undo them)
-lock / read-only session
+CURSOR, autocommit toggled,
+dynamic SQL from a
+variable)
+impersonation (EXECUTE AS,  discard the connection (``sp_reset_connection`` cannot undo them)
+SETUSER), app role, app
+lock, read-only session
 context key
 ==========================  ====================================================================
 

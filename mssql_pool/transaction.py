@@ -20,12 +20,23 @@ is raised, unless the unit is declared ``idempotent=True`` (then it is re-run) o
 ``verify(conn) -> bool`` callable is given, which is run on a fresh connection: True means
 it landed (the first run's result is returned), False means it did not (re-run).
 
-With pymssql (``autocommit=False``, the default) the connection always has an implicit
-``BEGIN TRAN`` open and ``commit()`` sends ``COMMIT TRAN`` then ``BEGIN TRAN``, reporting a
-failure of either the same way. Here ``COMMIT TRAN`` is sent on its own through a cursor
-(only its failure is ambiguous); pymssql's transaction is then re-opened with
-``rollback()`` (``ROLLBACK TRAN``, a harmless 3903 that pymssql ignores, then ``BEGIN
-TRAN``), so a connection lost at that point is known to have committed.
+With pymssql the COMMIT is one batch, :data:`COMMIT_BATCH`, that commits only when the
+unit's transaction is the only one open and reports the ``@@TRANCOUNT`` it found: a unit
+whose ``fn`` left a ``BEGIN TRAN`` of its own open (a bare COMMIT would only lower the
+count and the work would be rolled back later) or ended the transaction itself raises
+:class:`~mssql_pool.errors.UnbalancedTransactionError` instead of returning success for
+work that is not durable. Only a failure of that batch is ambiguous, and whether it is
+ambiguous is decided by the built-in rules (:func:`commit_outcome_unknown`), never by the
+caller's classifier. In pymssql's default mode (an implicit ``BEGIN TRAN`` always open)
+its transaction is then re-opened with ``rollback()`` (``ROLLBACK TRAN``, a harmless 3903
+that pymssql ignores, then ``BEGIN TRAN``), so a connection lost at that point is known to
+have committed; with ``autocommit=True`` run_transaction opens the transaction itself.
+
+Whose error: only an exception that comes from the driver or the pool
+(:func:`mssql_pool.classify.from_driver`) is classified and possibly retried. The
+application's own exceptions raised in ``fn`` (``OSError``, ``TimeoutError``...) are
+rolled back and re-raised unchanged at once, the connection kept, unless a
+``with_exception`` rule of the policy's classifier names them.
 
 :func:`run` offers statement-level retry outside a transaction, only for work the caller
 declares idempotent.

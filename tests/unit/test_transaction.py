@@ -7,6 +7,7 @@ no unit of work is ever applied twice.
 from __future__ import annotations
 
 import contextlib
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,12 @@ import pymssql
 import pytest
 from fakedb import FakeClock
 
-from mssql_pool.errors import CommitUnknownError, ConfigError, RetryExhausted
+from mssql_pool.errors import (
+    CommitUnknownError,
+    ConfigError,
+    RetryExhausted,
+    UnbalancedTransactionError,
+)
 from mssql_pool.retry import FixedBackoff, RetryPolicy
 from mssql_pool.transaction import (
     COMMIT_BATCH,
@@ -499,3 +505,21 @@ class TestWithRealPool:
             assert pool.run(lambda conn: 5, idempotent=True, policy=fast_policy()) == 5
             with pytest.raises(ConfigError):
                 pool.run(lambda conn: 5)
+
+
+# --------------------------------------------------------------------------- unbalanced units
+def test_a_unit_leaving_its_own_transaction_open_is_rolled_back_and_reported() -> None:
+    pool = FakePool(FakeServer(), pymssql_like=True)
+
+    def nested(conn: Any) -> None:
+        conn.cursor().execute("BEGIN TRAN")
+        conn.cursor().execute("WORK", "u1")
+
+    with pytest.raises(UnbalancedTransactionError) as ei:
+        run_transaction(pool, nested, policy=fast_policy())
+    assert ei.value.trancount == 2
+    assert pool.server.ledger == []                      # nothing committed
+    assert len(pool.handed_out) == 1                     # never run again
+    assert pool.handed_out[0].raw.rollbacks == 1
+    again = pickle.loads(pickle.dumps(ei.value))
+    assert again.trancount == 2 and str(again) == str(ei.value)
