@@ -197,11 +197,13 @@ def _commit_checked(conn: Any) -> int:
             cur.close()
         except Exception:  # noqa: S110 - a cursor on a dead connection may not close
             pass
-    if not row or not isinstance(row[0], int):
+    value = next(iter(row.values()), None) if isinstance(row, dict) else (
+        row[0] if row else None)          # a cursor with as_dict=True gives a dict
+    if not isinstance(value, int):
         raise UnbalancedTransactionError(
             f"the COMMIT batch returned {row!r} instead of the transaction count; "
             "nothing was committed", trancount=-1)
-    return int(row[0])
+    return value
 
 
 def _settled(conn: Any) -> None:
