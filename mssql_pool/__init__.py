@@ -30,6 +30,7 @@ from .errors import (
     RedirectError,
     RetryExhausted,
     TooManyRequests,
+    UnbalancedTransactionError,
 )
 from .pool import ConnectionPool
 from .retry import (
@@ -73,6 +74,7 @@ __all__ = [
     "transactional",
     "CircuitOpenError",
     "CommitUnknownError",
+    "UnbalancedTransactionError",
     "ConfigError",
     "ConnectionPool",
     "Endpoint",

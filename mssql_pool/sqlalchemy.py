@@ -51,7 +51,7 @@ from .connection import PooledConnection
 from .errors import ConfigError
 from .errors import PoolTimeout as _PoolTimeout
 from .pool import ConnectionPool
-from .reset import SESSION, WORK, rollback_work, scan_sql
+from .reset import SESSION, TXN, WORK, rollback_work, scan_sql
 from .retry import RetryPolicy
 from .transaction import run_transaction as _run_transaction
 
@@ -123,7 +123,7 @@ class _EngineConnection(PooledConnection):
         except Exception as exc:
             self._pool._on_error(rec, exc)
             raise _as_dbapi_error(exc) from exc
-        rec.flags &= ~WORK
+        rec.flags &= ~(WORK | TXN)   # IF @@TRANCOUNT > 0 ROLLBACK asked the server
         _no_replay(self)     # as after pymssql's own rollback() on the proxy
 
     def commit(self) -> None:
@@ -145,7 +145,8 @@ class _EngineConnection(PooledConnection):
         except Exception as exc:
             self._pool._on_error(rec, exc)
             raise _as_dbapi_error(exc) from exc
-        rec.flags &= ~WORK
+        if not rec.flags & TXN:      # else a nested BEGIN TRAN may still be open
+            rec.flags &= ~WORK
         _no_replay(self)
         try:
             execute("BEGIN TRAN")

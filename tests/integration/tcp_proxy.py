@@ -10,11 +10,26 @@ faults happen independently of the server's own fault hooks::
     proxy.heal()         # traffic flows again; connections that lost bytes are reset
     proxy.delay(0.5)     # every chunk waits this long (latency)
     proxy.refuse()       # new connections are reset at once (a port nobody listens on)
+    proxy.arm("after_send", match="marker")   # cut one request/reply exchange (below)
 
 Blackhole semantics: bytes sent during the partition are dropped, as a real partition
 drops packets, and on ``heal()`` every connection that lost bytes is reset (its two ends
 no longer agree on the TDS stream). Bytes are never delivered late, so a COMMIT sent
 into the partition cannot land after the client gave up on it.
+
+Cutting one exchange: ``arm(point, match=..., offset=0)`` waits for the next request
+(SQL batch or RPC) whose UCS-2 text contains ``match`` and resets that connection at
+``point``:
+
+* ``"request"``: the request is dropped; the server never receives it;
+* ``"after_send"``: the request reaches the server, which runs it; its whole reply is
+  dropped;
+* ``"reply"``: the first ``offset`` bytes of the reply reach the client, then the reset;
+* ``"after_reply"``: the whole reply reaches the client, then the reset (the client has
+  its answer; its next request meets a dead connection).
+
+``armed()`` is True until the cut happened. (Cutting *before* a request is sent is
+``cut()`` while the connection is idle.)
 
 ``stats()``: ``accepted``, ``active``, ``bytes_up`` (client to server), ``bytes_down``,
 ``cut`` (connections reset by cut/heal/refuse), and with ``TcpProxy(..., tap=True)``
@@ -73,6 +88,9 @@ class _Pair:
         self.threads: list[threading.Thread] = []
         self.tap = (RequestTap(proxy._requests, ident, lock=proxy._lock)
                     if proxy.tapped else None)
+        # An armed cut caught by this connection: (point, offset), and the reply so far.
+        self.cutting: tuple[str, int] | None = None
+        self.reply = bytearray()
 
     def run(self) -> None:
         p = self.proxy
@@ -118,6 +136,16 @@ class _Pair:
                     self.captured += data[: 4096 - len(self.captured)]
                 if up and self.tap is not None:
                     self.tap.feed(data)
+                if up and self.cutting is None and p._arm is not None \
+                        and data[:1] in (b"\x01", b"\x03"):
+                    self.cutting = p._take_arm(data)
+                    if self.cutting is not None and self.cutting[0] == "request":
+                        self.close(reset=True)
+                        break
+                if not up and self.cutting is not None:
+                    if self._cut_reply(dst, data):
+                        break
+                    continue
                 delay = p._delay
                 if delay > 0:
                     time.sleep(delay)
@@ -128,6 +156,23 @@ class _Pair:
                 p._count("bytes_up" if up else "bytes_down", len(data))
         finally:
             self.close(reset=False)
+
+    def _cut_reply(self, dst: socket.socket, data: bytes) -> bool:
+        """Pass on what the armed cut lets through; True once the connection is reset."""
+        assert self.cutting is not None
+        point, offset = self.cutting
+        before = len(self.reply)
+        self.reply += data
+        if point == "reply" and before < offset:
+            _quietly(dst.sendall, bytes(self.reply[before:offset]))
+        elif point == "after_reply":
+            _quietly(dst.sendall, data)
+        if point == "reply" and len(self.reply) >= offset or _complete(self.reply):
+            if point == "after_reply":
+                time.sleep(_TICK)   # let the client read the whole reply first
+            self.close(reset=True)
+            return True
+        return False
 
     def close(self, reset: bool) -> None:
         if self.closed.is_set():
@@ -144,6 +189,19 @@ class _Pair:
         if reset:
             self.proxy._count("cut")
         self.proxy._forget(self)
+
+
+def _complete(reply: bytes | bytearray) -> bool:
+    """Whether ``reply`` holds a whole TDS message (a packet with the end-of-message bit)."""
+    pos = 0
+    while pos + 8 <= len(reply):
+        length = struct.unpack(">H", reply[pos + 2: pos + 4])[0]
+        if length < 8 or pos + length > len(reply):
+            return False
+        if reply[pos + 1] & 0x01:
+            return True
+        pos += length
+    return False
 
 
 class TcpProxy:
@@ -168,6 +226,7 @@ class TcpProxy:
         self._delay = 0.0
         self._next = 0
         self._stats = {"accepted": 0, "bytes_up": 0, "bytes_down": 0, "cut": 0}
+        self._arm: tuple[str, bytes, int] | None = None
         self._captures: list[bytearray] = []
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -241,6 +300,30 @@ class TcpProxy:
     def retarget(self, target: tuple[str, int]) -> None:
         """Send new connections to ``target`` (existing ones stay where they are)."""
         self.target = target
+
+    def arm(self, point: str, *, match: str, offset: int = 0) -> None:
+        """Cut the next request containing ``match`` at ``point`` (see the module doc)."""
+        if point not in ("request", "after_send", "reply", "after_reply"):
+            raise ValueError(f"point must be request, after_send, reply or after_reply, "
+                             f"got {point!r}")
+        with self._lock:
+            self._arm = (point, match.encode("utf-16-le"), int(offset))
+
+    def armed(self) -> bool:
+        with self._lock:
+            return self._arm is not None
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._arm = None
+
+    def _take_arm(self, request: bytes) -> tuple[str, int] | None:
+        with self._lock:
+            if self._arm is None or self._arm[1] not in request:
+                return None
+            point, _, offset = self._arm
+            self._arm = None
+        return point, offset
 
     # -- inspection --------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
