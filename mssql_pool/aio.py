@@ -594,6 +594,7 @@ class AsyncConnectionPool:
         except BaseException:
             with co.lock:
                 gone = co.abandoned
+                co.delivered = not gone     # the task (or its _abandon) releases the permit
             if gone:
                 self._release_threadsafe()
             raise
@@ -619,7 +620,7 @@ class AsyncConnectionPool:
 
     def _give_back_checkout(self, cf: Future[PooledConnection | None]) -> None:
         try:
-            proxy = cf.result()
+            proxy = cf.result()      # raises if the checkout failed: the permit still returns
             if proxy is not None:
                 self.sync_pool.putconn(proxy)
         finally:
@@ -668,8 +669,9 @@ class AsyncConnectionPool:
                 proxy.invalidate("interrupted mid-statement (the driver cannot cancel)")
             try:
                 await self._in_thread(self.sync_pool.putconn, proxy)
-            except PoolClosed:
-                pass
+            except PoolClosed:      # the worker threads are gone: close it from here
+                proxy.invalidate("the pool is closed")
+                self.sync_pool.putconn(proxy)
         finally:
             conn._proxy = None
             self._gate.release()
@@ -683,11 +685,11 @@ class AsyncConnectionPool:
         raw = proxy.raw
         if not _can_cancel(raw):
             return
-        self._statements_cancelled += 1
 
-        def cancel() -> None:
+        def cancel() -> None:       # in the canceller thread (one: no race on the count)
             if cf.done():
                 return
+            self._statements_cancelled += 1
             try:
                 _cancel(raw)
             except Exception as exc:

@@ -328,3 +328,34 @@ def test_a_connection_dropped_unreturned_gives_its_permit_back() -> None:
             await again.close()
 
     asyncio.run(main())
+
+
+def test_a_failed_checkout_whose_task_is_cancelled_meanwhile_returns_its_permit() -> None:
+    """The worker's checkout fails and the task is cancelled before it has seen the
+    failure: the permit must still come back."""
+    import time
+
+    db = FakeDB()
+    release = threading.Event()
+    failed = threading.Event()
+
+    async def main() -> None:
+        async with make(db, max_size=1) as pool:
+            def failing_getconn(timeout: float | None = None) -> Any:
+                release.wait(10)
+                failed.set()
+                raise RuntimeError("checkout failed")
+
+            pool.sync_pool.getconn = failing_getconn  # type: ignore[method-assign]
+            task = asyncio.create_task(pool.getconn())
+            await until(lambda: pool._gate.free == 0)
+            await asyncio.sleep(0.01)
+            release.set()
+            assert failed.wait(10)
+            time.sleep(0.1)     # on the loop on purpose: the failure lands before the cancel
+            task.cancel()
+            with pytest.raises((asyncio.CancelledError, RuntimeError)):
+                await task
+            await until(lambda: pool._gate.free == 1)
+
+    asyncio.run(main())
