@@ -73,6 +73,16 @@ logger = logging.getLogger("mssql_pool.aio")
 T = TypeVar("T")
 
 _FETCH_BATCH = 100     # rows per worker-thread hop in ``async for row in cursor``
+_PREFETCH = 256        # rows read with ``execute`` in the same hop
+
+
+def _execute_prefetch(cur: PooledCursor, operation: Any, params: Any) -> tuple[list[Any], bool]:
+    """In a worker thread: run, then read the first rows (at most _PREFETCH)."""
+    cur.execute(operation, params)
+    if cur.description is None:
+        return [], True       # no rows: fetches go to the driver, which says so
+    rows = list(cur.fetchmany(_PREFETCH))
+    return rows, len(rows) == _PREFETCH
 
 
 # --------------------------------------------------------------------------- worker threads
@@ -254,15 +264,19 @@ class _Checkout:
 class AsyncCursor:
     """A pooled cursor whose round trips are awaited (``await cur.execute(...)``).
 
-    Attributes that do no I/O (``description``, ``rowcount``, ``lastrowid``...) are read
+    ``execute`` reads up to 256 rows of the first result set in the same worker-thread
+    hop; ``fetch*`` serve them without another hop and go back to the driver only for
+    the rest. Attributes that do no I/O (``description``, ``rowcount``...) are read
     straight from the driver's cursor. ``async for row in cur`` fetches in batches.
     """
 
-    __slots__ = ("_cur", "_conn", "arraysize")
+    __slots__ = ("_cur", "_conn", "_buf", "_more", "arraysize")
 
     def __init__(self, cur: PooledCursor, conn: AsyncConnection) -> None:
         self._cur = cur
         self._conn = conn
+        self._buf: deque[Any] = deque()
+        self._more = False         # rows may remain in the driver beyond _buf
         self.arraysize = 1
 
     @property
@@ -274,25 +288,53 @@ class AsyncCursor:
         """The pool's (blocking) cursor under this one, for :meth:`AsyncConnection.run_sync`."""
         return self._cur
 
-    async def execute(self, operation: Any, params: Any = None) -> Any:
-        return await self._conn._run(self._cur.execute, operation, params)
+    async def execute(self, operation: Any, params: Any = None) -> None:
+        self._buf.clear()
+        self._more = False
+        rows, self._more = await self._conn._run(_execute_prefetch, self._cur, operation,
+                                                 params)
+        self._buf.extend(rows)
 
     async def executemany(self, operation: Any, seq_of_params: Sequence[Any]) -> Any:
+        self._buf.clear()
+        self._more = True
         return await self._conn._run(self._cur.executemany, operation, seq_of_params)
 
     async def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
+        self._buf.clear()
+        self._more = True
         return await self._conn._run(self._cur.callproc, procname, parameters)
 
     async def fetchone(self) -> Any:
-        return await self._conn._run(self._cur.fetchone)
+        if self._buf:
+            return self._buf.popleft()
+        if not self._more:
+            return None
+        row = await self._conn._run(self._cur.fetchone)
+        self._more = row is not None
+        return row
 
-    async def fetchmany(self, size: int | None = None) -> Any:
-        return await self._conn._run(self._cur.fetchmany, size or self.arraysize)
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        n = size or self.arraysize
+        buf = self._buf
+        rows = [buf.popleft() for _ in range(min(n, len(buf)))]
+        if len(rows) < n and self._more:
+            more = list(await self._conn._run(self._cur.fetchmany, n - len(rows)))
+            self._more = len(more) == n - len(rows)
+            rows.extend(more)
+        return rows
 
-    async def fetchall(self) -> Any:
-        return await self._conn._run(self._cur.fetchall)
+    async def fetchall(self) -> list[Any]:
+        rows = list(self._buf)
+        self._buf.clear()
+        if self._more:
+            rows.extend(await self._conn._run(self._cur.fetchall))
+            self._more = False
+        return rows
 
     async def nextset(self) -> Any:
+        self._buf.clear()
+        self._more = True
         return await self._conn._run(self._cur.nextset)
 
     async def close(self) -> None:
@@ -304,7 +346,7 @@ class AsyncCursor:
 
     async def _rows(self) -> AsyncIterator[Any]:
         while True:
-            rows = await self._conn._run(self._cur.fetchmany, _FETCH_BATCH)
+            rows = await self.fetchmany(_FETCH_BATCH)
             if not rows:
                 return
             for row in rows:

@@ -101,6 +101,22 @@ def test_query_fetch_and_units(tds_server: Any) -> None:
                 assert await cur.fetchone() == (42,)
                 await cur.execute("SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3")
                 assert [r async for r in cur] == [(1,), (2,), (3,)]
+                # more rows than execute() reads ahead: every fetch style sees them all
+                await cur.execute("CREATE TABLE nums (n INT PRIMARY KEY)")
+                await cur.executemany("INSERT INTO nums (n) VALUES (%s)",
+                                      [(i,) for i in range(600)])
+                query = "SELECT n FROM nums ORDER BY n"
+                await cur.execute(query)
+                got = [await cur.fetchone(), *(await cur.fetchmany(300)), *(await cur.fetchall())]
+                assert [r[0] for r in got] == list(range(600))
+                await cur.execute(query)
+                assert [r[0] async for r in cur] == list(range(600))
+                await cur.execute(query)
+                assert len(await cur.fetchmany(1000)) == 600 and await cur.fetchone() is None
+                await cur.execute("UPDATE nums SET n = n WHERE n = 0")
+                with pytest.raises(pymssql.OperationalError):
+                    await cur.fetchone()       # no result set: as pymssql says
+                await conn.commit()
             setup_bank(pool.sync_pool)
             assert await pool.run_transaction(transfer, "a1", 0, 1, 5, policy=policy()) == "a1"
             assert await pool.check() == 0
