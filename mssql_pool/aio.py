@@ -165,12 +165,19 @@ class _GateTimeout(Exception):
 
 
 class _Gate:
-    """``max_size`` permits handed out first come, first served (event-loop side only)."""
+    """``max_size`` permits handed out first come, first served (event-loop side only).
+
+    A waiter's future gets ``None`` (a permit: check a connection out yourself) or, from a
+    returning task that checked one out for it in the same worker hop (:meth:`take`), a
+    connection that comes with the permit.
+    """
 
     def __init__(self, size: int, max_waiting: int) -> None:
         self.free = size
         self.max_waiting = max_waiting
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.deadlines: dict[asyncio.Future[Any], float] = {}
+        self.orphan: Callable[[Any], None] = lambda proxy: None   # set by the pool
         self.queued = 0          # acquisitions that had to wait
         self.wait_ms = 0.0
         self.timeouts = 0
@@ -178,13 +185,14 @@ class _Gate:
         self.cancelled = 0
         self.closed = False
 
-    async def acquire(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+    async def acquire(self, loop: asyncio.AbstractEventLoop, deadline: float) -> Any:
+        """A permit (None) or a connection delivered with it."""
         if self.closed:
             self.errors += 1
             raise PoolClosed("the pool is closed")
         if self.free and not self.waiters:
             self.free -= 1
-            return
+            return None
         if self.max_waiting and len(self.waiters) >= self.max_waiting:
             self.errors += 1
             raise TooManyRequests(
@@ -194,15 +202,22 @@ class _Gate:
         if deadline <= start:
             self.timeouts += 1
             raise _GateTimeout()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[Any] = loop.create_future()
         self.waiters.append(fut)
+        self.deadlines[fut] = deadline
         self.queued += 1
         timer = loop.call_at(deadline, self._expire, fut)
         try:
-            await fut
+            return await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self.release()          # the permit arrived with the cancellation: pass it on
+                # The permit arrived with the cancellation: pass it on (with the
+                # connection that came with it, if any).
+                got = fut.result()
+                if got is None:
+                    self.release()
+                else:
+                    self.orphan(got)
             else:
                 self._forget(fut)
             self.cancelled += 1
@@ -215,18 +230,34 @@ class _Gate:
             raise
         finally:
             timer.cancel()
+            self.deadlines.pop(fut, None)
             self.wait_ms += (loop.time() - start) * 1000.0
 
-    def _expire(self, fut: asyncio.Future[None]) -> None:
+    def _expire(self, fut: asyncio.Future[Any]) -> None:
         if not fut.done():
             self._forget(fut)
             fut.set_exception(_GateTimeout())
 
-    def _forget(self, fut: asyncio.Future[None]) -> None:
+    def _forget(self, fut: asyncio.Future[Any]) -> None:
         try:
             self.waiters.remove(fut)
         except ValueError:
             pass
+
+    def take(self, now: float) -> tuple[asyncio.Future[Any], float] | None:
+        """The oldest waiter with time left, out of the queue: the caller's permit is now
+        its, and the caller must resolve its future (or pass the permit on)."""
+        while self.waiters:
+            fut = self.waiters[0]
+            if fut.done():
+                self.waiters.popleft()
+                continue
+            deadline = self.deadlines.get(fut, now)
+            if deadline - now < 0.001:
+                return None        # about to time out: leave it to its timer
+            self.waiters.popleft()
+            return fut, deadline
+        return None
 
     def release(self) -> None:
         while self.waiters:
@@ -538,6 +569,7 @@ class AsyncConnectionPool:
         self.config = cfg
         self.name: str = cfg.name
         self._gate = _Gate(cfg.max_size, cfg.max_waiting)
+        self._gate.orphan = self._orphan
         self._workers = _Workers(f"mssql_pool-aio-{cfg.name}", cfg.max_size + 2)
         self._canceller = _Workers(f"mssql_pool-aio-{cfg.name}-cancel", 1)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -594,11 +626,13 @@ class AsyncConnectionPool:
         start = loop.time()
         deadline = start + limit
         try:
-            await self._gate.acquire(loop, deadline)
+            got = await self._gate.acquire(loop, deadline)
         except _GateTimeout:
             raise self._timeout_error(loop.time() - start) from None
         except PoolClosed:
             raise PoolClosed(f"pool {self.name!r} closed while waiting") from None
+        if got is not None:        # checked out for us by the task that returned it
+            return AsyncConnection(got, self)
         remaining = deadline - loop.time()
         if remaining <= 0:
             self._gate.release()
@@ -709,14 +743,66 @@ class AsyncConnectionPool:
                     await asyncio.wait((ended,))
             if conn._interrupted and proxy.raw is not None and not _can_cancel(proxy.raw):
                 proxy.invalidate("interrupted mid-statement (the driver cannot cancel)")
+        except BaseException:
+            conn._proxy = None
+            self._gate.release()
+            raise
+        conn._proxy = None
+        loop = asyncio.get_running_loop()
+        handoff = self._gate.take(loop.time())
+        if handoff is None:
             try:
                 await self._in_thread(self.sync_pool.putconn, proxy)
             except PoolClosed:      # the worker threads are gone: close it from here
                 proxy.invalidate("the pool is closed")
                 self.sync_pool.putconn(proxy)
+            finally:
+                self._gate.release()
+            return
+        # Tasks are waiting: return the connection and check one out for the oldest of
+        # them in the same worker hop (the sync pool decides which connection, checks it).
+        fut, deadline = handoff
+        new: PooledConnection | None = None
+        try:
+            new = await self._in_thread(self._return_and_take, proxy, deadline - loop.time())
+        except PoolClosed:
+            proxy.invalidate("the pool is closed")
+            self.sync_pool.putconn(proxy)
         finally:
-            conn._proxy = None
-            self._gate.release()
+            if new is None:
+                if not fut.done():
+                    fut.set_result(None)     # a plain permit: it checks out by itself
+                else:
+                    self._gate.release()
+            elif not fut.done():
+                fut.set_result(new)
+            else:
+                self._orphan(new)            # it left meanwhile: back, permit passed on
+
+    def _return_and_take(self, proxy: PooledConnection,
+                         timeout: float) -> PooledConnection | None:
+        self.sync_pool.putconn(proxy)
+        if timeout <= 0:
+            return None
+        try:
+            return self.sync_pool.getconn(timeout)
+        except Exception:      # the waiter checks out by itself and hears the error
+            return None
+
+    def _orphan(self, proxy: PooledConnection) -> None:
+        """A connection checked out for a task that is gone: back to the sync pool, and
+        its permit to the next task."""
+        async def back() -> None:
+            try:
+                await self._in_thread(self.sync_pool.putconn, proxy)
+            except PoolClosed:
+                proxy.invalidate("the pool is closed")
+                self.sync_pool.putconn(proxy)
+            finally:
+                self._gate.release()
+        task = asyncio.get_running_loop().create_task(back())
+        self._returns.add(task)
+        task.add_done_callback(self._returns.discard)
 
     def _interrupt(self, conn: AsyncConnection, cf: Future[Any]) -> None:
         """The task awaiting ``cf`` (running in a worker) was cancelled."""

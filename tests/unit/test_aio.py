@@ -146,23 +146,37 @@ def test_a_cancelled_waiter_loses_nothing() -> None:
     asyncio.run(main())
 
 
-def test_a_permit_that_arrives_with_the_cancellation_is_passed_on() -> None:
-    db = FakeDB()
+@pytest.mark.parametrize("delivered", [None, "a connection"])
+def test_what_arrives_with_the_cancellation_is_passed_on(delivered: Any) -> None:
+    """The waiter's future is resolved (a permit, or a connection checked out for it) and
+    its task cancelled before it runs: the permit goes to the next waiter, the connection
+    goes back."""
+    from mssql_pool.aio import _Gate
+
+    orphans: list[Any] = []
 
     async def main() -> None:
-        async with make(db, max_size=1) as pool:
-            held = await pool.getconn()
-            first = asyncio.create_task(pool.getconn())
-            await until(lambda: pool.get_stats()["requests_waiting"] == 1)
-            second = asyncio.create_task(pool.getconn())
-            await until(lambda: pool.get_stats()["requests_waiting"] == 2)
-            await held.close()         # the permit goes to `first`'s future ...
-            first.cancel()             # ... which is cancelled before it runs
-            with pytest.raises(asyncio.CancelledError):
-                await first
-            conn = await asyncio.wait_for(second, 5)
-            await conn.close()
-            assert pool._gate.free == 1
+        loop = asyncio.get_running_loop()
+        gate = _Gate(1, 0)
+        gate.orphan = orphans.append
+        await gate.acquire(loop, loop.time() + 10)          # the only permit
+        first = asyncio.create_task(gate.acquire(loop, loop.time() + 10))
+        second = asyncio.create_task(gate.acquire(loop, loop.time() + 10))
+        await until(lambda: len(gate.waiters) == 2)
+        taken = gate.take(loop.time())
+        assert taken is not None
+        fut, _deadline = taken
+        fut.set_result(delivered)       # resolved ...
+        first.cancel()                  # ... and cancelled before the task runs
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        if delivered is None:
+            assert await asyncio.wait_for(second, 5) is None     # the permit moved on
+        else:
+            assert orphans == [delivered] and not second.done()
+            gate.release()                                       # what the orphan's return does
+            assert await asyncio.wait_for(second, 5) is None
+        assert gate.cancelled == 1 and not gate.waiters
 
     asyncio.run(main())
 
@@ -357,5 +371,41 @@ def test_a_failed_checkout_whose_task_is_cancelled_meanwhile_returns_its_permit(
             with pytest.raises((asyncio.CancelledError, RuntimeError)):
                 await task
             await until(lambda: pool._gate.free == 1)
+
+    asyncio.run(main())
+
+
+def test_a_connection_checked_out_for_a_waiter_that_left_goes_back() -> None:
+    """Under contention a returning task checks a connection out for the oldest waiter in
+    the same worker hop; if that waiter is cancelled meanwhile, the connection goes back
+    and the permit comes free."""
+    db = FakeDB()
+    release = threading.Event()
+
+    async def main() -> None:
+        async with make(db, max_size=1) as pool:
+            held = await pool.getconn()
+            waiter = asyncio.create_task(pool.getconn())
+            await until(lambda: pool.get_stats()["requests_waiting"] == 1)
+            real_getconn = pool.sync_pool.getconn
+
+            def slow_getconn(timeout: float | None = None) -> Any:
+                release.wait(10)
+                return real_getconn(timeout)
+
+            pool.sync_pool.getconn = slow_getconn  # type: ignore[method-assign]
+            closing = asyncio.create_task(held.close())
+            await until(lambda: pool.get_stats()["requests_waiting"] == 0)  # taken
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+            release.set()
+            await closing
+            await until(lambda: pool._gate.free == 1)
+            s = pool.get_stats()
+            assert s["pool_available"] == 1 and s["pool_size"] == 1
+            pool.sync_pool.getconn = real_getconn  # type: ignore[method-assign]
+            again = await pool.getconn(timeout=5)
+            await again.close()
 
     asyncio.run(main())
