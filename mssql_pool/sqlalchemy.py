@@ -692,3 +692,26 @@ def run_transaction(
             return bool(user_verify(u.target))
 
     return _run_transaction(source, unit, policy=policy, idempotent=idempotent, verify=check)
+
+
+# --------------------------------------------------------------------------- asyncio
+
+def create_async_engine(url: str | URL, **kwargs: Any) -> Any:
+    """SQLAlchemy's ``AsyncEngine`` on pymssql with an :class:`~mssql_pool.AsyncConnectionPool`
+    underneath: see :func:`mssql_pool.sqlalchemy_async.create_async_engine` (needs greenlet:
+    ``pip install mssql_pool[asyncio]``)."""
+    from .sqlalchemy_async import create_async_engine as _create_async_engine
+
+    return _create_async_engine(url, **kwargs)
+
+
+async def run_transaction_async(session_factory_or_engine: Any, fn: Callable[..., Any],
+                                *args: Any, **kwargs: Any) -> Any:
+    """:func:`run_transaction` for ``async_sessionmaker`` / ``AsyncEngine``: see
+    :func:`mssql_pool.sqlalchemy_async.run_transaction`."""
+    from .sqlalchemy_async import run_transaction as _run_transaction_async
+
+    return await _run_transaction_async(session_factory_or_engine, fn, *args, **kwargs)
+
+
+__all__ += ["create_async_engine", "run_transaction_async"]
