@@ -52,6 +52,7 @@ from .errors import (
     PoolError,
     PoolTimeout,
     TooManyRequests,
+    UnbalancedTransactionError,
 )
 from .pool import ConnectionPool
 from .retry import RetryPolicy, is_testing
@@ -65,6 +66,8 @@ from .transaction import (
     _next_or_exhausted,
     _record,
     _rollback,
+    _unit_error_info,
+    _users_own,
 )
 
 __all__ = ["AsyncConnection", "AsyncConnectionPool", "AsyncCursor", "run_transaction"]
@@ -1009,6 +1012,8 @@ async def run_transaction(
                     return cast(T, decided.result)
                 state = decided
         except Exception as exc:
+            if _users_own(exc, classifier):
+                raise          # the application's own error, rolled back: never retried
             state = state.increment(exc)
         await _pause(state)
         state = state.begin()
@@ -1023,10 +1028,13 @@ async def _one_unit(pool: AsyncConnectionPool, fn: Callable[..., Awaitable[Any]]
             await conn.run_sync(_begin, iso)
             result = await fn(conn, *args, **kwargs)
         except Exception as exc:
-            await conn.run_sync(_rollback, classifier.classify(exc), classifier)
+            await conn.run_sync(_rollback, _unit_error_info(exc, classifier), classifier)
             raise
         try:
             await conn.run_sync(_commit, classifier)
+        except UnbalancedTransactionError:
+            await conn.run_sync(_rollback, None, classifier)
+            raise
         except _CommitOutcome as outcome:
             if outcome.ambiguous:
                 conn.invalidate("connection lost during COMMIT")
