@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from .aio import AsyncConnection, AsyncConnectionPool, AsyncCursor
 from .breaker import CircuitBreaker, CircuitState
 from .classify import (
     Classifier,
@@ -30,6 +31,7 @@ from .errors import (
     RedirectError,
     RetryExhausted,
     TooManyRequests,
+    UnbalancedTransactionError,
 )
 from .pool import ConnectionPool
 from .retry import (
@@ -73,6 +75,7 @@ __all__ = [
     "transactional",
     "CircuitOpenError",
     "CommitUnknownError",
+    "UnbalancedTransactionError",
     "ConfigError",
     "ConnectionPool",
     "Endpoint",
@@ -89,4 +92,5 @@ __all__ = [
     "RetryExhausted",
     "TooManyRequests",
     "__version__",
+    "AsyncConnection", "AsyncConnectionPool", "AsyncCursor",
 ]

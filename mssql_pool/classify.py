@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from ._driver import extract
+from ._driver import _chain, _is_driver, extract
 from .errors import CircuitOpenError, MssqlPoolError
 
 __all__ = [
@@ -60,6 +60,9 @@ __all__ = [
     "QUERY_TIMEOUT_NUMBERS",
     "AUTH_NUMBERS",
     "AUTH_SEVERITY",
+    "FATAL_SEVERITY",
+    "from_driver",
+    "mark_driver_error",
     "AUTH_MEANINGS",
     "PROGRAMMING_NUMBERS",
     "PROGRAMMING_MEANINGS",
@@ -191,6 +194,10 @@ DISCONNECT_NUMBERS: frozenset[int] = frozenset(DISCONNECT_MEANINGS)
 #: Severity 14 is SQL Server's class of security-related errors (login failed, permission
 #: denied). A login failure of this class is AUTH even when its number was lost.
 AUTH_SEVERITY = 14
+
+#: From this severity on, SQL Server ends the session (errors 20-25 are "fatal"): such an
+#: error is a disconnect whatever its number.
+FATAL_SEVERITY = 20
 
 #: A query timeout: the socket is gone and the work may or may not have happened.
 QUERY_TIMEOUT_NUMBERS: frozenset[int] = frozenset({20003})
@@ -398,11 +405,32 @@ class Classifier:
     def kind_of(self, number: int) -> ErrorKind:
         return self.number_kinds.get(number, ErrorKind.OTHER)
 
-    def classify(self, exc: BaseException) -> ErrorInfo:
-        """Classify ``exc``; never raises."""
+    def rule_for(self, exc: BaseException) -> ErrorKind | None:
+        """The kind a :meth:`with_exception` rule gives ``exc``, or None."""
         for exc_type, kind in self.exception_kinds:
             if isinstance(exc, exc_type):
+                return kind
+        return None
+
+    def classify(self, exc: BaseException) -> ErrorInfo:
+        """Classify ``exc``; never raises.
+
+        A :meth:`with_exception` rule decides the kind (so whether it is retried), never
+        the facts: a driver error that says its connection is dead (a disconnect number,
+        a severity of 20 or more, a dead socket) keeps ``connection_dead`` whatever rule
+        matched, so the pool never reuses that connection.
+        """
+        kind = self.rule_for(exc)
+        if kind is not None:
+            if not from_driver(exc):
                 return ErrorInfo(kind=kind, message=_short(exc))
+            facts = self._builtin(exc)
+            return ErrorInfo(kind=kind, numbers=facts.numbers, number=facts.number,
+                             severity=facts.severity, min_delay=facts.min_delay,
+                             message=facts.message, dead=facts.connection_dead)
+        return self._builtin(exc)
+
+    def _builtin(self, exc: BaseException) -> ErrorInfo:
         if isinstance(exc, CircuitOpenError):
             # Connecting is suspended until the next probe: worth another try after it,
             # if the caller's deadline allows (a unit of work waits for the probe).
@@ -437,8 +465,12 @@ class Classifier:
             # severe login failure) still shows its class: 14 is "security-related errors"
             # (18456 and friends), so it fails fast instead of being retried.
             best, decided = ErrorKind.AUTH, None
+        fatal = raw.severity is not None and raw.severity >= FATAL_SEVERITY
+        if fatal and best not in _RETRYABLE_KINDS and best is not ErrorKind.QUERY_TIMEOUT:
+            # SQL Server closes the session after such an error, whatever its number.
+            best = ErrorKind.DISCONNECT
         min_delay = max((self.min_delays.get(n, 0.0) for n in raw.numbers), default=0.0)
-        dead = raw.dead or any(
+        dead = fatal or raw.dead or any(
             self.number_kinds.get(n) in (ErrorKind.DISCONNECT, ErrorKind.QUERY_TIMEOUT)
             for n in raw.numbers
         )
@@ -460,6 +492,37 @@ class Classifier:
             f"<Classifier numbers={len(self.number_kinds)} "
             f"exception_rules={len(self.exception_kinds)}>"
         )
+
+
+# --------------------------------------------------------------------------- origin
+
+_DRIVER_MARK = "_mssql_pool_from_driver"
+
+
+def mark_driver_error(exc: BaseException) -> None:
+    """Record that ``exc`` was raised by a driver connection the pool handed out (the
+    pool's proxy calls this for every error it passes on)."""
+    try:
+        setattr(exc, _DRIVER_MARK, True)
+    except Exception:  # noqa: S110 - an exception type without __dict__: the chain decides
+        pass
+
+
+def from_driver(exc: BaseException) -> bool:
+    """Whether ``exc`` came from the database driver or the pool, rather than from the
+    application's own code.
+
+    True when ``exc`` or anything it wraps (``__cause__``, ``__context__``, ``.orig``) is
+    a pymssql or python-tds error, an error of mssql_pool itself, or an error the pool's
+    proxy saw coming out of a driver connection (:func:`mark_driver_error`: how errors of
+    other drivers, sockets included, are recognised). An ``OSError`` or ``TimeoutError``
+    the application raised itself is not the server's, and is never retried or taken
+    for a disconnect by the transaction layer.
+    """
+    for e in _chain(exc):
+        if getattr(e, _DRIVER_MARK, False) or isinstance(e, MssqlPoolError) or _is_driver(e):
+            return True
+    return False
 
 
 def _check_numbers(numbers: Iterable[int]) -> list[int]:

@@ -10,7 +10,11 @@ The proxy behaves as a DB-API connection:
 * ``cursor()`` returns a :class:`PooledCursor` that passes everything to the driver's
   cursor and records what ran (the reset bits of :mod:`mssql_pool.reset`: work done,
   session state changed) with a cached text scan: a dict lookup per known statement;
-* ``commit()`` / ``rollback()`` pass through and clear the "work done" bit;
+* ``commit()`` / ``rollback()`` pass through and clear the "work done" bit, unless a
+  statement controlled transactions itself (``TXN``: BEGIN/COMMIT/ROLLBACK/SAVE TRAN, a
+  procedure, dynamic SQL, anything reached through ``__getattr__``): the transaction
+  count is then unknown (a nested BEGIN TRAN, or autocommit mode where these calls do
+  nothing) and the reset on return rolls back whatever is open;
 * ``autocommit(status)`` and ``autocommit_state`` pass through (pymssql); toggling it is
   a session change, undone on return;
 * ``close()`` returns the connection to the pool (not a real close; idempotent);
@@ -20,7 +24,8 @@ The proxy behaves as a DB-API connection:
   call ``mark_session_changed()`` after changing session state through it);
 * ``info`` is a dict for user data that lives as long as the driver connection.
 
-Any error raised by the driver connection or its cursors that
+Any error raised by the driver connection or its cursors is marked as the driver's
+(:func:`mssql_pool.classify.from_driver`); one that
 :func:`mssql_pool.classify.is_disconnect` calls a disconnect marks the connection dead
 and every connection the pool opened before the error as suspect (checked on next checkout).
 """
@@ -31,10 +36,12 @@ import enum
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._scan import _cache as _scan_cache
+from ._scan import scan as scan_sql
+from .classify import mark_driver_error
 from .errors import PoolError
 from .health import may_replay
-from .reset import SESSION, WORK, scan_sql
-from .reset import _cache as _scan_cache
+from .reset import SESSION, TXN, WORK
 
 if TYPE_CHECKING:
     from .endpoints import Landing
@@ -99,6 +106,15 @@ class ConnectionRecord:
         return f"<ConnectionRecord #{self.seq} {self.state.value}{' dead' if self.dead else ''}>"
 
 
+def _driver_error(pool: ConnectionPool, rec: ConnectionRecord, exc: BaseException) -> None:
+    """Every error raised by the driver connection or its cursors passes here: it is
+    marked as the driver's (:func:`mssql_pool.classify.mark_driver_error`; the transaction
+    layer never takes the application's own exceptions for the server's) and shown to the
+    pool, which discards the connection on a disconnect."""
+    mark_driver_error(exc)
+    pool._on_error(rec, exc)
+
+
 def _closed_error() -> PoolError:
     return PoolError("this pooled connection was returned to the pool; get a new one")
 
@@ -130,7 +146,7 @@ class PooledConnection:
                 return pooled
             return PooledCursor(self.raw.cursor(), rec, self)
         except Exception as exc:
-            self._pool._on_error(rec, exc)
+            _driver_error(self._pool, rec, exc)
             raise
 
     def _end_transaction(self, method: str) -> None:
@@ -141,9 +157,14 @@ class PooledConnection:
         try:
             getattr(self.raw, method)()
         except Exception as exc:
-            self._pool._on_error(rec, exc)
+            _driver_error(self._pool, rec, exc)
             raise
-        rec.flags &= ~WORK
+        if not rec.flags & TXN:
+            # Only now is the transaction count known to be back at its baseline: a
+            # statement that controlled transactions itself (nested BEGIN TRAN, a
+            # procedure, BEGIN TRAN in autocommit mode, where these calls do nothing)
+            # leaves the count unknown until the reset on return asks the server.
+            rec.flags &= ~WORK
 
     def commit(self) -> None:
         self._end_transaction("commit")
@@ -159,7 +180,7 @@ class PooledConnection:
         try:
             self.raw.autocommit(status)
         except Exception as exc:
-            self._pool._on_error(rec, exc)
+            _driver_error(self._pool, rec, exc)
             raise
         rec.flags |= SESSION
 
@@ -182,7 +203,15 @@ class PooledConnection:
     def mark_session_changed(self) -> None:
         """Ask for a full session reset on return (after using ``raw`` directly)."""
         if self._rec is not None:
-            self._rec.flags |= SESSION | WORK
+            self._rec.flags |= SESSION | WORK | TXN
+
+    def _settled(self) -> None:
+        """Internal (transaction.py): the server just confirmed the transaction count is
+        at its baseline (a COMMIT that checked ``@@TRANCOUNT`` and pymssql's new implicit
+        transaction): nothing is left for the reset on return to roll back."""
+        rec = self._rec
+        if rec is not None:
+            rec.flags &= ~(WORK | TXN)
 
     @property
     def closed(self) -> bool:
@@ -222,11 +251,12 @@ class PooledConnection:
             self._pool.putconn(self)
 
     def __getattr__(self, name: str) -> Any:
-        # Anything else the driver offers (bulk_copy, as_dict, ...) counts as work.
+        # Anything else the driver offers (bulk_copy, as_dict, ...) counts as work whose
+        # effect on the transaction count is unknown.
         rec = self._rec
         if rec is None:
             raise _closed_error()
-        rec.flags |= WORK
+        rec.flags |= WORK | TXN
         return getattr(self.raw, name)
 
     def __del__(self) -> None:
@@ -266,9 +296,10 @@ class PooledCursor:
                 return self._cur.execute(operation)
             return self._cur.execute(operation, params)
         except Exception as exc:
+            mark_driver_error(exc)
             if before or rec.replay_timeout == NO_REPLAY or self._conn._rec is not rec \
                     or not may_replay(exc, rec.raw, operation):
-                self._conn._pool._on_error(rec, exc)
+                _driver_error(self._conn._pool, rec, exc)
                 raise
             error = exc
         return self._replay(error, operation, params)
@@ -289,7 +320,7 @@ class PooledCursor:
         try:
             cur = new.raw.cursor(*args[0], **args[1]) if args else new.raw.cursor()
         except Exception as exc:
-            conn._pool._on_error(new, exc)
+            _driver_error(conn._pool, new, exc)
             raise
         stale, self._cur, self._rec = self._cur, cur, new
         new.flags |= flags
@@ -302,7 +333,7 @@ class PooledCursor:
                 return cur.execute(operation)
             return cur.execute(operation, params)
         except Exception as exc:
-            conn._pool._on_error(new, exc)
+            _driver_error(conn._pool, new, exc)
             raise
 
     def executemany(self, operation: Any, seq_of_params: Sequence[Any]) -> Any:
@@ -311,30 +342,30 @@ class PooledCursor:
         try:
             return self._cur.executemany(operation, seq_of_params)
         except Exception as exc:
-            self._conn._pool._on_error(rec, exc)
+            _driver_error(self._conn._pool, rec, exc)
             raise
 
     def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
         rec = self._rec
-        rec.flags |= scan_sql(procname)
+        rec.flags |= scan_sql(procname) | TXN     # a procedure may leave a transaction open
         try:
             return self._cur.callproc(procname, parameters)
         except Exception as exc:
-            self._conn._pool._on_error(rec, exc)
+            _driver_error(self._conn._pool, rec, exc)
             raise
 
     def _call(self, name: str, *args: Any) -> Any:
         try:
             return getattr(self._cur, name)(*args)
         except Exception as exc:
-            self._conn._pool._on_error(self._rec, exc)
+            _driver_error(self._conn._pool, self._rec, exc)
             raise
 
     def fetchone(self) -> Any:
         try:
             return self._cur.fetchone()
         except Exception as exc:
-            self._conn._pool._on_error(self._rec, exc)
+            _driver_error(self._conn._pool, self._rec, exc)
             raise
 
     def fetchmany(self, size: int | None = None) -> Any:
@@ -344,7 +375,7 @@ class PooledCursor:
         try:
             return self._cur.fetchall()
         except Exception as exc:
-            self._conn._pool._on_error(self._rec, exc)
+            _driver_error(self._conn._pool, self._rec, exc)
             raise
 
     def nextset(self) -> Any:
@@ -354,7 +385,7 @@ class PooledCursor:
         try:
             self._cur.close()
         except Exception as exc:
-            self._conn._pool._on_error(self._rec, exc)
+            _driver_error(self._conn._pool, self._rec, exc)
             raise
 
     def __iter__(self) -> Iterator[Any]:

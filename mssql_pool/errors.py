@@ -24,6 +24,7 @@ __all__ = [
     "ConnectionCheckFailed",
     "RetryExhausted",
     "CommitUnknownError",
+    "UnbalancedTransactionError",
     "CircuitOpenError",
     "RedirectError",
 ]
@@ -126,6 +127,21 @@ class CommitUnknownError(MssqlPoolError):
         super().__init__(message)
         self.original = original
         self.attempts = attempts
+
+
+class UnbalancedTransactionError(MssqlPoolError):
+    """``run_transaction``'s unit left the transaction count off its one transaction.
+
+    ``trancount`` is the ``@@TRANCOUNT`` found at COMMIT time (1 is the unit's own
+    transaction): above 1, ``fn`` left a BEGIN TRAN of its own open and the whole unit
+    was rolled back (a COMMIT would only have lowered the count); 0, ``fn`` committed or
+    rolled back run_transaction's transaction itself, so part of its work may be durable.
+    Never retried: running the unit again would not change what it does.
+    """
+
+    def __init__(self, message: str, *, trancount: int) -> None:
+        super().__init__(message)
+        self.trancount = trancount
 
 
 class CircuitOpenError(MssqlPoolError):

@@ -21,21 +21,32 @@ replacement comes in time, the caller sees the original error: one failed statem
 which the transaction layer retries. ``validate_after=0`` checks every checkout (one
 extra round trip each) and never needs the replay.
 
-What "safely" means, from pymssql's behaviour (seen with FreeTDS packet traces): pymssql
-*does* send the batch on a connection whose peer already closed; the write succeeds and
-the read fails, reported as 20047 "DBPROCESS is dead or not enabled". A connection reset
-(RST) after the server ran the batch is reported exactly the same way. So 20047 alone
-does not prove the statement never ran; what makes the replay safe is the transaction
-pymssql keeps open when ``autocommit`` is off (its own ``BEGIN TRAN``): work of a session
-that dies uncommitted is rolled back by the server. The replay therefore requires the
-driver connection to be in that mode and the statement text to contain neither
-``commit`` nor ``exec`` (a procedure may commit). ``InterfaceError('Not connected to any
-MS SQL server')`` is raised before any I/O and is replayed in either mode. Errors that
-say the statement may have run (20017 unexpected EOF, 20004 read failed, 20006 write
-failed, 20003 timeout, also 20047 carrying any of them) are never replayed. Only
-``cursor.execute`` is replayed (not ``executemany`` or ``callproc``); other cursors
-opened on the proxy before that statement stay on the dead connection, and a ``raw``
-reference taken before it goes stale (``conn.raw`` is updated).
+What "safely" means, from pymssql's behaviour (seen with FreeTDS packet traces and a TCP
+proxy cutting the exchange at each point): pymssql *does* send the batch on a connection
+whose peer already closed; the write succeeds and the read fails, reported as 20047
+"DBPROCESS is dead or not enabled". A reset before the request reached the server, after
+the server ran it, after its reply began and a peer that closed while the connection was
+idle are all reported exactly the same way. So 20047 never proves the statement did not
+run; a replay is safe only where either
+
+* the statement certainly never left the client: ``InterfaceError('Not connected to any
+  MS SQL server')`` is raised before any I/O (replayed in either autocommit mode); or
+* running it cannot have changed anything that outlives the dead session: the driver
+  connection is in pymssql's default mode (``autocommit`` off: pymssql's own ``BEGIN
+  TRAN`` is open, and the server rolls back the work of a session that dies
+  uncommitted), the checkout started at that baseline (the reset on return guarantees
+  it), and the scan (:mod:`mssql_pool._scan`) finds no transaction control in the batch
+  (no ``COMMIT``, ``ROLLBACK``, ``BEGIN/SAVE TRAN``), no procedure call (``EXEC``, or a
+  bare procedure name as the batch's first statement: a procedure may commit) and no
+  dynamic SQL.
+
+``ROLLBACK; INSERT ...`` (the INSERT then runs in autocommit), ``p_move 1, 2`` (a
+procedure called without EXEC) and anything in autocommit mode are therefore never
+replayed after a 20047. Errors that name any other DB-Library number (20017 unexpected
+EOF, 20004 read failed, 20006 write failed, 20003 timeout) are never replayed. Only
+``cursor.execute`` is replayed (not ``executemany`` or ``callproc``); other cursors opened
+on the proxy before that statement stay on the dead connection, and a ``raw`` reference
+taken before it goes stale (``conn.raw`` is updated).
 
 ``check`` is SQL text (default ``SELECT 1``, run on a cursor and fetched), a callable
 ``check(raw_conn)`` that raises (or returns ``False``) on failure, or ``None`` (no check).
@@ -52,6 +63,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._driver import _to_text, numbers_in_text
+from ._scan import TXN, scan
 from .errors import ConnectionCheckFailed
 
 __all__ = ["run_check", "DEFAULT_CHECK", "may_replay"]
@@ -78,7 +90,6 @@ def run_check(check: str | Callable[[Any], object] | None, raw: Any) -> None:
 
 _DEAD = 20047
 _NOT_CONNECTED = "Not connected to any MS SQL server"
-_UNSAFE_WORDS = ("commit", "exec")   # the statement itself may commit: never run it twice
 
 
 def may_replay(exc: BaseException, raw: Any, operation: object) -> bool:
@@ -87,9 +98,11 @@ def may_replay(exc: BaseException, raw: Any, operation: object) -> bool:
     True for ``InterfaceError('Not connected to any MS SQL server')`` (raised before any
     I/O), and for a bare 20047 "DBPROCESS is dead" (``args == (20047, text)`` naming no
     other DB-Library error) when ``raw.autocommit_state is False`` (the work of a session
-    that died is rolled back by the server) and ``operation`` mentions neither ``commit``
-    nor ``exec``. Everything else is False. The caller guarantees the rest: the statement
-    is the first of an unchecked checkout (nothing else ran on the connection).
+    that died is rolled back by the server) and the scan of ``operation`` finds nothing
+    that could end or escape that transaction (:data:`mssql_pool._scan.TXN`: transaction
+    control, a procedure call, dynamic SQL). Everything else is False. The caller
+    guarantees the rest: the statement is the first of an unchecked checkout that began
+    at the baseline transaction count (nothing else ran on the connection).
     """
     args = exc.args
     if type(exc).__name__ == "InterfaceError":
@@ -102,5 +115,4 @@ def may_replay(exc: BaseException, raw: Any, operation: object) -> bool:
         return False
     if getattr(raw, "autocommit_state", None) is not False:
         return False
-    sql = (operation if isinstance(operation, str) else _to_text(operation)).lower()
-    return not any(word in sql for word in _UNSAFE_WORDS)
+    return not scan(operation) & TXN

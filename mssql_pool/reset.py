@@ -1,22 +1,31 @@
 """What happens when a connection comes back: the cheapest reset that is still complete.
 
-The proxy records, per connection, a small bit set (:data:`WORK`, :data:`SESSION`,
-:data:`DISCARD`) from the statements it saw. On return the pool picks:
+The proxy records, per connection, a small bit set (:data:`WORK`, :data:`TXN`,
+:data:`SESSION`, :data:`DISCARD`; see :mod:`mssql_pool._scan`) from the statements it saw.
+On return the pool picks:
 
 ==========================  ====================================================================
 what happened               reset="auto" (default)
 ==========================  ====================================================================
 nothing executed since the  nothing: no round trip
-last commit/rollback
-statements executed         rollback, one round trip (:func:`rollback_work`)
+last commit/rollback, and
+no transaction control
+statements executed, or     rollback, one round trip (:func:`rollback_work`): ``IF @@TRANCOUNT >
+transactions controlled     0 ROLLBACK TRAN`` asks the server, so a hand-written BEGIN TRAN (in
+(BEGIN/COMMIT/ROLLBACK/     autocommit mode, or nested under pymssql's own) is ended even when
+SAVE TRAN, procedures,      ``commit()``/``rollback()`` were called after it
+dynamic SQL)
 session state changed       full reset (below)
 (SET option, ``#temp``,
 USE, CONTEXT_INFO,
 sp_set_session_context,
 isolation level, DECLARE
-CURSOR, autocommit toggled)
-app role / session app      discard the connection (``sp_reset_connection`` cannot undo them)
-lock / read-only session
+CURSOR, autocommit toggled,
+dynamic SQL from a
+variable)
+impersonation (EXECUTE AS,  discard the connection (``sp_reset_connection`` cannot undo them)
+SETUSER), app role, app
+lock, read-only session
 context key
 ==========================  ====================================================================
 
@@ -45,24 +54,22 @@ then the hook ``raw.reset_session()`` if the connection has one (the fake driver
 tests/unit/fakedb.py does), then ``configure``. Without a hook the session state cannot
 be cleared and the connection is discarded.
 
-The scan (:func:`scan_sql`) is a dict lookup for a statement text seen before and one
-precompiled regex search otherwise: cheap enough for every ``execute``.
+The scan (:func:`mssql_pool._scan.scan`, also ``scan_sql`` here) is a dict lookup for a
+statement text seen before and a small tokenizer otherwise: cheap enough for every
+``execute``.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = [
-    "WORK", "SESSION", "DISCARD", "scan_sql", "PYMSSQL_BASELINE", "full_reset", "rollback_work",
-    "plan", "NONE", "ROLLBACK", "FULL", "CALLBACK",
-]
+from ._scan import DISCARD, SESSION, TXN, WORK, scan
 
-WORK = 1       #: statements ran since the last commit/rollback
-SESSION = 2    #: session state changed: needs a full reset
-DISCARD = 4    #: state no reset can clear: close the connection
+__all__ = [
+    "WORK", "SESSION", "DISCARD", "TXN", "scan_sql", "PYMSSQL_BASELINE", "full_reset",
+    "rollback_work", "plan", "NONE", "ROLLBACK", "FULL", "CALLBACK",
+]
 
 NONE, ROLLBACK, FULL, CALLBACK = 0, 1, 2, 3
 
@@ -73,50 +80,8 @@ PYMSSQL_BASELINE = (
     "SET CURSOR_CLOSE_ON_COMMIT ON;SET QUOTED_IDENTIFIER ON;SET TEXTSIZE 2147483647;"
 )
 
-_SET_OPTIONS = (
-    r"ANSI_\w+|ARITHABORT|ARITHIGNORE|CONCAT_NULL_YIELDS_NULL|CONTEXT_INFO|CURSOR_CLOSE_ON_COMMIT"
-    r"|DATEFIRST|DATEFORMAT|DEADLOCK_PRIORITY|FIPS_FLAGGER|FMTONLY|FORCEPLAN|IDENTITY_INSERT"
-    r"|IMPLICIT_TRANSACTIONS|LANGUAGE|LOCK_TIMEOUT|NOCOUNT|NOEXEC|NO_BROWSETABLE"
-    r"|NUMERIC_ROUNDABORT|OFFSETS|PARSEONLY|QUERY_GOVERNOR_COST_LIMIT|QUOTED_IDENTIFIER"
-    r"|REMOTE_PROC_TRANSACTIONS|ROWCOUNT|SHOWPLAN_\w+|STATISTICS|TEXTSIZE|TRANSACTION|XACT_ABORT"
-)
-# Matched against the lower-cased text; the leading look-ahead lets the engine skip
-# positions that cannot start a match (4x faster than a plain alternation).
-_SCAN = re.compile(
-    r"(?=[#@cdsu])(?:(?P<discard>sp_setapprole|sp_getapplock|@read_only\s*=\s*1)"
-    r"|(?P<session>\#\#?[\w@$]|\buse\s|\bcontext_info\b|sp_set_session_context|\bcursor\b"
-    r"|\bset\s+(?:" + _SET_OPTIONS.lower() + r")\b(?!\s*=)))"
-)
-#: Substrings one of which every match contains: most statements never reach the regex.
-_HINTS = ("#", "set", "use", "cursor", "context_info", "applock", "read_only")
-_cache: dict[str, int] = {}
-_CACHE_MAX = 4096
-
-
-def scan_sql(sql: object) -> int:
-    """Return the reset bits a statement implies: always :data:`WORK`, plus SESSION/DISCARD.
-
-    Conservative by design: a false positive costs one full reset, a miss would leak
-    session state. ``SET @var = ...`` and ``UPDATE ... SET col = ...`` are not session
-    changes. Results are cached per statement text (bounded).
-    """
-    cached: int | None = _cache.get(sql)  # type: ignore[call-overload]
-    if cached is not None:
-        return cached
-    text = (sql if isinstance(sql, str) else str(sql)).lower()
-    flags = WORK
-    for hint in _HINTS:
-        if hint in text:
-            for m in _SCAN.finditer(text):
-                flags |= DISCARD if m.lastgroup == "discard" else SESSION
-                if flags & DISCARD:
-                    break
-            break
-    if isinstance(sql, str):
-        if len(_cache) >= _CACHE_MAX:
-            _cache.clear()
-        _cache[sql] = flags
-    return flags
+#: The old name of :func:`mssql_pool._scan.scan`.
+scan_sql = scan
 
 
 def plan(flags: int, mode: str | Callable[[Any], object]) -> int | str:

@@ -51,7 +51,7 @@ from .connection import PooledConnection
 from .errors import ConfigError
 from .errors import PoolTimeout as _PoolTimeout
 from .pool import ConnectionPool
-from .reset import SESSION, WORK, rollback_work, scan_sql
+from .reset import SESSION, TXN, WORK, rollback_work, scan_sql
 from .retry import RetryPolicy
 from .transaction import run_transaction as _run_transaction
 
@@ -123,7 +123,7 @@ class _EngineConnection(PooledConnection):
         except Exception as exc:
             self._pool._on_error(rec, exc)
             raise _as_dbapi_error(exc) from exc
-        rec.flags &= ~WORK
+        rec.flags &= ~(WORK | TXN)   # IF @@TRANCOUNT > 0 ROLLBACK asked the server
         _no_replay(self)     # as after pymssql's own rollback() on the proxy
 
     def commit(self) -> None:
@@ -145,7 +145,8 @@ class _EngineConnection(PooledConnection):
         except Exception as exc:
             self._pool._on_error(rec, exc)
             raise _as_dbapi_error(exc) from exc
-        rec.flags &= ~WORK
+        if not rec.flags & TXN:      # else a nested BEGIN TRAN may still be open
+            rec.flags &= ~WORK
         _no_replay(self)
         try:
             execute("BEGIN TRAN")
@@ -691,3 +692,26 @@ def run_transaction(
             return bool(user_verify(u.target))
 
     return _run_transaction(source, unit, policy=policy, idempotent=idempotent, verify=check)
+
+
+# --------------------------------------------------------------------------- asyncio
+
+def create_async_engine(url: str | URL, **kwargs: Any) -> Any:
+    """SQLAlchemy's ``AsyncEngine`` on pymssql with an :class:`~mssql_pool.AsyncConnectionPool`
+    underneath: see :func:`mssql_pool.sqlalchemy_async.create_async_engine` (needs greenlet:
+    ``pip install mssql_pool[asyncio]``)."""
+    from .sqlalchemy_async import create_async_engine as _create_async_engine
+
+    return _create_async_engine(url, **kwargs)
+
+
+async def run_transaction_async(session_factory_or_engine: Any, fn: Callable[..., Any],
+                                *args: Any, **kwargs: Any) -> Any:
+    """:func:`run_transaction` for ``async_sessionmaker`` / ``AsyncEngine``: see
+    :func:`mssql_pool.sqlalchemy_async.run_transaction`."""
+    from .sqlalchemy_async import run_transaction as _run_transaction_async
+
+    return await _run_transaction_async(session_factory_or_engine, fn, *args, **kwargs)
+
+
+__all__ += ["create_async_engine", "run_transaction_async"]

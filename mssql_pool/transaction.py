@@ -20,12 +20,23 @@ is raised, unless the unit is declared ``idempotent=True`` (then it is re-run) o
 ``verify(conn) -> bool`` callable is given, which is run on a fresh connection: True means
 it landed (the first run's result is returned), False means it did not (re-run).
 
-With pymssql (``autocommit=False``, the default) the connection always has an implicit
-``BEGIN TRAN`` open and ``commit()`` sends ``COMMIT TRAN`` then ``BEGIN TRAN``, reporting a
-failure of either the same way. Here ``COMMIT TRAN`` is sent on its own through a cursor
-(only its failure is ambiguous); pymssql's transaction is then re-opened with
-``rollback()`` (``ROLLBACK TRAN``, a harmless 3903 that pymssql ignores, then ``BEGIN
-TRAN``), so a connection lost at that point is known to have committed.
+With pymssql the COMMIT is one batch, :data:`COMMIT_BATCH`, that commits only when the
+unit's transaction is the only one open and reports the ``@@TRANCOUNT`` it found: a unit
+whose ``fn`` left a ``BEGIN TRAN`` of its own open (a bare COMMIT would only lower the
+count and the work would be rolled back later) or ended the transaction itself raises
+:class:`~mssql_pool.errors.UnbalancedTransactionError` instead of returning success for
+work that is not durable. Only a failure of that batch is ambiguous, and whether it is
+ambiguous is decided by the built-in rules (:func:`commit_outcome_unknown`), never by the
+caller's classifier. In pymssql's default mode (an implicit ``BEGIN TRAN`` always open)
+its transaction is then re-opened with ``rollback()`` (``ROLLBACK TRAN``, a harmless 3903
+that pymssql ignores, then ``BEGIN TRAN``), so a connection lost at that point is known to
+have committed; with ``autocommit=True`` run_transaction opens the transaction itself.
+
+Whose error: only an exception that comes from the driver or the pool
+(:func:`mssql_pool.classify.from_driver`) is classified and possibly retried. The
+application's own exceptions raised in ``fn`` (``OSError``, ``TimeoutError``...) are
+rolled back and re-raised unchanged at once, the connection kept, unless a
+``with_exception`` rule of the policy's classifier names them.
 
 :func:`run` offers statement-level retry outside a transaction, only for work the caller
 declares idempotent.
@@ -39,8 +50,20 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar, cast
 
-from .classify import Classifier, ErrorInfo, get_default_classifier
-from .errors import CommitUnknownError, ConfigError, RetryExhausted
+from .classify import (
+    DEFAULT_CLASSIFIER,
+    Classifier,
+    ErrorInfo,
+    ErrorKind,
+    from_driver,
+    get_default_classifier,
+)
+from .errors import (
+    CommitUnknownError,
+    ConfigError,
+    RetryExhausted,
+    UnbalancedTransactionError,
+)
 from .events import EventKind
 from .retry import ExponentialBackoff, RetryPolicy
 
@@ -50,6 +73,8 @@ __all__ = [
     "run",
     "TRANSACTION_POLICY",
     "ISOLATION_LEVELS",
+    "COMMIT_BATCH",
+    "commit_outcome_unknown",
 ]
 
 logger = logging.getLogger("mssql_pool.transaction")
@@ -141,19 +166,87 @@ def _begin(conn: Any, isolation_sql: str | None) -> None:
         _execute(conn, isolation_sql)
 
 
+def commit_outcome_unknown(exc: BaseException) -> bool:
+    """Whether a failed COMMIT may nevertheless have committed.
+
+    Decided by the built-in rules only (:data:`~mssql_pool.classify.DEFAULT_CLASSIFIER`),
+    never by the caller's classifier: a rule such as ``with_exception(OperationalError,
+    retryable=True)`` decides what is retried, not whether the connection died with the
+    COMMIT in flight. Unknown when the connection is dead (a disconnect, a severity of 20
+    or more, a dead socket), on a query timeout (the socket is closed with the reply
+    pending), and for an error that did not come from the driver at all.
+    """
+    if not from_driver(exc):
+        return True
+    info = DEFAULT_CLASSIFIER.classify(exc)
+    return info.connection_dead or info.kind is ErrorKind.QUERY_TIMEOUT
+
+
+#: The COMMIT of a unit on pymssql: commits only when the unit's own transaction is the
+#: only one open, and reports the count it found (one round trip, like a bare COMMIT).
+COMMIT_BATCH = "DECLARE @n INT = @@TRANCOUNT; IF @n = 1 COMMIT TRAN; SELECT @n"
+
+
+def _commit_checked(conn: Any) -> int:
+    """Send :data:`COMMIT_BATCH`; the transaction count found before it (1: committed)."""
+    cur = conn.cursor()
+    try:
+        cur.execute(COMMIT_BATCH)
+        row = cur.fetchone()
+    finally:
+        try:
+            cur.close()
+        except Exception:  # noqa: S110 - a cursor on a dead connection may not close
+            pass
+    value = next(iter(row.values()), None) if isinstance(row, dict) else (
+        row[0] if row else None)          # a cursor with as_dict=True gives a dict
+    if not isinstance(value, int):
+        raise UnbalancedTransactionError(
+            f"the COMMIT batch returned {row!r} instead of the transaction count; "
+            "nothing was committed", trancount=-1)
+    return value
+
+
+def _settled(conn: Any) -> None:
+    """Tell the pool's proxy the transaction count is at its baseline (no reset needed)."""
+    settled = getattr(conn, "_settled", None)
+    if settled is not None:
+        settled()
+
+
 def _commit(conn: Any, classifier: Classifier) -> None:
-    """COMMIT; raises _CommitOutcome on failure (ambiguous when the connection died)."""
+    """COMMIT; raises _CommitOutcome on failure (ambiguous when the connection died) and
+    :class:`UnbalancedTransactionError` (nothing committed by us) when ``fn`` left the
+    transaction count anywhere but at the unit's one transaction."""
     mode = _pymssql_mode(conn)
     if mode is None:
         try:
             conn.commit()
         except Exception as exc:
-            raise _CommitOutcome(exc, classifier.classify(exc).connection_dead) from exc
+            raise _CommitOutcome(exc, commit_outcome_unknown(exc)) from exc
         return
     try:
-        _execute(conn, "COMMIT TRAN")
+        found = _commit_checked(conn)
+    except UnbalancedTransactionError:
+        raise
     except Exception as exc:
-        raise _CommitOutcome(exc, classifier.classify(exc).connection_dead) from exc
+        raise _CommitOutcome(exc, commit_outcome_unknown(exc)) from exc
+    if found != 1:
+        if found > 1:
+            message = (
+                f"the unit left {found - 1} transaction(s) of its own open (BEGIN TRAN "
+                "without COMMIT): a COMMIT would only have lowered the count and nothing "
+                "would be durable, so the whole unit was rolled back. Balance BEGIN TRAN "
+                "with COMMIT inside fn, or leave transactions to run_transaction."
+            )
+        else:
+            message = (
+                "the unit ended run_transaction's transaction itself (COMMIT or ROLLBACK "
+                "inside fn): what it did before that may be committed, what it did after "
+                "ran outside any transaction. Nothing more was committed and the unit is "
+                "not run again; leave COMMIT/ROLLBACK to run_transaction."
+            )
+        raise UnbalancedTransactionError(message, trancount=found)
     if mode is False:
         # The unit is committed. pymssql's invariant wants a transaction open again:
         # rollback() sends ROLLBACK TRAN (no transaction: error 3903, which pymssql
@@ -168,6 +261,8 @@ def _commit(conn: Any, classifier: Classifier) -> None:
                 classifier.classify(exc).describe(),
             )
             _invalidate(conn, "BEGIN TRAN after COMMIT failed")
+            return
+    _settled(conn)
 
 
 def _invalidate(conn: Any, reason: str) -> None:
@@ -185,10 +280,15 @@ def _rollback(conn: Any, info: ErrorInfo | None, classifier: Classifier) -> None
         _invalidate(conn, f"connection lost: {info.describe()}")
         return
     try:
-        if _pymssql_mode(conn) is True:
+        mode = _pymssql_mode(conn)
+        if mode is True:
             _execute(conn, "IF @@TRANCOUNT > 0 ROLLBACK TRAN")
         else:
             conn.rollback()
+        if mode is not None:
+            # pymssql's ROLLBACK TRAN ends every nesting level; its BEGIN TRAN (autocommit
+            # off) or nothing (autocommit on) leaves the count at its baseline.
+            _settled(conn)
     except Exception as exc:
         logger.warning(
             "rollback failed (%s); discarding the connection", classifier.classify(exc).describe()
@@ -262,9 +362,25 @@ def run_transaction(
                     return cast(T, decided.result)
                 state = _retrying(pool, decided)
         except Exception as exc:
+            if _users_own(exc, classifier):
+                raise          # the application's own error, rolled back: never retried
             state = _retrying(pool, state.increment(exc))  # raises exc or RetryExhausted
         state.wait()
         state = state.begin()
+
+
+def _users_own(exc: BaseException, classifier: Classifier) -> bool:
+    """An exception raised by the application's code inside ``fn`` (not by the driver or
+    the pool, and not named by a ``with_exception`` rule of the caller's classifier)."""
+    return not from_driver(exc) and classifier.rule_for(exc) is None
+
+
+def _unit_error_info(exc: BaseException, classifier: Classifier) -> ErrorInfo | None:
+    """How to treat the connection after ``fn`` raised ``exc``: None for the application's
+    own error (roll back; the connection is kept when that works)."""
+    if not isinstance(exc, Exception) or _users_own(exc, classifier):
+        return None
+    return classifier.classify(exc)
 
 
 class _Landed:
@@ -288,13 +404,15 @@ def _one_unit(
             _begin(conn, iso)
             result = fn(conn, *args, **kwargs)
         except BaseException as exc:
-            _rollback(conn, classifier.classify(exc) if isinstance(exc, Exception) else None,
-                      classifier)
+            _rollback(conn, _unit_error_info(exc, classifier), classifier)
             if not isinstance(exc, Exception):
                 _invalidate(conn, f"interrupted by {type(exc).__name__}")
             raise
         try:
             _commit(conn, classifier)
+        except UnbalancedTransactionError:
+            _rollback(conn, None, classifier)
+            raise
         except _CommitOutcome as outcome:
             if outcome.ambiguous:
                 _invalidate(conn, "connection lost during COMMIT")
@@ -456,10 +574,12 @@ def run(
                     result = fn(conn, *args, **kwargs)
                     conn.commit()
                 except Exception as exc:
-                    _rollback(conn, classifier.classify(exc), classifier)
+                    _rollback(conn, _unit_error_info(exc, classifier), classifier)
                     raise
                 return result
         except Exception as exc:
+            if _users_own(exc, classifier):
+                raise
             state = _retrying(pool, state.increment(exc))
         state.wait()
         state = state.begin()

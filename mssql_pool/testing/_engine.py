@@ -333,6 +333,10 @@ class SessionState:
     textsize: int = 2147483647
     context_info: bytes | None = None
     session_context: dict[str, Any] = field(default_factory=dict)
+    read_only_keys: set[str] = field(default_factory=set)
+    # EXECUTE AS / SETUSER: a stack of ("LOGIN" | "USER", name); sp_reset_connection
+    # leaves it alone (a reset does not restore the security context), REVERT pops.
+    impersonation: list[tuple[str, str]] = field(default_factory=list)
     variables: dict[str, Any] = field(default_factory=dict)
     rowcount: int = 0
     identity: int | None = None
@@ -523,7 +527,10 @@ class Executor:
                 con.execute(f'DROP TABLE temp."{name}"')
         st.options = dict(LOGIN_OPTIONS)
         st.context_info = None
-        st.session_context = {}
+        # Read-only keys stay, like the security context of EXECUTE AS: state the pool
+        # must discard a connection for, never hand on after a reset.
+        st.session_context = {k: v for k, v in st.session_context.items()
+                              if k in st.read_only_keys}
         st.variables = {}
         st.lock_timeout = -1
         self._apply_lock_timeout()
@@ -613,6 +620,8 @@ class Executor:
         w = [t.up for t in toks]
         head = w[0]
         st = self.state
+        if st.trancount == 0 and st.options.get("IMPLICIT_TRANSACTIONS") and opens_implicit(toks):
+            self.begin(out)  # the unseen BEGIN TRAN of implicit transaction mode
         if head == "SET":
             self._set(toks, out)
         elif head == "DECLARE":
@@ -647,6 +656,16 @@ class Executor:
             self._waitfor(toks, wait)
         elif head == "USE":
             self._use(unquote(toks[1]) if len(toks) > 1 else "", out)
+        elif head in ("EXEC", "EXECUTE") and len(w) > 1 and w[1] == "AS":
+            self._execute_as(toks)
+        elif head == "SETUSER":
+            if len(toks) > 1:
+                st.impersonation.append(("USER", str(self._scalar(toks[1:2]))))
+            else:
+                st.impersonation.clear()
+        elif head == "REVERT":
+            if st.impersonation:
+                st.impersonation.pop()
         elif head in ("EXEC", "EXECUTE"):
             self._exec(toks, out, wait)
         elif head == "KILL":
@@ -659,8 +678,42 @@ class Executor:
             self.engine.add_database(unquote(toks[2]))
         elif head == "WHILE":
             raise SqlError(102, near="WHILE")
+        elif self._is_bare_call(toks):
+            # A procedure called without EXEC (SQL Server allows it as a batch's first
+            # statement).
+            self._exec([Tok("word", "EXEC", toks[0].start, toks[0].start), *toks], out, wait)
         else:
             self._sql(toks, out, wait)
+
+    def _is_bare_call(self, toks: list[Tok]) -> bool:
+        if toks[0].kind not in ("word", "br", "dq"):
+            return False
+        name = unquote(toks[0])
+        i = 1
+        while i + 1 < len(toks) and toks[i].text == ".":
+            name = unquote(toks[i + 1])
+            i += 2
+        short = name.lower()
+        return short.startswith("sp_") or \
+            (self.state.database.lower(), short) in _procs._procs(self.engine)
+
+    def _execute_as(self, toks: list[Tok]) -> None:
+        """EXECUTE AS LOGIN|USER = 'name' (any name is accepted: no principals here)."""
+        w = [t.up for t in toks]
+        if len(toks) < 5 or w[2] not in ("LOGIN", "USER") or toks[3].text != "=":
+            raise SqlError(102, near=toks[2].text if len(toks) > 2 else "AS")
+        self.state.impersonation.append((w[2], str(self._scalar(toks[4:5]))))
+
+    def _login_name(self) -> str:
+        for kind, name in reversed(self.state.impersonation):
+            if kind == "LOGIN":
+                return name
+        return self.state.user
+
+    def _user_name(self) -> str:
+        if self.state.impersonation:
+            return self.state.impersonation[-1][1]
+        return "dbo"
 
     def _has_savepoint(self, name: str) -> bool:
         return self.locks.has_savepoint(name)
@@ -709,7 +762,8 @@ class Executor:
                     st.options[opt] = value
                     if opt == "ANSI_DEFAULTS":
                         for o in ("ANSI_NULLS", "ANSI_NULL_DFLT_ON", "ANSI_PADDING",
-                                  "ANSI_WARNINGS", "QUOTED_IDENTIFIER"):
+                                  "ANSI_WARNINGS", "QUOTED_IDENTIFIER", "CURSOR_CLOSE_ON_COMMIT",
+                                  "IMPLICIT_TRANSACTIONS"):
                             st.options[o] = value
             return
         # other SET options (DATEFORMAT, DATEFIRST, DEADLOCK_PRIORITY, ROWCOUNT...) are kept
@@ -845,6 +899,12 @@ class Executor:
             pos = [v for k, v in params if k is None]
             key = named.get("@key", pos[0] if pos else None)
             value = named.get("@value", pos[1] if len(pos) > 1 else None)
+            read_only = named.get("@read_only", pos[2] if len(pos) > 2 else 0)
+            if key is not None and str(key) in self.state.read_only_keys:
+                raise SqlError(15664, f"Cannot set key '{key}' in the session context. The "
+                               "key has been set as read_only for this session.", 16)
+            if key is not None and read_only:
+                self.state.read_only_keys.add(str(key))
             if key is None:
                 raise SqlError(201, "Procedure or function 'sp_set_session_context' expects "
                                "parameter '@key', which was not supplied.", 16)
@@ -1167,10 +1227,10 @@ class Executor:
     _niladic: dict[str, Callable[[Executor], Any]] = {
         "SCHEMA_NAME": lambda e: "dbo",
         "DB_NAME": lambda e: e.state.database,
-        "SUSER_SNAME": lambda e: e.state.user,
-        "SUSER_NAME": lambda e: e.state.user,
+        "SUSER_SNAME": lambda e: e._login_name(),
+        "SUSER_NAME": lambda e: e._login_name(),
         "ORIGINAL_LOGIN": lambda e: e.state.user,
-        "USER_NAME": lambda e: "dbo",
+        "USER_NAME": lambda e: e._user_name(),
         "HOST_NAME": lambda e: e.state.hostname,
         "APP_NAME": lambda e: e.state.appname,
         "CONTEXT_INFO": lambda e: e.state.context_info,
@@ -1272,6 +1332,39 @@ def translation_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+# Statements that open a transaction in implicit transaction mode when none is open
+# (SET IMPLICIT_TRANSACTIONS): SELECT only when it reads a table, ALTER only ALTER TABLE.
+_IMPLICIT_HEADS = frozenset({
+    "CREATE", "DELETE", "DROP", "FETCH", "GRANT", "INSERT", "MERGE", "OPEN", "REVOKE",
+    "TRUNCATE", "UPDATE",
+})
+
+
+def _reads_table(toks: list[Tok]) -> bool:
+    """A FROM (or SELECT ... INTO) anywhere in the statement: it touches a table.
+
+    ``SELECT 1``, ``SELECT @@TRANCOUNT`` and ``SELECT GETDATE()`` do not. Neither do an IF
+    condition or a DECLARE's initial value that read a table (Babelfish, seen).
+    """
+    return any(t.kind == "word" and t.up in ("FROM", "INTO") for t in toks)
+
+
+def opens_implicit(toks: list[Tok]) -> bool:
+    """Whether this statement opens a transaction under SET IMPLICIT_TRANSACTIONS ON."""
+    head = toks[0].up if toks else ""
+    if head in _IMPLICIT_HEADS:
+        # CREATE DATABASE cannot run inside a transaction at all
+        return not (head == "CREATE" and len(toks) > 1 and toks[1].up == "DATABASE")
+    if head == "ALTER":
+        return len(toks) > 1 and toks[1].up == "TABLE"
+    if head == "BEGIN":
+        return len(toks) > 1 and toks[1].up in ("TRAN", "TRANSACTION", "DISTRIBUTED")
+    if head in ("SELECT", "WITH"):
+        return _reads_table(toks) or (head == "WITH" and any(
+            t.kind == "word" and t.up in ("INSERT", "UPDATE", "DELETE", "MERGE") for t in toks))
+    return False
 
 
 @functools.lru_cache(maxsize=4096)

@@ -10,14 +10,33 @@ faults happen independently of the server's own fault hooks::
     proxy.heal()         # traffic flows again; connections that lost bytes are reset
     proxy.delay(0.5)     # every chunk waits this long (latency)
     proxy.refuse()       # new connections are reset at once (a port nobody listens on)
+    proxy.arm("after_send", match="marker")   # cut one request/reply exchange (below)
 
 Blackhole semantics: bytes sent during the partition are dropped, as a real partition
 drops packets, and on ``heal()`` every connection that lost bytes is reset (its two ends
 no longer agree on the TDS stream). Bytes are never delivered late, so a COMMIT sent
 into the partition cannot land after the client gave up on it.
 
+Cutting one exchange: ``arm(point, match=..., offset=0)`` waits for the next request
+(SQL batch or RPC) whose UCS-2 text contains ``match`` and resets that connection at
+``point``:
+
+* ``"request"``: the request is dropped; the server never receives it;
+* ``"after_send"``: the request reaches the server, which runs it; its whole reply is
+  dropped;
+* ``"reply"``: the first ``offset`` bytes of the reply reach the client, then the reset;
+* ``"after_reply"``: the whole reply reaches the client, then the reset (the client has
+  its answer; its next request meets a dead connection).
+
+``armed()`` is True until the cut happened. (Cutting *before* a request is sent is
+``cut()`` while the connection is idle.)
+
 ``stats()``: ``accepted``, ``active``, ``bytes_up`` (client to server), ``bytes_down``,
-``cut`` (connections reset by cut/heal/refuse). The first 4 KiB each client sent are kept
+``cut`` (connections reset by cut/heal/refuse), and with ``TcpProxy(..., tap=True)``
+``requests``: request messages clients sent (batches, RPCs, TM requests), i.e. round trips,
+and ``attentions`` (cancels),
+counted on the wire so that it works for any server; :meth:`requests` lists them with their
+text (``mssql_pool.testing.round_trips.RequestTap``). The first 4 KiB each client sent are kept
 (the PRELOGIN and LOGIN7 packets; no TLS with the test server): :meth:`login_packet`.
 Every thread is named and daemonic; ``close()`` joins them.
 """
@@ -33,6 +52,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+from mssql_pool.testing.round_trips import Request, RequestTap
 
 __all__ = ["TcpProxy", "tcp_proxy_factory"]
 
@@ -65,6 +86,11 @@ class _Pair:
         self.lost_bytes = False
         self.captured = bytearray()
         self.threads: list[threading.Thread] = []
+        self.tap = (RequestTap(proxy._requests, ident, lock=proxy._lock)
+                    if proxy.tapped else None)
+        # An armed cut caught by this connection: (point, offset), and the reply so far.
+        self.cutting: tuple[str, int] | None = None
+        self.reply = bytearray()
 
     def run(self) -> None:
         p = self.proxy
@@ -108,6 +134,18 @@ class _Pair:
                     continue
                 if up and len(self.captured) < 4096:
                     self.captured += data[: 4096 - len(self.captured)]
+                if up and self.tap is not None:
+                    self.tap.feed(data)
+                if up and self.cutting is None and p._arm is not None \
+                        and data[:1] in (b"\x01", b"\x03"):
+                    self.cutting = p._take_arm(data)
+                    if self.cutting is not None and self.cutting[0] == "request":
+                        self.close(reset=True)
+                        break
+                if not up and self.cutting is not None:
+                    if self._cut_reply(dst, data):
+                        break
+                    continue
                 delay = p._delay
                 if delay > 0:
                     time.sleep(delay)
@@ -118,6 +156,23 @@ class _Pair:
                 p._count("bytes_up" if up else "bytes_down", len(data))
         finally:
             self.close(reset=False)
+
+    def _cut_reply(self, dst: socket.socket, data: bytes) -> bool:
+        """Pass on what the armed cut lets through; True once the connection is reset."""
+        assert self.cutting is not None
+        point, offset = self.cutting
+        before = len(self.reply)
+        self.reply += data
+        if point == "reply" and before < offset:
+            _quietly(dst.sendall, bytes(self.reply[before:offset]))
+        elif point == "after_reply":
+            _quietly(dst.sendall, data)
+        if point == "reply" and len(self.reply) >= offset or _complete(self.reply):
+            if point == "after_reply":
+                time.sleep(_TICK)   # let the client read the whole reply first
+            self.close(reset=True)
+            return True
+        return False
 
     def close(self, reset: bool) -> None:
         if self.closed.is_set():
@@ -136,11 +191,28 @@ class _Pair:
         self.proxy._forget(self)
 
 
+def _complete(reply: bytes | bytearray) -> bool:
+    """Whether ``reply`` holds a whole TDS message (a packet with the end-of-message bit)."""
+    pos = 0
+    while pos + 8 <= len(reply):
+        length = struct.unpack(">H", reply[pos + 2: pos + 4])[0]
+        if length < 8 or pos + length > len(reply):
+            return False
+        if reply[pos + 1] & 0x01:
+            return True
+        pos += length
+    return False
+
+
 class TcpProxy:
     """A TCP proxy from ``127.0.0.1:port`` to ``target`` with faults on cue."""
 
-    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1", port: int = 0,
+                 tap: bool = False) -> None:
         self.target = target
+        self.tapped = tap
+        self._requests: list[Request] = []
+        self._gone_attentions = 0
         self.host = host
         self.port = port
         self._lock = threading.Lock()
@@ -154,6 +226,7 @@ class TcpProxy:
         self._delay = 0.0
         self._next = 0
         self._stats = {"accepted": 0, "bytes_up": 0, "bytes_down": 0, "cut": 0}
+        self._arm: tuple[str, bytes, int] | None = None
         self._captures: list[bytearray] = []
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -228,12 +301,50 @@ class TcpProxy:
         """Send new connections to ``target`` (existing ones stay where they are)."""
         self.target = target
 
+    def arm(self, point: str, *, match: str, offset: int = 0) -> None:
+        """Cut the next request containing ``match`` at ``point`` (see the module doc)."""
+        if point not in ("request", "after_send", "reply", "after_reply"):
+            raise ValueError(f"point must be request, after_send, reply or after_reply, "
+                             f"got {point!r}")
+        with self._lock:
+            self._arm = (point, match.encode("utf-16-le"), int(offset))
+
+    def armed(self) -> bool:
+        with self._lock:
+            return self._arm is not None
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._arm = None
+
+    def _take_arm(self, request: bytes) -> tuple[str, int] | None:
+        with self._lock:
+            if self._arm is None or self._arm[1] not in request:
+                return None
+            point, _, offset = self._arm
+            self._arm = None
+        return point, offset
+
     # -- inspection --------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
         with self._lock:
             out = dict(self._stats)
             out["active"] = len(self._pairs)
+            if self.tapped:
+                out["requests"] = len(self._requests)
+                out["attentions"] = sum(p.tap.attentions for p in self._pairs.values()
+                                        if p.tap is not None) + self._gone_attentions
         return out
+
+    def requests(self, since: int = 0) -> list[Request]:
+        """Request messages seen (``tap=True``), in arrival order, from index ``since``."""
+        with self._lock:
+            return list(self._requests[since:])
+
+    def request_count(self) -> int:
+        """How many request messages went through (``tap=True``): a round-trip counter."""
+        with self._lock:
+            return len(self._requests)
 
     def login_packet(self, index: int = -1) -> bytes | None:
         """The LOGIN7 payload (without the 8-byte header) client ``index`` sent, or None."""
@@ -278,7 +389,8 @@ class TcpProxy:
 
     def _forget(self, pair: _Pair) -> None:
         with self._lock:
-            self._pairs.pop(pair.ident, None)
+            if self._pairs.pop(pair.ident, None) is not None and pair.tap is not None:
+                self._gone_attentions += pair.tap.attentions
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -294,10 +406,10 @@ def tcp_proxy_factory() -> Iterator[TcpProxyFactory]:
     closed after the test."""
     proxies: list[TcpProxy] = []
 
-    def make(target: Any) -> TcpProxy:
+    def make(target: Any, tap: bool = False) -> TcpProxy:
         if not isinstance(target, tuple):
             target = (target.host, target.port)
-        proxy = TcpProxy(target).start()
+        proxy = TcpProxy(target, tap=tap).start()
         proxies.append(proxy)
         return proxy
 

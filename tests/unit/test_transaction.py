@@ -7,6 +7,7 @@ no unit of work is ever applied twice.
 from __future__ import annotations
 
 import contextlib
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,9 +15,20 @@ import pymssql
 import pytest
 from fakedb import FakeClock
 
-from mssql_pool.errors import CommitUnknownError, ConfigError, RetryExhausted
+from mssql_pool.errors import (
+    CommitUnknownError,
+    ConfigError,
+    RetryExhausted,
+    UnbalancedTransactionError,
+)
 from mssql_pool.retry import FixedBackoff, RetryPolicy
-from mssql_pool.transaction import TRANSACTION_POLICY, run, run_transaction, transactional
+from mssql_pool.transaction import (
+    COMMIT_BATCH,
+    TRANSACTION_POLICY,
+    run,
+    run_transaction,
+    transactional,
+)
 
 
 def err(number: int, text: str = "x") -> pymssql.OperationalError:
@@ -70,6 +82,7 @@ class FakeConn:
         self._split_commit = pymssql_like
         self.autocommit_state = autocommit
         self.rollbacks = 0
+        self.trancount = 0 if autocommit else 1
 
     def _check(self) -> None:
         if self.dead:
@@ -84,8 +97,13 @@ class FakeConn:
         self.server.statements.append(sql)
         if sql == "COMMIT TRAN":
             self._commit()
+        elif sql == COMMIT_BATCH:
+            found = self.trancount
+            if found == 1:
+                self._commit()
+            self.last_row = (found,)
         elif sql == "BEGIN TRAN":
-            pass
+            self.trancount += 1
         elif sql.startswith("SET TRANSACTION ISOLATION LEVEL"):
             self.isolation = sql.rsplit("LEVEL ", 1)[1]
         elif sql == "IF @@TRANCOUNT > 0 ROLLBACK TRAN":
@@ -109,6 +127,7 @@ class FakeConn:
         self._die_on("commit_before")  # lost before the server applied it
         self.server.ledger.extend(self.pending)
         self.pending = []
+        self.trancount = 0
         self._die_on("commit_after")  # applied, then the socket died
 
     def commit(self) -> None:
@@ -120,6 +139,7 @@ class FakeConn:
         self.rollbacks += 1
         self.server.fire("rollback")
         self.pending = []
+        self.trancount = 0 if self.autocommit_state else 1
 
 
 def _is_dead(exc: BaseException) -> bool:
@@ -200,14 +220,14 @@ def test_commits_once_and_returns(pool: FakePool) -> None:
 def test_pymssql_commit_is_split_from_the_next_begin() -> None:
     pool = FakePool(FakeServer(), pymssql_like=True)
     run_transaction(pool, work, "u1", policy=fast_policy())
-    assert pool.server.statements == ["WORK", "COMMIT TRAN"]
+    assert pool.server.statements == ["WORK", COMMIT_BATCH]
     assert pool.handed_out[0].raw.rollbacks == 1  # pymssql's BEGIN TRAN re-opened
 
 
 def test_pymssql_autocommit_mode_opens_its_own_transaction() -> None:
     pool = FakePool(FakeServer(), pymssql_like=True, autocommit=True)
     run_transaction(pool, work, "u1", policy=fast_policy())
-    assert pool.server.statements == ["BEGIN TRAN", "WORK", "COMMIT TRAN"]
+    assert pool.server.statements == ["BEGIN TRAN", "WORK", COMMIT_BATCH]
 
 
 def test_isolation_level(pool: FakePool) -> None:
@@ -485,3 +505,21 @@ class TestWithRealPool:
             assert pool.run(lambda conn: 5, idempotent=True, policy=fast_policy()) == 5
             with pytest.raises(ConfigError):
                 pool.run(lambda conn: 5)
+
+
+# --------------------------------------------------------------------------- unbalanced units
+def test_a_unit_leaving_its_own_transaction_open_is_rolled_back_and_reported() -> None:
+    pool = FakePool(FakeServer(), pymssql_like=True)
+
+    def nested(conn: Any) -> None:
+        conn.cursor().execute("BEGIN TRAN")
+        conn.cursor().execute("WORK", "u1")
+
+    with pytest.raises(UnbalancedTransactionError) as ei:
+        run_transaction(pool, nested, policy=fast_policy())
+    assert ei.value.trancount == 2
+    assert pool.server.ledger == []                      # nothing committed
+    assert len(pool.handed_out) == 1                     # never run again
+    assert pool.handed_out[0].raw.rollbacks == 1
+    again = pickle.loads(pickle.dumps(ei.value))
+    assert again.trancount == 2 and str(again) == str(ei.value)

@@ -1,0 +1,387 @@
+"""What a batch of T-SQL does to its session: a small tokenizer-based scanner.
+
+The pool must know, for every statement a borrower runs, whether it leaves something in
+the session that the next borrower would inherit. :func:`scan` answers with a small bit
+set:
+
+* :data:`WORK`: something ran (always set);
+* :data:`TXN`: the batch controls transactions (``BEGIN/COMMIT/ROLLBACK/SAVE TRAN``), or
+  may (a procedure call, ``EXEC`` of anything, dynamic SQL): the transaction count is
+  then unknown, and a ``commit()``/``rollback()`` call no longer proves it is at its
+  baseline;
+* :data:`SESSION`: session state changed (SET options, ``USE``, ``#temp`` objects,
+  CONTEXT_INFO, session context, cursors, ``DBCC``, dynamic SQL whose text is not a
+  literal): a full reset is needed;
+* :data:`DISCARD`: state no reset can undo (``EXECUTE AS``, ``SETUSER``, an application
+  role, an application lock, a read-only session context key, ``sp_bindsession``): the
+  connection must be closed.
+
+How it reads a batch. The text is lower-cased and cut into tokens by a regular expression
+(one ``findall`` when the text holds no block comment, a loop that follows their nesting
+otherwise; a property test keeps the two in agreement): comments
+(``--`` to the end of the line, nested ``/* */``) are dropped; string literals
+(``'...'``, ``N'...'``, ``''`` escapes), bracketed (``[...]``, ``]]`` escapes) and quoted
+(``"..."``) identifiers, variables (``@x``, ``@@x``), temp names (``#x``), words, numbers
+and punctuation are tokens. Keywords are recognised only as bare words, so ``[use]`` is a
+name and ``'SET NOCOUNT ON'`` is a string. Rules then look at the tokens, wherever a
+statement starts (T-SQL needs no semicolons, so rules are anchored on keywords, not on
+statement boundaries):
+
+* ``SET <word>`` not followed by ``=`` or ``.`` (which would be ``UPDATE ... SET col =``)
+  is a session option; ``SET @var = ...`` is not;
+* ``USE <name>`` (not ``USE HINT``/``USE PLAN`` inside ``OPTION (...)``);
+* ``EXEC``/``EXECUTE`` followed by ``AS`` (not ``WITH EXECUTE AS`` in a module's
+  definition) is impersonation; followed by ``(`` or a string it is dynamic SQL: string
+  literals are scanned in turn (``''`` unescaped), anything else (a variable) is unknown:
+  ``SESSION | TXN``; followed by a name it is a procedure call: ``TXN``;
+* a batch whose first token is a name that is not a statement keyword is a procedure
+  call without ``EXEC``: ``TXN``;
+* known system procedures are recognised by name wherever they appear (``EXEC``, no
+  ``EXEC``, ``sys.`` prefix, brackets): ``sp_set_session_context`` (DISCARD when its
+  ``@read_only`` argument, named or third positional, is anything but a literal 0),
+  ``sp_setapprole``, ``sp_getapplock``, ``sp_bindsession``; ``sp_executesql`` scans its
+  first argument like ``EXEC (...)``.
+
+The scanner is deliberately conservative: a false positive costs one reset round trip,
+a miss would hand the next borrower someone else's session. Results are cached per
+statement text (bounded).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+__all__ = ["WORK", "SESSION", "DISCARD", "TXN", "scan", "tokens", "describe"]
+
+WORK = 1       #: statements ran
+SESSION = 2    #: session state changed: needs a full reset
+DISCARD = 4    #: state no reset can clear: close the connection
+TXN = 8        #: transaction control ran or may have run: the transaction count is unknown
+
+_TOKEN = re.compile(
+    r"""
+    \s*(?:
+      (?P<line>--[^\n]*)
+    | (?P<block>/\*)
+    | (?P<str>n?'(?:[^']|'')*(?:'|\Z))
+    | (?P<bracket>\[(?:[^\]]|\]\])*(?:\]|\Z))
+    | (?P<quoted>"(?:[^"]|"")*(?:"|\Z))
+    | (?P<var>@@?[\w@$#]*)
+    | (?P<temp>\#\#?[\w@$#]*)
+    | (?P<num>\d[\w.]*)
+    | (?P<word>[^\W\d][\w@$#]*)
+    | (?P<op>[-+*/%&|^]=|[<>!]=|<>|.)
+    | (?P<end>\Z)
+    )
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+_BLOCK = re.compile(r"/\*|\*/")
+
+# Token kinds as small ints: a tuple compare is cheaper than a string compare.
+WORD, NAME, STR, VAR, TEMP, NUM, OP = range(7)
+_KIND = {"word": WORD, "bracket": NAME, "quoted": NAME, "str": STR, "var": VAR,
+         "temp": TEMP, "num": NUM, "op": OP}
+
+Token = tuple[int, str]   # (kind, value): words lower-cased, names and strings unquoted
+
+
+def _skip_block(text: str, pos: int) -> int:
+    """End of a (nested) block comment starting just before ``pos``."""
+    depth = 1
+    while depth:
+        m = _BLOCK.search(text, pos)
+        if m is None:
+            return len(text)
+        depth += 1 if m.group() == "/*" else -1
+        pos = m.end()
+    return pos
+
+
+# The same tokens as _TOKEN, as bare strings, for texts without block comments (whose
+# nesting needs the loop in _tokens_slow): one findall at C speed, then a dispatch on the
+# first character.
+_RAW = re.compile(
+    r"""--[^\n]*|n?'(?:[^']|'')*(?:'|\Z)|\[(?:[^\]]|\]\])*(?:\]|\Z)|"(?:[^"]|"")*(?:"|\Z)"""
+    r"""|@@?[\w@$#]*|\#\#?[\w@$#]*|\d[\w.]*|[^\W\d][\w@$#]*|[-+*/%&|^]=|[<>!]=|<>|\S""",
+    re.DOTALL,
+)
+
+
+def tokens(text: str) -> list[Token]:
+    """Cut ``text`` into tokens (comments and whitespace dropped). Everything is
+    lower-cased first: keywords and names compare without case, and the text of a string
+    is only ever scanned in turn."""
+    text = text.lower()
+    if "/*" in text:
+        return _tokens_slow(text)
+    out: list[Token] = []
+    append = out.append
+    for t in _RAW.findall(text):
+        c = t[0]
+        if c == "n" and t[1:2] == "'":
+            body = t[2:]
+            append((STR, (body[:-1] if body.endswith("'") else body).replace("''", "'")))
+        elif c.isalpha() or c == "_":
+            append((WORD, t))
+        elif c == "'":
+            body = t[1:]
+            append((STR, (body[:-1] if body.endswith("'") else body).replace("''", "'")))
+        elif c == "[":
+            body = t[1:-1] if t.endswith("]") and len(t) > 1 else t[1:]
+            append((NAME, body.replace("]]", "]")))
+        elif c == '"':
+            body = t[1:-1] if t.endswith('"') and len(t) > 1 else t[1:]
+            append((NAME, body.replace('""', '"')))
+        elif c == "@":
+            append((VAR, t))
+        elif c == "#":
+            append((TEMP, t))
+        elif c.isdigit():
+            append((NUM, t))
+        elif c == "-" and t.startswith("--"):
+            continue
+        else:
+            append((OP, t))
+    return out
+
+
+def _tokens_slow(text: str) -> list[Token]:
+    """:func:`tokens` for a lower-cased text that may hold (nested) block comments."""
+    out: list[Token] = []
+    append = out.append
+    pos, end = 0, len(text)
+    match = _TOKEN.match
+    while pos < end:
+        m = match(text, pos)
+        assert m is not None   # "op" matches any character, "end" the end
+        kind = m.lastgroup or "op"
+        pos = m.end()
+        if kind == "line" or kind == "end":
+            continue
+        if kind == "block":
+            pos = _skip_block(text, pos)
+            continue
+        value = m.group(kind)
+        if kind == "str":
+            body = value[2:] if value[0] == "n" else value[1:]
+            append((STR, (body[:-1] if body.endswith("'") else body).replace("''", "'")))
+        elif kind == "bracket":
+            body = value[1:-1] if value.endswith("]") and len(value) > 1 else value[1:]
+            append((NAME, body.replace("]]", "]")))
+        elif kind == "quoted":
+            body = value[1:-1] if value.endswith('"') and len(value) > 1 else value[1:]
+            append((NAME, body.replace('""', '"')))
+        else:
+            append((_KIND[kind], value))
+    return out
+
+
+# Words that begin a statement: a batch starting with any other name is a procedure call.
+_STATEMENT_WORDS = frozenset("""
+    select insert update delete merge with create alter drop truncate declare set if while
+    begin end commit rollback save print raiserror throw waitfor use exec execute return goto
+    break continue grant revoke deny kill dbcc backup restore checkpoint open fetch close
+    deallocate bulk readtext writetext updatetext reconfigure shutdown revert setuser
+    disable enable receive send get move else values go
+""".split())
+
+_DISCARD_PROCS = frozenset({"sp_setapprole", "sp_getapplock", "sp_bindsession"})
+_TRAN_WORDS = frozenset({"tran", "transaction", "distributed"})
+_ASSIGN = frozenset({"=", "+=", "-=", "*=", "/=", "%=", "&=", "|=", "^=", "."})
+
+
+def _is_name(tok: Token) -> bool:
+    return tok[0] == WORD or tok[0] == NAME
+
+
+def _arguments(toks: Sequence[Token], i: int) -> list[list[Token]]:
+    """Comma-separated arguments of a procedure call at ``i``, up to a ``;`` or the next
+    statement keyword at depth 0 (an approximation, good enough for the rules here)."""
+    args: list[list[Token]] = [[]]
+    depth = 0
+    n = len(toks)
+    while i < n:
+        tok = toks[i]
+        if tok[0] == OP:
+            if tok[1] == "(":
+                depth += 1
+            elif tok[1] == ")":
+                if depth == 0:
+                    break
+                depth -= 1
+            elif tok[1] == ";" and depth == 0:
+                break
+            elif tok[1] == "," and depth == 0:
+                args.append([])
+                i += 1
+                continue
+        elif depth == 0 and tok[0] == WORD and tok[1] in _STATEMENT_WORDS and args[-1] \
+                and tok[1] not in ("output", "out"):
+            break
+        args[-1].append(tok)
+        i += 1
+    return args if args[0] else []
+
+
+def _session_context_flags(args: list[list[Token]]) -> int:
+    """``sp_set_session_context @key, @value, @read_only``: DISCARD unless read-only is
+    absent or a literal 0."""
+    read_only: list[Token] | None = None
+    positional = 0
+    for arg in args:
+        if len(arg) >= 2 and arg[0][0] == VAR and arg[1] == (OP, "="):
+            if arg[0][1] == "@read_only":
+                read_only = arg[2:]
+        else:
+            positional += 1
+            if positional == 3:
+                read_only = arg
+    if read_only is None or read_only == [(NUM, "0")]:
+        return SESSION
+    return DISCARD
+
+
+def _dynamic_text(toks: Sequence[Token], depth: int) -> int:
+    """Flags of the text of dynamic SQL given as ``toks`` (an expression): string literals
+    are scanned in turn, anything else (a variable, a function) is text we cannot see."""
+    flags = TXN
+    seen = False
+    for kind, value in toks:
+        if kind == STR:
+            flags |= _scan_tokens(tokens(value), depth + 1)
+            seen = True
+        elif kind != OP or value not in "()+":
+            flags |= SESSION
+    return flags if seen else flags | SESSION
+
+
+def _parenthesised(toks: Sequence[Token], i: int) -> list[Token]:
+    """The tokens inside the parentheses opening at ``i``."""
+    level = 0
+    for j in range(i, len(toks)):
+        if toks[j] == (OP, "("):
+            level += 1
+        elif toks[j] == (OP, ")"):
+            level -= 1
+            if level == 0:
+                return list(toks[i + 1:j])
+    return list(toks[i + 1:])
+
+
+def _first_argument(args: list[list[Token]]) -> list[Token]:
+    if not args:
+        return []
+    arg = args[0]
+    if len(arg) >= 2 and arg[0][0] == VAR and arg[1] == (OP, "="):
+        return arg[2:]
+    return arg
+
+
+_MAX_DEPTH = 8
+
+
+def _scan_tokens(toks: Sequence[Token], depth: int = 0) -> int:
+    if depth > _MAX_DEPTH:
+        return SESSION | TXN
+    flags = WORK
+    n = len(toks)
+    # A batch whose first statement is a bare name: a procedure call without EXEC.
+    first = 0
+    while first < n and toks[first] == (OP, ";"):
+        first += 1
+    if first < n and (toks[first][0] == NAME or (toks[first][0] == WORD
+                                                 and toks[first][1] not in _STATEMENT_WORDS)):
+        if not (first + 1 < n and toks[first + 1] == (OP, ":")):   # a label
+            flags |= TXN
+    for i, (kind, value) in enumerate(toks):
+        if kind == TEMP:
+            flags |= SESSION
+        elif kind == WORD:
+            nxt = toks[i + 1] if i + 1 < n else None
+            prev = toks[i - 1] if i > 0 else None
+            if value == "set":
+                if nxt is not None and _is_name(nxt):
+                    after = toks[i + 2] if i + 2 < n else None
+                    if after is None or after[0] != OP or after[1] not in _ASSIGN:
+                        flags |= SESSION
+            elif value == "use":
+                if nxt is not None and (_is_name(nxt) or nxt[0] == STR) \
+                        and not (prev is not None and prev[0] == OP and prev[1] in "(,"):
+                    flags |= SESSION
+            elif value in ("exec", "execute"):
+                if nxt is None:
+                    continue
+                if nxt == (WORD, "as"):
+                    if prev != (WORD, "with") and prev != (OP, ","):
+                        flags |= DISCARD
+                elif nxt == (OP, "("):
+                    flags |= _dynamic_text(_parenthesised(toks, i + 1), depth)
+                elif nxt[0] == STR:
+                    flags |= _dynamic_text([nxt], depth)
+                else:
+                    flags |= TXN
+                    if nxt[0] == VAR and i + 2 < n and toks[i + 2] == (OP, "="):
+                        continue   # EXEC @rc = proc: the name follows
+                    if nxt[0] == VAR:
+                        flags |= SESSION   # EXEC @name: a procedure we cannot name
+            elif value in ("commit", "rollback"):
+                flags |= TXN
+            elif value in ("begin", "save"):
+                if nxt is not None and nxt[0] == WORD and nxt[1] in _TRAN_WORDS:
+                    flags |= TXN
+            elif value in ("setuser", "revert"):
+                flags |= DISCARD if value == "setuser" else SESSION
+            elif value == "context_info" or value == "cursor" or value == "dbcc":
+                flags |= SESSION
+            elif value == "open" and nxt is not None and nxt[1] in ("symmetric", "master"):
+                flags |= SESSION   # an opened key stays open for the session
+        if kind == WORD or kind == NAME:
+            if value.startswith("sp_"):
+                if value in _DISCARD_PROCS:
+                    flags |= DISCARD
+                elif value == "sp_set_session_context":
+                    flags |= _session_context_flags(_arguments(toks, i + 1))
+                elif value == "sp_executesql":
+                    flags |= _dynamic_text(_first_argument(_arguments(toks, i + 1)), depth)
+    return flags
+
+
+_cache: dict[str, int] = {}
+_CACHE_MAX = 4096
+# Fast path: a batch that starts with one of these words and contains none of the hints
+# (lower-cased substrings every rule above needs) is plain work, without tokenizing.
+_PLAIN_START = re.compile(r"\s*(?:select|insert|update|delete|merge)\b")
+_HINTS = ("#", "set", "use", "exec", "commit", "rollback", "tran", "context_info", "cursor",
+          "dbcc", "sp_", "revert", "symmetric", "master")
+
+
+def scan(sql: object) -> int:
+    """The reset bits a batch implies: always :data:`WORK`, plus TXN/SESSION/DISCARD.
+
+    Results are cached per statement text (bounded).
+    """
+    cached: int | None = _cache.get(sql)  # type: ignore[call-overload]
+    if cached is not None:
+        return cached
+    text = sql if isinstance(sql, str) else (
+        bytes(sql).decode("utf-8", "replace") if isinstance(sql, (bytes, bytearray))
+        else str(sql))
+    low = text.lower()
+    if _PLAIN_START.match(low) and not any(h in low for h in _HINTS):
+        flags = WORK
+    else:
+        flags = _scan_tokens(tokens(text))
+    if isinstance(sql, str):
+        if len(_cache) >= _CACHE_MAX:
+            _cache.clear()
+        _cache[sql] = flags
+    return flags
+
+
+def describe(flags: int) -> str:
+    """``"WORK|TXN"`` and the like, for messages and test failures."""
+    names = [name for bit, name in ((WORK, "WORK"), (TXN, "TXN"), (SESSION, "SESSION"),
+                                    (DISCARD, "DISCARD")) if flags & bit]
+    return "|".join(names) or "0"
