@@ -62,6 +62,7 @@ __all__ = [
     "DISCARD_REASONS",
     "life_errors",
     "error_info",
+    "discard_reason",
 ]
 
 logger = logging.getLogger("mssql_pool.events")
@@ -189,6 +190,34 @@ DISCARD_REASONS: frozenset[str] = frozenset({
     "pool_closed",     # the pool is closed
     "other",
 })
+
+
+def discard_reason(text: str) -> str:
+    """The :data:`DISCARD_REASONS` code of a pool's close reason (its log text)."""
+    t = text.lower()
+    for prefix, code in _REASON_PREFIXES:
+        if t.startswith(prefix):
+            return code
+    return "other"
+
+
+_REASON_PREFIXES = (
+    ("its check failed", "check_failed"),
+    ("keepalive failed", "keepalive_failed"),
+    ("past its lifetime", "lifetime"),
+    ("idle for more than", "idle"),
+    ("drained", "drained"),
+    ("the pool was drained", "drained"),
+    ("the pool is closed", "pool_closed"),
+    ("leaked", "leaked"),
+    ("disconnected", "dead"),
+    ("dead at its first statement", "dead"),
+    ("invalidated", "dead"),
+    ("its reset failed", "reset_failed"),
+    ("interrupted during its reset", "reset_failed"),
+    ("it holds session state no reset can clear", "reset_failed"),
+    ("its session state changed", "reset_failed"),
+)
 
 
 def error_info(exc: BaseException | None) -> ErrorInfo | None:
@@ -651,7 +680,6 @@ _LIFE: dict[EventKind, dict[str, str]] = {
     EventKind.CONNECT: {_NEW: _IDLE},
     EventKind.CHECKOUT: {_IDLE: _BUSY},
     EventKind.RESET: {_BUSY: _BUSY},
-    EventKind.LEAK_SUSPECTED: {_BUSY: _BUSY},
     EventKind.CHECKIN: {_BUSY: _IDLE},
     EventKind.CHECK_FAILED: {_IDLE: _CLOSING},
     EventKind.KEEPALIVE_FAILED: {_IDLE: _CLOSING},
@@ -666,11 +694,12 @@ def life_errors(events: Iterable[PoolEvent], *, complete: bool = False) -> list[
     (an empty list when nothing is).
 
     Per ``conn_id``, in log order: ``connect`` first and once; ``checkout`` only while
-    idle (never after ``discard``); ``checkin``, ``reset`` and ``leak_suspected`` only
-    while checked out; ``check_failed``, ``keepalive_failed``, ``reap_idle`` only while
+    idle (never after ``discard``); ``checkin`` and ``reset`` only while checked out; ``check_failed``, ``keepalive_failed``, ``reap_idle`` only while
     idle, ``retire_lifetime`` while idle or coming back, each followed by its
     ``discard``; ``discard`` exactly once and last, with a known reason. Events without
-    a ``conn_id`` (pool-wide ones) are ignored. ``complete=True`` (the pool was closed
+    a ``conn_id`` (pool-wide ones) are ignored, and so is ``leak_suspected``: the
+    maintenance thread reports it while the borrower may be giving the connection back.
+    ``complete=True`` (the pool was closed
     with every connection returned) also requires every life to have ended.
 
     One caveat for logs recorded from several threads: the log is in emission order.

@@ -349,3 +349,24 @@ def test_on_retry_turns_a_bare_policys_retries_into_events() -> None:
     assert ev.error_info is not None and ev.error_info.kind is ErrorKind.DEADLOCK
     assert ev.error_info.number == 1205
     b.close()
+
+
+@pytest.mark.parametrize(("text", "code"), [
+    ("its check failed: OperationalError: 20047", "check_failed"),
+    ("keepalive failed: 20047", "keepalive_failed"),
+    ("past its lifetime", "lifetime"),
+    ("idle for more than 600.0 s", "idle"),
+    ("drained", "drained"),
+    ("the pool was drained", "drained"),
+    ("the pool is closed", "pool_closed"),
+    ("leaked", "leaked"),
+    ("disconnected: 20017 unexpected EOF", "dead"),
+    ("its reset failed: 20047", "reset_failed"),
+    ("it holds session state no reset can clear (app role, app lock, read-only key)",
+     "reset_failed"),
+    ("the caller was interrupted during its check", "other"),
+])
+def test_close_reasons_map_to_discard_codes(text: str, code: str) -> None:
+    from mssql_pool.events import DISCARD_REASONS, discard_reason
+
+    assert discard_reason(text) == code and code in DISCARD_REASONS
