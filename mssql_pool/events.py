@@ -694,13 +694,14 @@ def life_errors(events: Iterable[PoolEvent], *, complete: bool = False) -> list[
     (an empty list when nothing is).
 
     Per ``conn_id``, in log order: ``connect`` first and once; ``checkout`` only while
-    idle (never after ``discard``); ``checkin`` and ``reset`` only while checked out; ``check_failed``, ``keepalive_failed``, ``reap_idle`` only while
-    idle, ``retire_lifetime`` while idle or coming back, each followed by its
-    ``discard``; ``discard`` exactly once and last, with a known reason. Events without
-    a ``conn_id`` (pool-wide ones) are ignored, and so is ``leak_suspected``: the
+    idle (never after ``discard``); ``checkin`` and ``reset`` only while checked out;
+    ``check_failed``, ``keepalive_failed``, ``reap_idle`` only while idle,
+    ``retire_lifetime`` while idle or coming back, each followed by its ``discard``;
+    ``discard`` exactly once and last, with a known reason. Events without a
+    ``conn_id`` (pool-wide ones) are ignored, and so is ``leak_suspected``: the
     maintenance thread reports it while the borrower may be giving the connection back.
-    ``complete=True`` (the pool was closed
-    with every connection returned) also requires every life to have ended.
+    ``complete=True`` (the pool was closed with every connection returned) also
+    requires every life to have ended.
 
     One caveat for logs recorded from several threads: the log is in emission order.
     Emitters in the pool keep a connection's events in the order of its life (each is
