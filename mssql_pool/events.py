@@ -63,6 +63,7 @@ __all__ = [
     "life_errors",
     "error_info",
     "discard_reason",
+    "listener_pairs",
 ]
 
 logger = logging.getLogger("mssql_pool.events")
@@ -586,6 +587,11 @@ class EventBus:
     def __repr__(self) -> str:
         return (f"<EventBus {self.pool_name!r} listeners={len(self._workers)} "
                 f"dropped={self.dropped}{' closed' if self._closed else ''}>")
+
+
+def listener_pairs(listeners: Iterable[Any]) -> tuple[tuple[Listener, frozenset[EventKind]], ...]:
+    """Validate the ``listeners=`` option: ``(fn, kinds)`` pairs, kinds resolved."""
+    return tuple((fn, _kinds(kinds)) for fn, kinds in _listener_items(listeners))
 
 
 def _listener_items(listeners: Iterable[Any]) -> Iterator[tuple[Listener, Any]]:
