@@ -496,9 +496,16 @@ _URL_PASSWORD = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^\r\n
 _KEYS = "|".join(sorted(SECRET_KEYS))
 _KV_PASSWORD = re.compile(
     r"(?P<pre>(?<![A-Za-z0-9_])['\"]?(?:" + _KEYS + r")['\"]?\s*[=:]\s*)"
-    r"(?:'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|\{(?:[^}]|\}\})*\}?|[^;\r\n]*)",
+    r"(?:(?P<sq>')(?:[^'\\]|\\.)*'?|(?P<dq>\")(?:[^\"\\]|\\.)*\"?"
+    r"|(?P<br>\{)(?:[^}]|\}\})*\}?|[^;\r\n]*)",
     re.IGNORECASE,
 )
+
+
+def _kv_mask(m: re.Match[str]) -> str:
+    opening = m.group("sq") or m.group("dq") or m.group("br") or ""
+    closing = {"'": "'", '"': '"', "{": "}"}.get(opening, "")
+    return m.group("pre") + opening + _MASK + closing
 
 
 def redact(text_or_dsn: object, secrets: Iterable[str] = ()) -> str:
@@ -525,7 +532,7 @@ def redact(text_or_dsn: object, secrets: Iterable[str] = ()) -> str:
             text = _mask_known(text, form)
     if "://" in text and "@" in text:
         text = _URL_PASSWORD.sub(lambda m: m.group("pre") + _MASK, text)
-    return _KV_PASSWORD.sub(lambda m: m.group("pre") + _MASK, text)
+    return _KV_PASSWORD.sub(_kv_mask, text)
 
 
 def _mask_known(text: str, secret: str) -> str:
