@@ -824,7 +824,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         metavar="PORT",
-        help="serve the pool's Prometheus metrics on this port while the demo runs",
+        help="serve the pool's Prometheus metrics on this port while the demo runs "
+        "(0 picks a free one)",
+    )
+    demo.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the metrics are served on (default 127.0.0.1, this machine only; "
+        "0.0.0.0 for every interface)",
     )
     demo.add_argument(
         "--progress",
@@ -939,6 +947,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--accounts must be >= 2")
         if args.plot and importlib.util.find_spec("matplotlib") is None:
             raise UsageError("--plot needs matplotlib: pip install 'mssql_pool[plot]'")
+        if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+            raise UsageError(f"--metrics-port must be 0-65535, got {args.metrics_port}")
+        if not args.metrics_host.strip() or any(c.isspace() for c in args.metrics_host):
+            raise UsageError("--metrics-host must be a host name or address")
         if args.metrics_port is not None and importlib.util.find_spec("prometheus_client") is None:
             raise UsageError(
                 "--metrics-port needs prometheus-client: pip install 'mssql_pool[metrics]'"
