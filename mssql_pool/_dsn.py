@@ -286,14 +286,14 @@ class _Url:
 def _parse_url(url: str) -> dict[str, Any]:
     u = _Url(url)
     if u.ambiguous:
-        raise ConfigError("conninfo", f"{u.redacted()} is ambiguous: an '@' follows the "
-                                      f"host part; {_AMBIGUOUS}")
+        raise ConfigError("conninfo", f"an '@' follows the host part, so the URL is "
+                                      f"ambiguous; {_AMBIGUOUS}; in {u.redacted()}")
     if u.scheme.lower() not in SCHEMES:
         raise ConfigError("conninfo", f"URL scheme must be one of {', '.join(sorted(SCHEMES))}, "
                                       f"got {_show(u.scheme)} in {u.redacted()}")
     if u.userinfo is not None and ("%" in u.userinfo) and not _valid_escapes(u.userinfo):
-        raise ConfigError("conninfo", f"a '%' in the user name or password of {u.redacted()} "
-                                      f"is not followed by two hex digits; {_AMBIGUOUS}")
+        raise ConfigError("conninfo", f"a '%' in the user name or password is not followed "
+                                      f"by two hex digits; {_AMBIGUOUS}; in {u.redacted()}")
     kwargs: dict[str, Any] = {}
     host, port_text = _split_hostport(u.hostport, u.redacted())
     if host:
@@ -306,7 +306,7 @@ def _parse_url(url: str) -> dict[str, Any]:
         kwargs["password"] = unquote(u.password)
     path, _, query = u.tail.partition("?")
     if "#" in query or "#" in path:
-        raise ConfigError("conninfo", f"a '#' in {u.redacted()}: percent-encode it (%23)")
+        raise ConfigError("conninfo", f"percent-encode a '#' (%23) in {u.redacted()}")
     database = unquote(path[1:] if path.startswith("/") else path)
     if "/" in database:
         raise ConfigError("conninfo.database", f"one database name after the host, got "
@@ -491,6 +491,7 @@ def _redact_odbc(text: str) -> str:
 # URL userinfo in free text: scheme://user:secret@host -> scheme://user:***@host. The
 # secret runs to the last "@" on the line (an "@" or a space in a password over-masks
 # rather than leaks).
+# (So a message names its redacted URL last: an "@" after it would be masked too.)
 _URL_PASSWORD = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^\r\n]*(?=@)")
 # key=value / key: value / 'key': 'value' / "key"="value" / Key={value} for secret keys.
 _KEYS = "|".join(sorted(SECRET_KEYS))

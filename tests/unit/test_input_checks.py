@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from mssql_pool import CircuitBreaker, ConfigError, ConnectionPool
+from mssql_pool import CircuitBreaker, ConfigError, ConnectionPool, MssqlPoolError
 from mssql_pool._dsn import parse_conninfo, redact, redact_conninfo
 from mssql_pool.config import MAX_NAME, make_config
 
@@ -54,6 +54,23 @@ def test_unencoded_separator_in_password_is_rejected_without_leaking(sep: str) -
     assert "mssql://app:***@db.example.com:1433/orders" in text
     assert "S3c" not in text and "r3tPW" not in text
     assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+@pytest.mark.parametrize("sep", ["/", "#", "?"])
+def test_a_callable_returning_an_ambiguous_url_leaks_nowhere(
+        sep: str, caplog: pytest.LogCaptureFixture) -> None:
+    # resolved on every connect: the error reaches PoolTimeout and a WARNING per attempt
+    caplog.set_level(logging.DEBUG, logger="mssql_pool")
+    url = f"mssql://app:S3c{sep}r3tPW@db.example.com:1433/orders"
+    with ConnectionPool(lambda: url, min_size=0, background=False) as pool:
+        with pytest.raises(MssqlPoolError) as info:
+            pool.getconn(timeout=0.05)
+    texts = [str(info.value), repr(info.value), str(info.value.__cause__),
+             str(getattr(info.value, "last_error", "")), caplog.text,
+             repr(pool.last_connect_error)]
+    assert "percent-encode the password" in caplog.text
+    for text in texts:
+        assert "S3c" not in text and "r3tPW" not in text
 
 
 def test_percent_encoded_separators_are_accepted() -> None:
