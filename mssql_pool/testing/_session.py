@@ -35,6 +35,16 @@ log = logging.getLogger("mssql_pool.testing.session")
 PROG_NAME = "Microsoft SQL Server"
 
 
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``sock`` to be readable (poll: no FD_SETSIZE limit)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+    r, _, _ = select.select([sock], [], [], timeout)
+    return bool(r)
+
+
 class _Closed(Exception):
     """End this session now (kill, drop fault, fatal error)."""
 
@@ -180,8 +190,7 @@ class Session:
                 log.info("session %d from %s: no login within %g s, closing it", self.spid,
                          self.peer, srv.handshake_timeout)
                 raise _Closed()
-            r, _, _ = select.select([self.sock], [], [], min(deadline - now, 0.5))
-            if r:
+            if _readable(self.sock, min(deadline - now, 0.5)):
                 break
         self.sock.settimeout(max(0.01, deadline - time.monotonic()))
         try:
