@@ -133,9 +133,15 @@ def _from_mapping(conninfo: Mapping[Any, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def _param(key: str) -> str:
+    """``conninfo.<key>``, with an odd key (long, control characters) shown safely."""
+    shown = key if key.isprintable() and len(key) <= 40 else repr(key[:40])
+    return f"conninfo.{shown}"
+
+
 def _check_value(key: str, value: Any) -> Any:
     """Validate one connect argument (given as a Python value); return it unchanged."""
-    name = f"conninfo.{key}"
+    name = _param(key)
     if key not in CONNECT_KEYS:
         raise ConfigError(name, f"unknown connection parameter; known: "
                                 f"{', '.join(sorted(CONNECT_KEYS))}")
@@ -322,10 +328,10 @@ def _parse_url(url: str) -> dict[str, Any]:
             if key == "host":
                 key = "server"
             if key in kwargs:
-                raise ConfigError(f"conninfo.{key}", "given twice")
+                raise ConfigError(_param(key), "given twice")
             if key not in CONNECT_KEYS:
-                raise ConfigError(f"conninfo.{key}", f"unknown URL query parameter; known: "
-                                                     f"{', '.join(sorted(CONNECT_KEYS))}")
+                raise ConfigError(_param(key), f"unknown URL query parameter; known: "
+                                               f"{', '.join(sorted(CONNECT_KEYS))}")
             value = unquote(value_text.replace("+", " ")) if eq else ""
             kwargs[key] = _convert(key, value)
     for key, value in list(kwargs.items()):
