@@ -39,7 +39,7 @@ from . import endpoints as _endpoints
 from ._dsn import parse_conninfo, redact
 from .breaker import ConnectGuard
 from .classify import is_disconnect
-from .config import Conninfo, PoolConfig, make_config
+from .config import Conninfo, PoolConfig, check_timeout, make_config
 from .connection import NO_REPLAY, ConnectionRecord, ConnState, PooledConnection
 from .errors import (
     CircuitOpenError,
@@ -149,6 +149,8 @@ class ConnectionPool:
         is replaced transparently. Raises :class:`PoolTimeout`, :class:`PoolClosed` or
         :class:`TooManyRequests`. Give it back with :meth:`putconn` or ``conn.close()``.
         """
+        if timeout is not None:
+            check_timeout("timeout", timeout)
         now = self._clock()
         rec = None
         # Fast path: an idle connection, fresh enough to skip its check.
@@ -401,6 +403,9 @@ class ConnectionPool:
 
         Idempotent: a proxy already returned is ignored.
         """
+        if not isinstance(conn, PooledConnection):
+            raise TypeError(f"putconn() takes a connection from getconn(), "
+                            f"got {type(conn).__name__}")
         rec = conn._rec
         if rec is None:
             return

@@ -352,3 +352,30 @@ def test_cancellation_at_random_points_leaves_nothing_behind(tds_server: Any,
         expected[src] -= amount
         expected[dst] += amount
     assert bal == expected                # nothing applied half-way
+
+
+def test_async_units_own_error_reaches_the_caller_once_rolled_back(tds_server: Any) -> None:
+    """An OSError raised by the application's own code inside ``fn`` is not the server's:
+    it reaches the caller unchanged after one run, rolled back, the connection kept."""
+    calls: list[int] = []
+    mine = OSError("the application's own file is missing")
+
+    async def unit(conn: Any) -> None:
+        calls.append(1)
+        await conn.cursor().execute("UPDATE acct SET bal = bal - 1 WHERE id = 1")
+        raise mine
+
+    async def main() -> tuple[dict[str, int], dict[str, int]]:
+        async with make_pool(tds_server, min_size=1, max_size=1) as pool:
+            setup_bank(pool.sync_pool)
+            before = pool.get_stats()
+            with pytest.raises(OSError) as caught:
+                await pool.run_transaction(unit)
+            assert caught.value is mine
+            return before, pool.get_stats()
+
+    before, after = asyncio.run(main())
+    assert calls == [1]
+    assert after.get("connections_discarded", 0) == before.get("connections_discarded", 0)
+    bal, _ledger = read_state(tds_server)
+    assert bal[1] == INITIAL
