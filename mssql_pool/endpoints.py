@@ -111,10 +111,11 @@ AZURE_GATEWAY_SUFFIXES: tuple[str, ...] = (
     ".database.cloudapi.de", ".sql.azuresynapse.net", ".database.fabric.microsoft.com",
 )
 
-#: The identification query: server name, then the node's address and port (SQL Server).
+#: The identification query: server name, the node's address and port (SQL Server), and
+#: the session id (for events and server-side correlation).
 IDENTIFY_SQL = ("SELECT CONVERT(nvarchar(128), @@SERVERNAME), "
                 "CONVERT(nvarchar(48), CONNECTIONPROPERTY('local_net_address')), "
-                "CONVERT(int, CONNECTIONPROPERTY('local_tcp_port'))")
+                "CONVERT(int, CONNECTIONPROPERTY('local_tcp_port')), @@SPID")
 _IDENTIFY_FALLBACK = "SELECT @@SERVERNAME"
 
 #: Counter keys merged into ``pool.get_stats()``.
@@ -229,13 +230,15 @@ class Landing:
     ``endpoint`` is the address dialled; ``node`` what the server said about itself
     (``@@SERVERNAME``, plus ``address:port`` where ``CONNECTIONPROPERTY`` answers), None
     when identification is off or failed; ``redirected`` True/False when the node's
-    port tells, None when unknown; ``at`` the pool clock's time of the connect.
+    port tells, None when unknown; ``at`` the pool clock's time of the connect;
+    ``spid`` the server session id, when identification asked for it.
     """
 
     endpoint: Endpoint
     node: str | None = None
     redirected: bool | None = None
     at: float = 0.0
+    spid: int | None = None
 
     def __str__(self) -> str:
         via = "" if self.node is None else f" -> {self.node}"
@@ -593,7 +596,7 @@ class Endpoints:
                 failed: list[tuple[Endpoint, BaseException]],
                 skipped: list[CircuitOpenError]) -> Landing:
         ep = st.endpoint
-        node, port = self._identify_node(raw, ep)
+        node, port, spid = self._identify_node(raw, ep)
         redirected = None if port is None else port != (ep.port or 1433)
         now = self._clock()
         moved_from = None
@@ -634,22 +637,24 @@ class Endpoints:
                          to_endpoint=str(ep), node=node, reason=why,
                          error_info=error_info(last))
         if redirected and bus is not None:
-            bus.emit(EventKind.REDIRECT, endpoint=str(ep), node=node)
-        return Landing(ep, node, redirected, now)
+            bus.emit(EventKind.REDIRECT, endpoint=str(ep), node=node, spid=spid)
+        return Landing(ep, node, redirected, now, spid)
 
-    def _identify_node(self, raw: Any, ep: Endpoint) -> tuple[str | None, int | None]:
+    def _identify_node(self, raw: Any, ep: Endpoint
+                       ) -> tuple[str | None, int | None, int | None]:
+        """(node, its port, the session id) as far as identification tells."""
         spec = self._identify
         if spec is None:
             spec = len(self._fixed) + (1 if self._dynamic else 0) > 1 or ep.is_azure_gateway
         if spec is False:
-            return None, None
+            return None, None, None
         if callable(spec):
             try:
                 found = spec(raw)
             except Exception as exc:
                 logger.debug("pool %r: identify callable failed: %s", self.name, redact(exc))
-                return None, None
-            return (None if found is None else str(found)), None
+                return None, None, None
+            return (None if found is None else str(found)), None, None
         sql = self._identify_sql or IDENTIFY_SQL
         row = _query_row(raw, sql)
         if row is None and self._identify_sql is None:
@@ -659,13 +664,14 @@ class Endpoints:
         elif row is not None and self._identify_sql is None:
             self._identify_sql = sql
         if not row:
-            return None, None
+            return None, None, None
         name = None if row[0] is None else str(row[0]).strip()
         addr = row[1] if len(row) > 1 else None
         port = row[2] if len(row) > 2 and isinstance(row[2], int) else None
+        spid = row[3] if len(row) > 3 and isinstance(row[3], int) else None
         if addr is not None and port is not None:
-            return f"{name} ({addr}:{port})", port
-        return name, port
+            return f"{name} ({addr}:{port})", port, spid
+        return name, port, spid
 
     # -- internals --------------------------------------------------------------------
 

@@ -76,7 +76,8 @@ class EventKind(str, enum.Enum):
 
     CONNECT = "connect"
     """A new connection is open (login and ``configure`` done). ``conn_id``, ``endpoint``,
-    ``node`` (where it landed, when identified), ``duration`` (seconds the connect took)."""
+    ``node`` and ``spid`` (where it landed, when identified), ``duration`` (seconds the
+    connect took)."""
 
     CONNECT_FAILED = "connect_failed"
     """A login (or ``configure``) failed, or an open circuit refused it without a login.
@@ -103,7 +104,8 @@ class EventKind(str, enum.Enum):
 
     DISCARD = "discard"
     """A connection is closed for good: every connection's last event. ``conn_id``,
-    ``reason`` (one of :data:`DISCARD_REASONS`), ``error_info`` when an error caused it."""
+    ``reason`` (one of :data:`DISCARD_REASONS`); the event before it (``check_failed``,
+    ``keepalive_failed``, ``reset``...) carries the error when one caused it."""
 
     REAP_IDLE = "reap_idle"
     """Maintenance closes an idle connection above ``min_size`` unused for ``max_idle``
@@ -148,7 +150,7 @@ class EventKind(str, enum.Enum):
 
     REDIRECT = "redirect"
     """A new connection was routed by the server (Azure gateway redirect) to another node.
-    ``endpoint`` (dialled), ``node`` (reached), ``conn_id`` when known."""
+    ``endpoint`` (dialled), ``node`` (reached), ``spid``."""
 
     CIRCUIT_OPENED = "circuit_opened"
     """A circuit breaker opened (or re-opened after a failed probe): logins there fail fast.
@@ -244,7 +246,7 @@ class PoolEvent:
     conn_id: int | None = None           # the pool's number of the connection (#n in logs)
     endpoint: str | None = None          # host:port dialled (or the circuit's endpoint)
     node: str | None = None              # the server node reached (when identified)
-    spid: int | None = None              # the server session id, when the pool knows it
+    spid: int | None = None              # the server session id (identify asks for it)
     attempt: int | None = None
     delay: float | None = None           # seconds until the next try / probe
     duration: float | None = None        # seconds (waited, held, took, outage length...)

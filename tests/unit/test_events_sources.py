@@ -243,3 +243,21 @@ def test_a_pool_without_events_still_retries() -> None:
     pool = FakePool(FakeServer())
     pool.server.fault("execute", err(1205))
     assert run_transaction(pool, work, "u1", policy=fast_policy()) == "done u1"
+
+
+def test_identify_reads_the_session_id_for_landing_and_events(recorded: Any) -> None:
+    from test_endpoints import FakeRaw
+
+    class WithSpid(FakeRaw):
+        def execute(self, sql: str) -> None:
+            assert sql.endswith("@@SPID")
+            self.rows = [(self.node, "10.0.0.5", self.port, 57)]
+
+    clock, bus, rec = recorded
+    eps = endpoints(clock, identify=True)
+    eps.bind_events(bus)
+    _, landing = eps.connect(KW, lambda **kw: WithSpid("NODEA", 11001))
+    assert landing.spid == 57 and landing.node == "NODEA (10.0.0.5:11001)"
+    assert done(bus, rec) == ["redirect"] and rec.events[0].spid == 57
+    _, landing = eps.connect(KW, lambda **kw: FakeRaw("NODEA", 11001))   # no 4th column
+    assert landing.spid is None
