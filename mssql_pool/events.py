@@ -27,6 +27,8 @@ How listeners are run (:class:`EventBus`):
 * ``close(timeout)`` (from ``pool.close()``) delivers what is queued, then stops and joins
   the threads. Events that happen after that (a connection returned to a closed pool, a
   connect that was in flight) are delivered on the emitting thread, exceptions swallowed.
+* A pool dropped without ``close()`` takes its bus along, and each listener thread ends
+  within a second of that (a listener that refers to the pool keeps it alive, though).
 
 Times: :attr:`PoolEvent.time` is the pool's clock (monotonic; the injected clock in
 tests), :attr:`PoolEvent.wall` is ``time.time()`` (for exporters and log lines).
@@ -315,17 +317,21 @@ def _kinds(kinds: Iterable[EventKind | str] | EventKind | str | None) -> frozens
 
 
 _QUEUED, _FULL, _STOPPED = 0, 1, 2
+_ORPHAN_CHECK = 1.0   # seconds between an idle listener thread's looks at its bus
 
 
 class _Worker:
     """One listener, its bounded queue and its thread."""
 
     __slots__ = ("fn", "kinds", "bus_name", "number", "maxsize", "cond", "items", "busy",
-                 "stopping", "removed", "thread", "overflowing", "dropped")
+                 "stopping", "removed", "thread", "overflowing", "dropped", "owner")
 
     def __init__(self, fn: Listener, kinds: frozenset[EventKind], bus_name: str,
-                 number: int, maxsize: int) -> None:
+                 number: int, maxsize: int, owner: EventBus | None = None) -> None:
         self.fn = fn
+        # The bus, weakly: a pool dropped without close() takes its bus with it, and
+        # the thread then ends by itself.
+        self.owner = None if owner is None else weakref.ref(owner)
         self.kinds = kinds
         self.bus_name = bus_name
         self.number = number
@@ -374,7 +380,8 @@ class _Worker:
         while True:
             with cond:
                 while not self.items and not self.stopping and not self.removed:
-                    cond.wait()
+                    if not cond.wait(_ORPHAN_CHECK) and self._orphaned():
+                        self.stopping = True
                 if self.removed or not self.items:
                     self.items.clear()
                     self.busy = False
@@ -391,6 +398,9 @@ class _Worker:
                 with cond:
                     self.busy = False
                     cond.notify_all()
+
+    def _orphaned(self) -> bool:
+        return self.owner is not None and self.owner() is None
 
     def idle_within(self, deadline: float) -> bool:
         """Wait (real time) until the queue is empty and nothing runs."""
@@ -464,7 +474,7 @@ class EventBus:
                 raise ConfigError("listener", f"{_fn_name(fn)} is already added; "
                                               "remove_listener() it first")
             self._numbers += 1
-            worker = _Worker(fn, wanted, self.pool_name, self._numbers, self.queue_size)
+            worker = _Worker(fn, wanted, self.pool_name, self._numbers, self.queue_size, self)
             self._workers = (*self._workers, worker)
             self._index_locked()
         return fn
@@ -582,8 +592,8 @@ class EventBus:
     def _after_fork_in_child(self) -> None:
         """A forked child has none of the parent's threads: fresh queues and locks."""
         self._lock = threading.Lock()
-        self._workers = tuple(_Worker(w.fn, w.kinds, self.pool_name, w.number, self.queue_size)
-                              for w in self._workers)
+        self._workers = tuple(_Worker(w.fn, w.kinds, self.pool_name, w.number, self.queue_size,
+                                      self) for w in self._workers)
         self._index_locked()
 
     def __repr__(self) -> str:

@@ -370,3 +370,17 @@ def test_close_reasons_map_to_discard_codes(text: str, code: str) -> None:
     from mssql_pool.events import DISCARD_REASONS, discard_reason
 
     assert discard_reason(text) == code and code in DISCARD_REASONS
+
+
+def test_a_bus_dropped_without_close_ends_its_listener_threads() -> None:
+    import gc
+
+    b = EventBus("dropped")
+    b.add(EventRecorder())
+    b.emit(EventKind.CONNECT, conn_id=1)
+    assert b.flush(WAIT)
+    [thread] = [t for t in threading.enumerate() if t.name == "mssql_pool-dropped-listener-1"]
+    del b
+    gc.collect()
+    thread.join(WAIT)                # it looks at its bus once a second
+    assert not thread.is_alive()
