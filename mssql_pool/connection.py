@@ -31,6 +31,7 @@ import enum
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._driver import rollback as driver_rollback
 from .errors import PoolError
 from .health import may_replay
 from .reset import SESSION, WORK, scan_sql
@@ -139,7 +140,10 @@ class PooledConnection:
             raise _closed_error()
         rec.replay_timeout = NO_REPLAY     # a later statement is not the checkout's first
         try:
-            getattr(self.raw, method)()
+            if method == "rollback":
+                driver_rollback(self.raw)   # 3903 in any engine's wording is a no-op
+            else:
+                getattr(self.raw, method)()
         except Exception as exc:
             self._pool._on_error(rec, exc)
             raise

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar, cast
 
+from ._driver import rollback as driver_rollback
 from .classify import Classifier, ErrorInfo, get_default_classifier
 from .errors import CommitUnknownError, ConfigError, RetryExhausted
 from .retry import ExponentialBackoff, RetryPolicy
@@ -159,7 +160,7 @@ def _commit(conn: Any, classifier: Classifier) -> None:
         # ignores) and then BEGIN TRAN, and tells the pool's proxy the connection holds
         # no work, so its return costs nothing. A failure here only costs the connection.
         try:
-            conn.rollback()
+            driver_rollback(conn)
         except Exception as exc:
             logger.warning(
                 "transaction committed, but re-opening pymssql's transaction failed (%s); "
@@ -187,7 +188,7 @@ def _rollback(conn: Any, info: ErrorInfo | None, classifier: Classifier) -> None
         if _pymssql_mode(conn) is True:
             _execute(conn, "IF @@TRANCOUNT > 0 ROLLBACK TRAN")
         else:
-            conn.rollback()
+            driver_rollback(conn)   # a deadlock victim's is already rolled back: 3903
     except Exception as exc:
         logger.warning(
             "rollback failed (%s); discarding the connection", classifier.classify(exc).describe()

@@ -291,14 +291,15 @@ def test_programming_errors_are_classified_not_retryable(
     with make_pool(real_server, "mp-classify", max_size=1) as pool:
         for sql, number in (
             ("SELECT * FROM dbo.no_such_table_xyz", 208),
-            ("SELEC 1", 102),
+            ("SELECT 1 +", 102),
             ("SELECT no_such_column FROM sys.objects", 207),
         ):
             with pytest.raises(Exception) as info:  # noqa: PT011
                 with pool.connection() as conn:
                     conn.cursor().execute(sql)
             ci = classify(info.value)
-            assert ci.number == number or number in ci.numbers, (sql, ci)
+            # Babelfish: 33557097 with a PostgreSQL-style text, read as the same number.
+            assert ci.number == number, (sql, ci)
             assert not ci.retryable and not ci.connection_dead
 
 
