@@ -4,8 +4,9 @@
 ``realserver``) find a SQL Server: ``babelfish`` starts Babelfish for PostgreSQL through
 its start script, ``testcontainers`` starts SQL Server, ``compose`` uses pytest-docker
 with docker/docker-compose.yml, ``auto`` (the default) takes ``MSSQL_POOL_TEST_URL`` when
-set, else Babelfish when its start script exists, else whichever of the other two works. It is declared here,
-at the top of the test tree, so ``pytest --backend=...`` works from the repository root.
+set, else Babelfish when its start script exists, else whichever of the other two works.
+It is declared here, at the top of the test tree, so ``pytest --backend=...`` works from
+the repository root.
 """
 
 from __future__ import annotations
