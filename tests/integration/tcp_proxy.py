@@ -10,6 +10,8 @@ faults happen independently of the server's own fault hooks::
     proxy.heal()         # traffic flows again; connections that lost bytes are reset
     proxy.delay(0.5)     # every chunk waits this long (latency)
     proxy.refuse()       # new connections are reset at once (a port nobody listens on)
+    proxy.drop_reply_after(b"...", times=1)   # a request containing these bytes reaches
+                         # the server; its reply never reaches the client (reset instead)
 
 Blackhole semantics: bytes sent during the partition are dropped, as a real partition
 drops packets, and on ``heal()`` every connection that lost bytes is reset (its two ends
@@ -17,9 +19,9 @@ no longer agree on the TDS stream). Bytes are never delivered late, so a COMMIT 
 into the partition cannot land after the client gave up on it.
 
 ``stats()``: ``accepted``, ``active``, ``bytes_up`` (client to server), ``bytes_down``,
-``cut`` (connections reset by cut/heal/refuse). The first 4 KiB each client sent are kept
-(the PRELOGIN and LOGIN7 packets; no TLS with the test server): :meth:`login_packet`.
-Every thread is named and daemonic; ``close()`` joins them.
+``cut`` (connections reset by cut/heal/refuse), ``replies_dropped``. The first 4 KiB each
+client sent are kept (the PRELOGIN and LOGIN7 packets; no TLS with the test server):
+:meth:`login_packet`. Every thread is named and daemonic; ``close()`` joins them.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class _Pair:
         self.ident = ident
         self.closed = threading.Event()
         self.lost_bytes = False
+        self.swallow_reply = False    # the next bytes from the server end the connection
         self.captured = bytearray()
         self.threads: list[threading.Thread] = []
 
@@ -108,6 +111,14 @@ class _Pair:
                     continue
                 if up and len(self.captured) < 4096:
                     self.captured += data[: 4096 - len(self.captured)]
+                if up and p._take_reply_drop(data):
+                    self.swallow_reply = True     # set before the request leaves
+                elif not up and self.swallow_reply:
+                    # The server answered the marked request (so it ran it); the client
+                    # never hears back: the connection is reset, as if the reply was lost.
+                    p._count("replies_dropped")
+                    self.close(reset=True)
+                    break
                 delay = p._delay
                 if delay > 0:
                     time.sleep(delay)
@@ -153,7 +164,10 @@ class TcpProxy:
         self._refusing = False
         self._delay = 0.0
         self._next = 0
-        self._stats = {"accepted": 0, "bytes_up": 0, "bytes_down": 0, "cut": 0}
+        self._stats = {"accepted": 0, "bytes_up": 0, "bytes_down": 0, "cut": 0,
+                       "replies_dropped": 0}
+        self._drop_marker = b""
+        self._drops_left = 0
         self._captures: list[bytearray] = []
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -223,6 +237,24 @@ class TcpProxy:
     def refuse(self) -> None:
         """Reset new connections at once (existing ones keep working)."""
         self._refusing = True
+
+    def drop_reply_after(self, marker: bytes, times: int = 1) -> None:
+        """The next ``times`` client chunks containing ``marker`` reach the server, but
+        its reply is never delivered: the connection is reset when the reply arrives (a
+        COMMIT that ran, whose acknowledgement was lost). ``times=0`` disarms it. Match
+        SQL text in UTF-16-LE, as TDS carries it: ``"COMMIT TRAN".encode("utf-16-le")``."""
+        with self._lock:
+            self._drop_marker = bytes(marker)
+            self._drops_left = int(times) if marker else 0
+
+    def _take_reply_drop(self, data: bytes) -> bool:
+        if not self._drops_left:
+            return False
+        with self._lock:
+            if self._drops_left and self._drop_marker in data:
+                self._drops_left -= 1
+                return True
+        return False
 
     def retarget(self, target: tuple[str, int]) -> None:
         """Send new connections to ``target`` (existing ones stay where they are)."""
