@@ -55,7 +55,24 @@ _OPTION_BITS = {
 
 
 # errors that end only the statement (the batch goes on), as SQL Server's do
-STATEMENT_ERRORS = frozenset({245, 515, 547, 1222, 2601, 2627, 3701, 3902, 3903, 6106, 8134})
+STATEMENT_ERRORS = frozenset({245, 515, 547, 1222, 2601, 2627, 3701, 3902, 3903, 6104, 6106,
+                              8134})
+
+#: Statements that open a transaction under SET IMPLICIT_TRANSACTIONS ON (SQL Server's
+#: documented list); a SELECT only when it reads a table.
+_IMPLICIT_HEADS = frozenset({
+    "ALTER", "CREATE", "DELETE", "DENY", "DROP", "FETCH", "GRANT", "INSERT", "OPEN",
+    "REVOKE", "TRUNCATE", "UPDATE", "MERGE",
+})
+
+
+def _opens_implicit_transaction(words: list[str]) -> bool:
+    head = words[0]
+    if head in _IMPLICIT_HEADS:
+        return True
+    if head == "BEGIN":
+        return len(words) > 1 and words[1] in ("TRAN", "TRANSACTION")
+    return head in ("SELECT", "WITH") and "FROM" in words
 
 
 class SqlError(Exception):
@@ -609,6 +626,9 @@ class Executor:
         w = [t.up for t in toks]
         head = w[0]
         st = self.state
+        if st.trancount == 0 and st.options.get("IMPLICIT_TRANSACTIONS") \
+                and _opens_implicit_transaction(w):
+            self.begin(out)     # then BEGIN TRAN itself makes it 2, as in SQL Server
         if head == "SET":
             self._set(toks, out)
         elif head == "DECLARE":
@@ -647,6 +667,8 @@ class Executor:
             self._exec(toks, out, wait)
         elif head == "KILL":
             spid = int(self._scalar(toks[1:]) or 0)
+            if spid == st.spid:
+                raise SqlError(6104, "Cannot use KILL to kill your own process.", 16)
             if not self.engine.kill(spid):
                 raise SqlError(6106, f"Process ID {spid} is not an active process ID.", 16)
         elif head == "RETURN":  # the value is a procedure's return status
@@ -971,6 +993,8 @@ class Executor:
         m = re.search(r'near "([^"]*)": syntax error', msg)
         if m:
             return SqlError(102, near=m.group(1))
+        if "incomplete input" in msg:      # the statement ends too early: "SELECT 1 +"
+            return SqlError(102, near=sql.split()[-1][:30] if sql.split() else "")
         log.debug("sqlite error %s for %r", msg, sql)
         return SqlError(50000, f"The TDS test server could not run this statement: {msg}", 16)
 
