@@ -66,7 +66,8 @@ DEFAULT_PASSWORD = "MssqlPool-Test-2022"
 READY_TIMEOUT = float(os.environ.get("MSSQL_POOL_TEST_READY_TIMEOUT", "180"))
 HOW_TO = (
     "set MSSQL_POOL_TEST_URL=mssql://sa:PASSWORD@HOST:1433/master, or install "
-    "'.[docker]' on a machine with a Docker engine (tox -e docker)"
+    "'.[docker]' on a machine with a Docker engine (tox -e docker), or provide a Babelfish "
+    "start script (MSSQL_POOL_BABELFISH_START)"
 )
 
 
