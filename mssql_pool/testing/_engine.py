@@ -364,6 +364,7 @@ class Executor:
         self._conns: dict[str, sqlite3.Connection] = {}
         self._tran_conns: list[sqlite3.Connection] = []
         self._catching_depth = 0
+        self._divided_by_zero = False     # set by tsql_div just before it raises
         self._catch: SqlError | None = None
         self.var_types: dict[str, _types.SqlType] = {}
         self.locks = _locks.SessionLocks(self)
@@ -406,6 +407,26 @@ class Executor:
     def _install_functions(self, con: sqlite3.Connection) -> None:
         st = self.state
         eng = self.engine
+
+        def tsql_div(a: Any, b: Any) -> Any:
+            # T-SQL's "/": division by zero is error 8134 (with ARITHABORT or ANSI_WARNINGS
+            # on, as pymssql sets them), not SQLite's NULL; int / int truncates toward zero.
+            if a is None or b is None:
+                return None
+            a, b = _number(a), _number(b)
+            if a is None or b is None:
+                return None
+            if b == 0:
+                if st.options.get("ARITHABORT") or st.options.get("ANSI_WARNINGS"):
+                    self._divided_by_zero = True
+                    raise ZeroDivisionError("8134")
+                return None
+            if isinstance(a, int) and isinstance(b, int):
+                q = abs(a) // abs(b)
+                return q if (a >= 0) == (b >= 0) else -q
+            return a / b
+
+        con.create_function("tsql_div", 2, tsql_div, deterministic=True)
 
         def server_property(name: Any) -> Any:
             key = str(name).lower()
@@ -555,6 +576,7 @@ class Executor:
             return _procs.run_definition(self, sql)
         out: list[Out] = []
         self._catching_depth = 0
+        self._divided_by_zero = False
         try:
             stmts = _plans.parse_cached(sql)
         except SqlSyntaxError as exc:
@@ -961,6 +983,9 @@ class Executor:
 
     def _map_error(self, exc: sqlite3.Error, sql: str) -> SqlError:
         msg = str(exc)
+        if self._divided_by_zero:
+            self._divided_by_zero = False
+            return SqlError(8134)
         m = re.search(r"no such table: (?:\w+\.)?(\S+)", msg)
         if m:
             name = m.group(1)
@@ -1268,13 +1293,39 @@ class Executor:
 _TEMP_PREFIX = "tmp__"
 
 
+def _number(value: Any) -> int | float | None:
+    """A SQLite value as a number for tsql_div (text and blobs as SQLite would read them)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)):
+        return value
+    try:
+        text = value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+        return int(text) if text.strip().lstrip("+-").isdigit() else float(text)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 @functools.lru_cache(maxsize=4096)
 def to_sqlite(text: str) -> str | None:
-    """sqlglot's T-SQL -> SQLite translation of rewritten text (cached); None if it fails."""
+    """sqlglot's T-SQL -> SQLite translation of rewritten text (cached); None if it fails.
+
+    Every ``/`` becomes ``tsql_div(a, b)`` (installed per connection): SQLite's division by
+    zero gives NULL where SQL Server raises 8134."""
     try:
         import sqlglot
+        from sqlglot import exp
 
-        return ";".join(sqlglot.transpile(text, read="tsql", write="sqlite"))
+        out: list[str] = []
+        for tree in sqlglot.parse(text, read="tsql"):
+            if tree is None:
+                out.append("")
+                continue
+            for node in reversed(list(tree.find_all(exp.Div))):   # innermost first
+                node.replace(exp.Anonymous(this="tsql_div",
+                                           expressions=[node.left, node.right]))
+            out.append(tree.sql(dialect="sqlite"))
+        return ";".join(out)
     except Exception as exc:  # noqa: BLE001 - sqlglot raises many types; run the text as is
         log.debug("sqlglot could not translate %r: %s", text, exc)
         return None

@@ -1,6 +1,7 @@
 """The TDS test server where it departed from SQL Server's documented behaviour (found by
 the behaviour probes run against a real engine, tests/integration/behaviour_probes.py):
-SET IMPLICIT_TRANSACTIONS ON, KILL of one's own session, a statement that ends early."""
+SET IMPLICIT_TRANSACTIONS ON, KILL of one's own session, a statement that ends early,
+division by zero."""
 
 from __future__ import annotations
 
@@ -80,3 +81,40 @@ def test_statement_ending_early_is_a_syntax_error(conn: Any) -> None:
     with pytest.raises(pymssql.Error) as info:
         conn.cursor().execute("SELECT 1 +")
     assert info.value.args[0] == 102
+
+
+def test_divide_by_zero_is_8134_and_keeps_the_transaction(tds_server: Any) -> None:
+    c = pymssql.connect(**tds_server.connect_kwargs())       # pymssql's BEGIN TRAN
+    try:
+        with pytest.raises(pymssql.OperationalError) as info:
+            c.cursor().execute("SELECT 1/0")
+        assert info.value.args[0] == 8134
+        assert scalar(c, "SELECT @@TRANCOUNT") == 1          # a statement error only
+        c.cursor().execute("SET XACT_ABORT ON")
+        with pytest.raises(pymssql.OperationalError):
+            c.cursor().execute("SELECT 10 / (2 - 2)")
+        assert scalar(c, "SELECT @@TRANCOUNT") == 0          # XACT_ABORT: rolled back
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize(("expr", "value"), [
+    ("7 / 2", 3), ("-7 / 2", -3), ("7 / -2", -3), ("7.0 / 2", 3.5), ("NULL / 0", None),
+    ("12 / 2 / 3", 2), ("1 + 6 / 3", 3),
+])
+def test_division_keeps_sql_server_semantics(conn: Any, expr: str, value: Any) -> None:
+    assert scalar(conn, f"SELECT {expr}") == value
+
+
+def test_divide_by_zero_without_arithabort_and_ansi_warnings_is_null(conn: Any) -> None:
+    conn.cursor().execute("SET ARITHABORT OFF")
+    conn.cursor().execute("SET ANSI_WARNINGS OFF")
+    assert scalar(conn, "SELECT 1/0") is None
+
+
+def test_division_by_zero_in_a_where_clause(conn: Any) -> None:
+    conn.cursor().execute("INSERT INTO it VALUES (0)")
+    with pytest.raises(pymssql.OperationalError) as info:
+        scalar(conn, "SELECT COUNT(*) FROM it WHERE 10 / x > 1")
+    assert info.value.args[0] == 8134
+    assert scalar(conn, "SELECT 1") == 1          # the next statement is unaffected
