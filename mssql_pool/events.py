@@ -49,8 +49,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from .classify import ErrorInfo, classify
 from .errors import ConfigError
@@ -236,10 +235,10 @@ def error_info(exc: BaseException | None) -> ErrorInfo | None:
         return None
 
 
-@dataclass(frozen=True, slots=True, repr=False)
-class PoolEvent:
-    """One event. Only ``kind``, ``time``, ``wall`` and ``pool_name`` are always set; the
-    others are None where they do not apply (see :class:`EventKind`)."""
+class PoolEvent(NamedTuple):
+    """One event, immutable. Only ``kind``, ``time``, ``wall`` and ``pool_name`` are
+    always set; the others are None where they do not apply (see :class:`EventKind`).
+    (A named tuple: the cheapest immutable record to build on the pool's path.)"""
 
     kind: EventKind
     time: float                          # the pool's clock (monotonic)
@@ -261,8 +260,8 @@ class PoolEvent:
     def as_dict(self) -> dict[str, Any]:
         """The fields that are set, JSON-friendly (``error_info`` as kind/number/message)."""
         out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
+        value: Any
+        for name, value in zip(self._fields, self, strict=True):
             if value is None:
                 continue
             if isinstance(value, EventKind):
@@ -270,26 +269,24 @@ class PoolEvent:
             elif isinstance(value, ErrorInfo):
                 value = {"kind": value.kind.value, "number": value.number,
                          "message": value.message}
-            out[f.name] = value
+            out[name] = value
         return out
 
     def __repr__(self) -> str:
         shown = [f"{self.kind.value}", f"pool={self.pool_name!r}", f"time={self.time:.3f}"]
-        for f in fields(self)[4:]:
-            value = getattr(self, f.name)
+        for name, value in zip(self._fields[4:], self[4:], strict=True):
             if value is None:
                 continue
             if isinstance(value, ErrorInfo):
                 shown.append(f"error={value.describe()}")
             elif isinstance(value, float):
-                shown.append(f"{f.name}={value:.3f}")
+                shown.append(f"{name}={value:.3f}")
             else:
-                shown.append(f"{f.name}={value!r}")
+                shown.append(f"{name}={value!r}")
         return "<PoolEvent " + " ".join(shown) + ">"
 
 
 Listener = Callable[[PoolEvent], object]
-_FIELDS = frozenset(f.name for f in fields(PoolEvent)) - {"kind", "time", "wall", "pool_name"}
 _ALL = frozenset(EventKind)
 
 
@@ -324,7 +321,8 @@ class _Worker:
     """One listener, its bounded queue and its thread."""
 
     __slots__ = ("fn", "kinds", "bus_name", "number", "maxsize", "cond", "items", "busy",
-                 "stopping", "removed", "thread", "overflowing", "dropped", "owner")
+                 "stopping", "removed", "thread", "overflowing", "dropped", "owner",
+                 "sleeping")
 
     def __init__(self, fn: Listener, kinds: frozenset[EventKind], bus_name: str,
                  number: int, maxsize: int, owner: EventBus | None = None) -> None:
@@ -338,7 +336,8 @@ class _Worker:
         self.maxsize = maxsize
         self.cond = threading.Condition(threading.Lock())
         self.items: deque[tuple[PoolEvent, contextvars.Context]] = deque()
-        self.busy = False
+        self.busy = False          # a batch is being delivered
+        self.sleeping = False      # the thread waits for events (only then is it notified)
         self.stopping = False
         self.removed = False
         self.overflowing = False
@@ -361,8 +360,10 @@ class _Worker:
                 self.overflowing = False
                 self.items.append((event, ctx))
                 if self.thread is None:
+                    self.busy = True       # until it finds the queue empty
                     self._start()
-                self.cond.notify()
+                elif self.sleeping:
+                    self.cond.notify()     # a busy thread takes it with its next batch
                 return _QUEUED
         if first:
             logger.warning("pool %r: listener %s is %d events behind; dropping new events "
@@ -377,27 +378,32 @@ class _Worker:
 
     def _run(self) -> None:
         cond = self.cond
+        fn = self.fn
         while True:
             with cond:
-                while not self.items and not self.stopping and not self.removed:
-                    if not cond.wait(_ORPHAN_CHECK) and self._orphaned():
-                        self.stopping = True
+                if not self.items:
+                    self.busy = False
+                    cond.notify_all()              # flush() waiters
+                    self.sleeping = True
+                    while not self.items and not self.stopping and not self.removed:
+                        if not cond.wait(_ORPHAN_CHECK) and self._orphaned():
+                            self.stopping = True
+                    self.sleeping = False
                 if self.removed or not self.items:
                     self.items.clear()
                     self.busy = False
                     cond.notify_all()
                     return
-                event, ctx = self.items.popleft()
+                batch, self.items = self.items, deque()   # everything queued so far
                 self.busy = True
-            try:
-                ctx.run(self.fn, event)
-            except Exception:
-                logger.exception("pool %r: listener %s raised on %r; ignored",
-                                 self.bus_name, _fn_name(self.fn), event)
-            finally:
-                with cond:
-                    self.busy = False
-                    cond.notify_all()
+            for event, ctx in batch:
+                if self.removed:
+                    break
+                try:
+                    ctx.run(fn, event)
+                except Exception:
+                    logger.exception("pool %r: listener %s raised on %r; ignored",
+                                     self.bus_name, _fn_name(fn), event)
 
     def _orphaned(self) -> bool:
         return self.owner is not None and self.owner() is None
