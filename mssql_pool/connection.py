@@ -9,12 +9,17 @@ The proxy behaves as a DB-API connection:
 
 * ``cursor()`` returns a :class:`PooledCursor` that passes everything to the driver's
   cursor and records what ran (the reset bits of :mod:`mssql_pool.reset`: work done,
-  session state changed) with a cached text scan: a dict lookup per known statement;
-* ``commit()`` / ``rollback()`` pass through and clear the "work done" bit, unless a
-  statement controlled transactions itself (``TXN``: BEGIN/COMMIT/ROLLBACK/SAVE TRAN, a
-  procedure, dynamic SQL, anything reached through ``__getattr__``): the transaction
-  count is then unknown (a nested BEGIN TRAN, or autocommit mode where these calls do
-  nothing) and the reset on return rolls back whatever is open;
+  session state changed) with a cached text scan: a dict lookup per known statement. A
+  statement that leaves nothing behind on its connection (:func:`quiet_mask`: a pure read
+  on SQL Server, any statement without transaction control under autocommit) is recorded
+  only until its result set has been read to the end;
+* ``commit()`` / ``rollback()`` are pymssql's in one round trip each (``COMMIT TRAN;BEGIN
+  TRAN``, ``IF @@TRANCOUNT > 0 ROLLBACK TRAN;BEGIN TRAN``; the driver's own in autocommit
+  mode and on other drivers) and clear the "work done" bit, unless a statement controlled
+  transactions itself (``TXN``: BEGIN/COMMIT/ROLLBACK/SAVE TRAN, a procedure, dynamic SQL,
+  anything reached through ``__getattr__``): the transaction count is then unknown after
+  a commit (a nested BEGIN TRAN, or autocommit mode where these calls do nothing) and the
+  reset on return rolls back whatever is open;
 * ``autocommit(status)`` and ``autocommit_state`` pass through (pymssql); toggling it is
   a session change, undone on return;
 * ``close()`` returns the connection to the pool (not a real close; idempotent);

@@ -10,6 +10,14 @@ what happened               reset="auto" (default)
 nothing executed since the  nothing: no round trip
 last commit/rollback, and
 no transaction control
+(statements that leave
+nothing behind are not
+recorded: pure reads read
+to the end on SQL Server,
+any statement without
+transaction control under
+autocommit; see
+connection.quiet_mask)
 statements executed, or     rollback, one round trip (:func:`rollback_work`): ``IF @@TRANCOUNT >
 transactions controlled     0 ROLLBACK TRAN`` asks the server, so a hand-written BEGIN TRAN (in
 (BEGIN/COMMIT/ROLLBACK/     autocommit mode, or nested under pymssql's own) is ended even when
