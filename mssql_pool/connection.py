@@ -38,6 +38,7 @@ and every connection the pool opened before the error as suspect (checked on nex
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["ConnState", "ConnectionRecord", "PooledConnection", "PooledCursor"]
 
 NO_REPLAY = -1.0   # ConnectionRecord.replay_timeout when a failed first statement is not replayed
+
+_tokens = itertools.count(1)   # statements whose rows may be pending (ConnectionRecord.reading)
 
 #: The bits a commit or rollback that the server confirmed at the baseline clears.
 SETTLED = WORK | TXN | HELD | PENDING | FAILED
@@ -111,7 +114,7 @@ class ConnectionRecord:
         # which engine this is, and the cursor whose result set is still being read.
         self.free: int | None = None
         self.learn = False
-        self.reading: PooledCursor | None = None
+        self.reading = 0                  # token of the statement whose rows are pending
 
     @property
     def info(self) -> dict[str, Any]:
@@ -392,13 +395,14 @@ class PooledConnection:
 class PooledCursor:
     """A driver cursor that tells its record what ran. Everything else passes through."""
 
-    __slots__ = ("_cur", "_rec", "_conn", "_args")
+    __slots__ = ("_cur", "_rec", "_conn", "_args", "_token")
     _args: tuple[tuple[Any, ...], dict[str, Any]]   # set only when cursor() had arguments
 
     def __init__(self, cur: Any, rec: ConnectionRecord, conn: PooledConnection) -> None:
         self._cur = cur
         self._rec = rec
         self._conn = conn
+        self._token = 0
 
     @property
     def connection(self) -> PooledConnection:
@@ -418,10 +422,10 @@ class PooledCursor:
             # Leaves nothing behind once its results are read (quiet_mask): recorded only
             # as PENDING until then.
             rec.flags = before | PENDING
-            rec.reading = self
+            rec.reading = self._token = next(_tokens)
         else:
             rec.flags = before | flags
-            rec.reading = None
+            rec.reading = 0
         try:
             if params is None:
                 result = self._cur.execute(operation)
@@ -445,8 +449,8 @@ class PooledCursor:
     def _read_out(self) -> None:
         """This cursor's result set was read to its end (the statement has finished)."""
         rec = self._rec
-        if rec.reading is self:
-            rec.reading = None
+        if self._token and rec.reading == self._token:
+            rec.reading = 0
             rec.flags &= ~PENDING
 
     def _replay(self, error: Exception, operation: Any, params: Any) -> Any:
@@ -484,7 +488,7 @@ class PooledCursor:
     def executemany(self, operation: Any, seq_of_params: Sequence[Any]) -> Any:
         rec = self._rec
         rec.flags |= statement_flags(operation) | HELD   # never quiet
-        rec.reading = None
+        rec.reading = 0
         try:
             return self._cur.executemany(operation, seq_of_params)
         except Exception as exc:
@@ -494,7 +498,7 @@ class PooledCursor:
     def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
         rec = self._rec
         rec.flags |= statement_flags(procname) | TXN | HELD   # a procedure may leave a
-        rec.reading = None                                  # transaction open
+        rec.reading = 0                                     # transaction open
         try:
             return self._cur.callproc(procname, parameters)
         except Exception as exc:

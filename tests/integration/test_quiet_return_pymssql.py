@@ -235,3 +235,19 @@ def test_babelfish_a_read_unit_leaves_no_lock_behind(babelfish: str) -> None:
         pool.close()
         with pymssql.connect(**connect_kwargs(babelfish, autocommit=True)) as admin:
             admin.cursor().execute(f"DROP TABLE {table}")
+
+
+def test_a_proxy_dropped_while_its_rows_are_pending_is_still_found_leaked(
+        server: TdsServer, make_pool: Callable[..., ConnectionPool]) -> None:
+    """A quiet read whose rows are pending is remembered on the record (by a token):
+    the proxy dropped meanwhile is still found and its connection closed."""
+    import gc
+
+    pool = make_pool(leak_timeout=60.0)
+    conn = pool.getconn()
+    cur = conn.cursor()
+    cur.execute("SELECT v FROM qr ORDER BY id")
+    del cur, conn
+    gc.collect()
+    pool.run_maintenance()
+    assert pool.get_stats()["connections_leaked"] == 1
