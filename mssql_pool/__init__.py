@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from .aio import AsyncConnection, AsyncConnectionPool, AsyncCursor
 from .breaker import CircuitBreaker, CircuitState
 from .classify import (
     Classifier,
@@ -91,4 +92,5 @@ __all__ = [
     "RetryExhausted",
     "TooManyRequests",
     "__version__",
+    "AsyncConnection", "AsyncConnectionPool", "AsyncCursor",
 ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -75,15 +76,20 @@ class CircuitBreaker:
             raise ConfigError(
                 "failure_threshold", f"must be an int >= 1, got {failure_threshold!r}"
             )
-        if not isinstance(reset_timeout, (int, float)) or reset_timeout <= 0:
-            raise ConfigError("reset_timeout", f"must be a number > 0, got {reset_timeout!r}")
-        if max_reset_timeout is not None and max_reset_timeout < reset_timeout:
-            raise ConfigError(
-                "max_reset_timeout",
-                f"must be >= reset_timeout ({reset_timeout}), got {max_reset_timeout!r}",
-            )
-        if probe_timeout is not None and probe_timeout <= 0:
-            raise ConfigError("probe_timeout", f"must be > 0, got {probe_timeout!r}")
+        _seconds("reset_timeout", reset_timeout)
+        if max_reset_timeout is not None:
+            _seconds("max_reset_timeout", max_reset_timeout)
+            if max_reset_timeout < reset_timeout:
+                raise ConfigError(
+                    "max_reset_timeout",
+                    f"must be >= reset_timeout ({reset_timeout}), got {max_reset_timeout!r}",
+                )
+        if probe_timeout is not None:
+            _seconds("probe_timeout", probe_timeout)
+        if not callable(clock):
+            raise ConfigError("clock", f"must be callable, got {type(clock).__name__}")
+        if not isinstance(name, str):
+            raise ConfigError("name", f"must be a string, got {type(name).__name__}")
         self.failure_threshold = failure_threshold
         self.reset_timeout = float(reset_timeout)
         self.max_reset_timeout = None if max_reset_timeout is None else float(max_reset_timeout)
@@ -324,6 +330,19 @@ class CircuitBreaker:
         return f" {self.name!r}" if self.name else ""
 
 
+#: The longest interval a breaker accepts (a day): waits beyond it could not be slept on.
+MAX_INTERVAL = 86400.0
+
+
+def _seconds(name: str, value: Any) -> None:
+    """A breaker interval: a finite number of seconds in (0, MAX_INTERVAL]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(name, f"must be a number of seconds, got {type(value).__name__}")
+    if not math.isfinite(value) or not 0 < value <= MAX_INTERVAL:
+        raise ConfigError(name, f"must be a finite number of seconds > 0 and <= "
+                                f"{MAX_INTERVAL:g}, got {value!r}")
+
+
 def guarded_connect(
     connect: Callable[[], T],
     *,
@@ -445,6 +464,8 @@ class ConnectGuard:
             args.setdefault("name", name)
             try:
                 breaker = CircuitBreaker(**args)
+            except ConfigError as exc:
+                raise exc.nested("circuit_breaker") from None
             except TypeError as exc:
                 raise ConfigError("circuit_breaker", str(exc)) from None
         else:

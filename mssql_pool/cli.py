@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import socket
 import statistics
@@ -68,6 +69,11 @@ EXIT_CODES: dict[int, str] = {
     EXIT_QUERY: "query failed",
     EXIT_POOL: "pool checkout failed",
 }
+
+
+#: Bounds of ``check --timeout`` (seconds) and ``--samples``.
+MAX_CHECK_TIMEOUT = 3600.0
+MAX_SAMPLES = 10_000
 
 
 class UsageError(Exception):
@@ -139,7 +145,7 @@ def parse_target(url: str) -> Target:
     from ._dsn import parse_conninfo
     from .errors import ConfigError
 
-    if "://" not in url:
+    if "://" not in url and "=" not in url:
         raise UsageError("URL: expected mssql://user:password@host:port/database")
     try:
         kwargs = parse_conninfo(url)
@@ -592,7 +598,7 @@ def run_check(
             True,
             login_ms,
             f"as {target.user!r} to database {target.database or '(default)'!r}, "
-            f"TDS {kwargs['tds_version']}; {redirect}",
+            f"TDS {kwargs['tds_version']}; {redirect}{_encryption_text(conn)}",
         )
     )
 
@@ -659,6 +665,24 @@ def run_check(
     return result
 
 
+def _encryption_text(conn: Any) -> str:
+    """"; session encrypted (TLS)" or "; session not encrypted", as the server sees this
+    session (``sys.dm_exec_connections.encrypt_option``); empty when it cannot say."""
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT encrypt_option FROM sys.dm_exec_connections "
+                    "WHERE session_id = @@SPID")
+        row = cur.fetchone()
+    except Exception:  # noqa: BLE001 - a test server may not have the view
+        return ""
+    value = str(row[0]).strip().upper() if row and row[0] is not None else ""
+    if value == "TRUE":
+        return "; session encrypted (TLS)"
+    if value == "FALSE":
+        return "; session not encrypted"
+    return ""
+
+
 def _server_facts(conn: Any) -> str:
     """Optional facts (edition, server name, database); empty when not supported."""
     try:
@@ -722,18 +746,28 @@ def _landing_text(landing: Any) -> str:
 
 
 def _scrubber(secret: str) -> Callable[[str], str]:
-    """Redact URLs and key=value secrets, and the password itself (raw and URL-quoted)
-    wherever it might appear (too short a password is not searched for)."""
+    """Redact URLs and key=value secrets; the known password (raw, URL-quoted or as in a
+    repr) is masked where it stands in a secret's position, whatever its length, and
+    ordinary words that happen to spell it are left alone."""
     from ._dsn import redact
 
-    variants = [v for v in {secret, quote(secret, safe="")} if len(v) >= 4]
+    secrets = [secret] if secret else []
 
     def scrub(text: str) -> str:
-        for v in variants:
-            text = text.replace(v, "***")
-        return redact(text)
+        return redact(text, secrets)
 
     return scrub
+
+
+def _scrub_tree(value: Any, scrub: Callable[[str], str]) -> Any:
+    """Every string in a JSON-able tree scrubbed (before json.dumps escapes anything)."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrub_tree(v, scrub) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub_tree(v, scrub) for v in value]
+    return value
 
 
 def print_check(result: CheckResult, out: TextIO, scrub: Callable[[str], str]) -> None:
@@ -808,7 +842,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         metavar="PORT",
-        help="serve the pool's Prometheus metrics on this port while the demo runs",
+        help="serve the pool's Prometheus metrics on this port while the demo runs "
+        "(0 picks a free one)",
+    )
+    demo.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the metrics are served on (default 127.0.0.1, this machine only; "
+        "0.0.0.0 for every interface)",
     )
     demo.add_argument(
         "--progress",
@@ -832,12 +874,20 @@ def build_parser() -> argparse.ArgumentParser:
         " (the password may come from $MSSQL_POOL_PASSWORD instead)",
     )
     check.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds allowed for each step (default 10)"
+        "--timeout",
+        type=float,
+        default=10.0,
+        help=f"seconds allowed for each step, > 0 and <= {MAX_CHECK_TIMEOUT:g} (default 10)",
     )
     check.add_argument(
         "--check-sql", default="SELECT 1", help="health-check query to run (default 'SELECT 1')"
     )
-    check.add_argument("--samples", type=int, default=5, help="SELECT 1 round trips to time")
+    check.add_argument(
+        "--samples",
+        type=int,
+        default=5,
+        help=f"SELECT 1 round trips to time, 1-{MAX_SAMPLES} (default 5)",
+    )
     check.add_argument(
         "--no-pool", action="store_true", help="skip the checkout through ConnectionPool"
     )
@@ -849,10 +899,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_main(args: argparse.Namespace, out: TextIO) -> int:
     target = parse_target(args.url)
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be > 0")
-    if args.samples < 1:
-        raise UsageError("--samples must be >= 1")
+    if not (math.isfinite(args.timeout) and 0 < args.timeout <= MAX_CHECK_TIMEOUT):
+        raise UsageError(f"--timeout must be a number of seconds > 0 and <= "
+                         f"{MAX_CHECK_TIMEOUT:g}, got {args.timeout!r}")
+    if not 1 <= args.samples <= MAX_SAMPLES:
+        raise UsageError(f"--samples must be between 1 and {MAX_SAMPLES}, got {args.samples}")
+    if not args.check_sql.strip():
+        raise UsageError("--check-sql must be a query (it is blank)")
     scrub = _scrubber(target.password)
     result = run_check(
         target,
@@ -862,10 +915,20 @@ def _check_main(args: argparse.Namespace, out: TextIO) -> int:
         use_pool=not args.no_pool,
     )
     if args.json:
-        out.write(scrub(json.dumps(result.as_dict(), indent=2, default=str)) + "\n")
+        tree = _scrub_tree(result.as_dict(), scrub)
+        out.write(scrub(json.dumps(tree, indent=2, default=str)) + "\n")
     else:
         print_check(result, out, scrub)
     return result.exit_code
+
+
+def _usage_json(message: str) -> str:
+    """What ``check --json`` prints for bad usage: still one JSON object."""
+    from ._dsn import redact
+
+    return json.dumps({"ok": False, "exit_code": EXIT_USAGE,
+                       "exit_meaning": EXIT_CODES[EXIT_USAGE], "error": redact(message),
+                       "steps": []}, indent=2)
 
 
 def _serve_main(argv: Sequence[str]) -> int:
@@ -902,6 +965,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--accounts must be >= 2")
         if args.plot and importlib.util.find_spec("matplotlib") is None:
             raise UsageError("--plot needs matplotlib: pip install 'mssql_pool[plot]'")
+        if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+            raise UsageError(f"--metrics-port must be 0-65535, got {args.metrics_port}")
+        if not args.metrics_host.strip() or any(c.isspace() for c in args.metrics_host):
+            raise UsageError("--metrics-host must be a host name or address")
         if args.metrics_port is not None and importlib.util.find_spec("prometheus_client") is None:
             raise UsageError(
                 "--metrics-port needs prometheus-client: pip install 'mssql_pool[metrics]'"
@@ -910,7 +977,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(demo_main(args))
     except UsageError as exc:
-        sys.stderr.write(f"mssql-pool: error: {exc}\n")
+        from ._dsn import redact
+
+        sys.stderr.write(f"mssql-pool: error: {redact(exc)}\n")
+        if args_list and args_list[0] == "check" and "--json" in args_list:
+            sys.stdout.write(_usage_json(str(exc)) + "\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("mssql-pool: interrupted\n")

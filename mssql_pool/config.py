@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ._dsn import redact
+from ._dsn import parse_conninfo, redact_conninfo
 from .endpoints import endpoint_options
 from .errors import ConfigError
 
@@ -95,7 +95,7 @@ class PoolConfig:
             if f.name in ("clock", "sleep", "random") and value is f.default:
                 continue
             if f.name == "conninfo":
-                text = "<callable>" if callable(value) else redact(value)
+                text = redact_conninfo(value)
                 shown.append(f"conninfo={text}")
             elif callable(value) and not isinstance(value, str):
                 shown.append(f"{f.name}={getattr(value, '__qualname__', type(value).__name__)}")
@@ -104,8 +104,18 @@ class PoolConfig:
         return "PoolConfig(" + ", ".join(shown) + ")"
 
 
+#: The longest duration any option accepts (a year, in seconds): every wait the pool
+#: makes must stay below ``threading.TIMEOUT_MAX`` and keep its arithmetic finite.
+MAX_SECONDS = 365 * 86400.0
+#: The largest pool size accepted.
+MAX_SIZE = 100_000
+#: The longest pool ``name`` accepted (it goes into log lines, thread names and metrics).
+MAX_NAME = 100
+
+
 def _number(name: str, value: Any, *, minimum: float, allow_none: bool = False,
-            integer: bool = False, strict: bool = False) -> Any:
+            integer: bool = False, strict: bool = False,
+            maximum: float | None = None) -> Any:
     if value is None and allow_none:
         return None
     ok_type = int if integer else (int, float)
@@ -118,6 +128,29 @@ def _number(name: str, value: Any, *, minimum: float, allow_none: bool = False,
     if value < minimum or (strict and value == minimum):
         rel = ">" if strict else ">="
         raise ConfigError(name, f"must be {rel} {minimum}, got {value!r}")
+    if maximum is None:
+        maximum = MAX_SIZE if integer else MAX_SECONDS
+    if value > maximum:
+        raise ConfigError(name, f"must be <= {maximum:g}, got {value!r}")
+    return value
+
+
+def check_timeout(name: str, value: Any) -> float | None:
+    """A per-call timeout (``getconn(timeout=...)``): None or seconds in [0, MAX_SECONDS]."""
+    result: float | None = _number(name, value, minimum=0, allow_none=True)
+    return result
+
+
+def check_name(value: Any) -> str:
+    """A pool name: printable text of at most :data:`MAX_NAME` characters (it is written
+    into log lines as is, so a newline or control character could forge one)."""
+    if not isinstance(value, str):
+        raise ConfigError("name", f"must be a string, got {type(value).__name__}")
+    if len(value) > MAX_NAME:
+        raise ConfigError("name", f"must be at most {MAX_NAME} characters, got {len(value)}")
+    if not value.isprintable():
+        raise ConfigError("name", f"must be printable (no newline or control character), "
+                                  f"got {value!r}")
     return value
 
 
@@ -147,6 +180,8 @@ def make_config(**opts: Any) -> PoolConfig:
     if conninfo is not None and not isinstance(conninfo, (str, Mapping)) and not callable(conninfo):
         raise ConfigError("conninfo", f"expected a URL, a mapping or a callable, "
                                       f"got {type(conninfo).__name__}")
+    if isinstance(conninfo, (str, Mapping)):
+        parse_conninfo(conninfo)   # every connection parameter checked now, not at connect
     _callable("connect", connect)
     min_size = _number("min_size", o.get("min_size", 1), minimum=0, integer=True)
     max_size = o.get("max_size", 10)
@@ -165,7 +200,8 @@ def make_config(**opts: Any) -> PoolConfig:
     _number("validate_after", o.get("validate_after", 0.5), minimum=0)
     _number("leak_timeout", o.get("leak_timeout"), minimum=0, strict=True, allow_none=True)
     _number("reconnect_timeout", o.get("reconnect_timeout", 300.0), minimum=0)
-    _number("maintenance_interval", o.get("maintenance_interval", 1.0), minimum=0, strict=True)
+    _number("maintenance_interval", o.get("maintenance_interval", 1.0), minimum=0, strict=True,
+            maximum=3600.0)
     for option in ("configure", "reconnect_failed"):
         _callable(option, o.get(option))
     for option in ("clock", "sleep", "random"):
@@ -183,7 +219,7 @@ def make_config(**opts: Any) -> PoolConfig:
     name: Any = o.get("name")
     if name is None or name == "":
         o["name"] = f"pool-{next(_names)}"
-    elif not isinstance(name, str):
-        raise ConfigError("name", f"must be a string, got {type(name).__name__}")
+    else:
+        check_name(name)
     o.update(endpoint_options(o))
     return PoolConfig(**o)

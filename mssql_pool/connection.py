@@ -42,6 +42,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._driver import rollback as driver_rollback
 from ._scan import FAILED, HELD, PENDING, statement_flags
 from ._scan import _stmt_cache as _scan_cache
 from .classify import mark_driver_error
@@ -232,7 +233,10 @@ class PooledConnection:
 
     def _driver_call(self, rec: ConnectionRecord, method: str) -> None:
         try:
-            getattr(self.raw, method)()
+            if method == "rollback":
+                driver_rollback(self.raw)   # 3903 in any engine's wording is a no-op
+            else:
+                getattr(self.raw, method)()
         except Exception as exc:
             _driver_error(self._pool, rec, exc)
             raise

@@ -776,11 +776,13 @@ def run_demo(
     err: TextIO = sys.stderr,
     keep_tables: bool = False,
     metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> DemoReport:
     """Run the demo and return its report (``demo_main`` prints it).
 
     With ``url`` the demo tables are dropped at the end unless ``keep_tables``;
-    ``metrics_port`` serves the pool's Prometheus metrics on that port while it runs.
+    ``metrics_port`` serves the pool's Prometheus metrics on that port of
+    ``metrics_host`` (loopback unless told otherwise) while it runs.
     """
     import mssql_pool
 
@@ -807,10 +809,13 @@ def run_demo(
 
             registry = CollectorRegistry()
             register(pool, registry)
-            served = start_http_server(metrics_port, registry=registry)
+            served = start_http_server(metrics_port, addr=metrics_host, registry=registry)
+            port = metrics_port
             if isinstance(served, tuple):  # prometheus-client >= 0.17: (server, thread)
                 http_server = served
-            err.write(f"metrics: http://127.0.0.1:{metrics_port}/metrics\n")
+                port = int(served[0].server_address[1])
+            shown = f"[{metrics_host}]" if ":" in metrics_host else metrics_host
+            err.write(f"metrics: http://{shown}:{port}/metrics\n")
         report.setup = (
             f"pool min_size={min_size} max_size={max_size} timeout=30s; run_transaction "
             f"policy: up to {policy.max_attempts} attempts within {policy.deadline:.0f} s, "
@@ -1061,6 +1066,7 @@ def demo_main(args: argparse.Namespace) -> int:
         progress=args.progress,
         keep_tables=args.keep_tables,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     print_report(report, sys.stdout)
     if args.json:

@@ -800,6 +800,8 @@ def endpoint_options(opts: Mapping[str, Any]) -> dict[str, Any]:
                                                   "CircuitBreaker arguments, a callable or None")
         try:
             CircuitBreaker(**dict(breaker))
+        except ConfigError as exc:
+            raise exc.nested("endpoint_breaker") from None
         except TypeError as exc:
             raise ConfigError("endpoint_breaker", str(exc)) from None
         out["endpoint_breaker"] = MappingProxyType(dict(breaker))

@@ -54,6 +54,11 @@ class ConfigError(MssqlPoolError, ValueError):
     def __init__(self, parameter: str, message: str) -> None:
         super().__init__(f"{parameter}: {message}")
         self.parameter = parameter
+        self.reason = message
+
+    def nested(self, outer: str) -> ConfigError:
+        """The same error inside option ``outer`` (``endpoint_breaker.reset_timeout``)."""
+        return ConfigError(f"{outer}.{self.parameter}", self.reason)
 
 
 class PoolError(MssqlPoolError):

@@ -52,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar, cast
 
+from ._driver import rollback as driver_rollback
 from .classify import (
     DEFAULT_CLASSIFIER,
     Classifier,
@@ -279,7 +280,7 @@ def _rollback(conn: Any, info: ErrorInfo | None, classifier: Classifier) -> None
         if mode is True:
             _execute(conn, "IF @@TRANCOUNT > 0 ROLLBACK TRAN")
         else:
-            conn.rollback()
+            driver_rollback(conn)   # a deadlock victim's is already rolled back: 3903
         if mode is not None:
             # pymssql's ROLLBACK TRAN ends every nesting level; its BEGIN TRAN (autocommit
             # off) or nothing (autocommit on) leaves the count at its baseline.

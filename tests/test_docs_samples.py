@@ -47,6 +47,8 @@ The conventions, also stated for readers in docs/index.md ("About the samples"):
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import contextlib
 import inspect
 import logging
@@ -347,12 +349,22 @@ def _run_console_session(block: Block, ns: dict[str, Any]) -> None:
                                  f"{shown[-1]!r}")
 
 
+def _exec_python(code: Any, ns: dict[str, Any]) -> None:
+    """Run a sample; one with top-level ``await``/``async with`` (the asyncio page) runs
+    in an event loop of its own, as it would in an async application's startup code."""
+    if code.co_flags & inspect.CO_COROUTINE:
+        asyncio.run(eval(code, ns))
+    else:
+        exec(code, ns)
+
+
 def _check_fragment(block: Block) -> None:
     if block.lang in PYTHON:
         code = block.code
         if code.lstrip().startswith(">>>"):
             code = "\n".join(s for s, _ in _console_session(code))
-        compile(_padded(block, code), block.page, "exec")   # a fragment must still compile
+        compile(_padded(block, code), block.page, "exec",   # a fragment must still compile
+                flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
 
 def _threads_left(before: set[threading.Thread], timeout: float = 5.0) -> list[str]:
@@ -390,7 +402,8 @@ def run_python(block: Block, monkeypatch: pytest.MonkeyPatch) -> None:
                 if block.code.lstrip().startswith(">>>"):
                     _run_console_session(block, ns)
                 else:
-                    exec(compile(_padded(block, block.code), block.page, "exec"), ns)
+                    _exec_python(compile(_padded(block, block.code), block.page, "exec",
+                                         flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT), ns)
                     _call_tests(ns, opened)
             finally:
                 _close_everything(list(ns.values()))

@@ -62,7 +62,10 @@ ENV_ROUTING = 20
 # SQL_Latin1_General_CP1_CI_AS
 COLLATION = bytes([0x09, 0x04, 0xD0, 0x00, 0x34])
 
-MAX_MESSAGE = 64 * 1024 * 1024
+#: Largest request a logged-in session may send (bytes over all its packets).
+MAX_MESSAGE = 16 * 1024 * 1024
+#: Largest PRELOGIN or LOGIN7 message (a real one is a few hundred bytes).
+MAX_LOGIN_MESSAGE = 64 * 1024
 HEADER = struct.Struct(">BBHHBB")
 
 
@@ -103,8 +106,11 @@ def read_packet(sock: socket.socket) -> tuple[int, int, bytes]:
                             f"{length})") from None
 
 
-def read_message(sock: socket.socket) -> tuple[int, int, bytes]:
-    """A whole message (packets up to end-of-message): (type, first status, payload)."""
+def read_message(sock: socket.socket, limit: int = MAX_MESSAGE) -> tuple[int, int, bytes]:
+    """A whole message (packets up to end-of-message): (type, first status, payload).
+
+    More than ``limit`` bytes in one message is a :class:`ProtocolError`.
+    """
     ptype, status, payload = read_packet(sock)
     first_status = status
     parts = [payload]
@@ -121,8 +127,8 @@ def read_message(sock: socket.socket) -> tuple[int, int, bytes]:
         if t != ptype:
             raise ProtocolError(f"packet type changed mid-message ({ptype:#x} -> {t:#x})")
         total += len(payload)
-        if total > MAX_MESSAGE:
-            raise ProtocolError("message too large")
+        if total > limit:
+            raise ProtocolError(f"message larger than the limit of {limit} bytes")
         parts.append(payload)
     return ptype, first_status, b"".join(parts)
 

@@ -35,6 +35,16 @@ log = logging.getLogger("mssql_pool.testing.session")
 PROG_NAME = "Microsoft SQL Server"
 
 
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``sock`` to be readable (poll: no FD_SETSIZE limit)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+    r, _, _ = select.select([sock], [], [], timeout)
+    return bool(r)
+
+
 class _Closed(Exception):
     """End this session now (kill, drop fault, fatal error)."""
 
@@ -166,20 +176,47 @@ class Session:
 
     # ------------------------------------------------------------------ protocol
 
+    def _read_login_message(self, deadline: float) -> tuple[int, int, bytes]:
+        """PRELOGIN or LOGIN7, before the handshake deadline (pushed back while the server
+        is blackholed: a partition must not end sessions) and within the login size."""
+        srv = self.server
+        while True:
+            now = time.monotonic()
+            if srv._blackholed.is_set():
+                deadline = max(deadline, now + srv.handshake_timeout)
+            if self._closing.is_set():
+                raise _Closed()
+            if now >= deadline:
+                log.info("session %d from %s: no login within %g s, closing it", self.spid,
+                         self.peer, srv.handshake_timeout)
+                raise _Closed()
+            if _readable(self.sock, min(deadline - now, 0.5)):
+                break
+        self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            return P.read_message(self.sock, P.MAX_LOGIN_MESSAGE)
+        except TimeoutError:
+            log.info("session %d from %s: login message not completed within %g s, closing it",
+                     self.spid, self.peer, srv.handshake_timeout)
+            raise _Closed() from None
+        finally:
+            self.sock.settimeout(None)
+
     def _serve(self) -> None:
-        ptype, _status, payload = P.read_message(self.sock)
+        deadline = time.monotonic() + self.server.handshake_timeout
+        ptype, _status, payload = self._read_login_message(deadline)
         if self.server._blackholed.is_set():
             self._wait_healed()
             raise _Closed()
         if ptype == P.PKT_PRELOGIN:
             P.parse_prelogin(payload)
             self._send(P.build_prelogin_reply(VERSION))
-            ptype, _status, payload = P.read_message(self.sock)
+            ptype, _status, payload = self._read_login_message(deadline)
         if ptype != P.PKT_LOGIN7:
             raise P.ProtocolError(f"expected LOGIN7, got packet type {ptype:#x}")
         self._login(P.parse_login7(payload))
         while True:
-            ptype, status, payload = P.read_message(self.sock)
+            ptype, status, payload = P.read_message(self.sock, self.server.max_message)
             if self.server._blackholed.is_set():
                 continue  # swallowed by the partition
             if ptype == P.PKT_ATTENTION:

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import ConfigError
+from . import _protocol as P
 from ._engine import Engine
 from ._faults import Fault, FaultBook, compile_match, default_severity
 from ._session import Session
@@ -27,8 +28,12 @@ log = logging.getLogger("mssql_pool.testing.server")
 
 STAT_KEYS = (
     "logins", "logins_failed", "batches", "rpcs", "transactions", "attentions", "requests",
-    "kills", "sessions_open", "sessions_total", "connections",
+    "kills", "sessions_open", "sessions_total", "connections", "refused",
 )
+#: Seconds a new connection has to send PRELOGIN and LOGIN7 before it is closed.
+HANDSHAKE_TIMEOUT = 10.0
+#: Connections that have not logged in yet, at most (a flood of silent sockets is bounded).
+MAX_PENDING = 128
 
 
 class TdsServer:
@@ -53,14 +58,34 @@ class TdsServer:
         server_name: str = "TDSTEST",
         lock_wait: float = 10.0,
         share_data_with: TdsServer | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_pending: int = MAX_PENDING,
+        max_message: int = P.MAX_MESSAGE,
     ) -> None:
         users = {"sa": "Secret123!"} if users is None else dict(users)
         if not users:
             raise ConfigError("users", "at least one user is needed, e.g. {'sa': 'Secret123!'}")
-        if not isinstance(port, int) or not 0 <= port <= 65535:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigError("port", f"must be an int in 0..65535, got {port!r}")
-        if max_sessions is not None and max_sessions < 0:
-            raise ConfigError("max_sessions", f"must be >= 0 or None, got {max_sessions!r}")
+        if max_sessions is not None and (isinstance(max_sessions, bool) or not isinstance(
+                max_sessions, int) or max_sessions < 0):
+            raise ConfigError("max_sessions", f"must be an int >= 0 or None, got {max_sessions!r}")
+        _check_seconds("handshake_timeout", handshake_timeout)
+        if not 0 < handshake_timeout <= 3600:
+            raise ConfigError("handshake_timeout",
+                              f"must be > 0 and <= 3600 seconds, got {handshake_timeout!r}")
+        for name, value, low in (("max_pending", max_pending, 1),
+                                 ("max_message", max_message, P.MAX_LOGIN_MESSAGE)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(name, f"must be an int >= {low}, got {value!r}")
+        #: Seconds a new connection has to complete PRELOGIN and LOGIN7.
+        self.handshake_timeout = float(handshake_timeout)
+        #: Connections not yet logged in, at most; beyond, new ones are closed at once.
+        self.max_pending = max_pending
+        #: Largest request (bytes) a logged-in session may send.
+        self.max_message = max_message
+        self._refused_pending = 0
+        self._refused_logged_at = -1e9
         self._users = users
         self.database = database
         self.host = host
@@ -225,6 +250,27 @@ class TdsServer:
                 log.warning("accept failed", exc_info=True)
                 time.sleep(0.05)
                 continue
+            with self._lock:
+                pending = sum(1 for s in self._sessions.values() if not s.logged_in)
+                refuse = pending >= self.max_pending
+                if refuse:
+                    self._refused_pending += 1
+                    self._stats["refused"] += 1
+                    refused = self._refused_pending
+                    now = time.monotonic()
+                    say = now - self._refused_logged_at >= 1.0
+                    if say:
+                        self._refused_logged_at = now
+            if refuse:
+                if say:   # at most one line a second during a flood
+                    log.warning("%d connections are waiting to log in (the limit, max_pending); "
+                                "closing the one from %s:%s (%d refused so far)",
+                                self.max_pending, addr[0], addr[1], refused)
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+                continue
             conn.settimeout(None)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
@@ -382,29 +428,122 @@ def _check_number(number: int) -> None:
         raise ConfigError("number", f"must be a SQL Server error number (int > 0), got {number!r}")
 
 
-def serve_main(argv: list[str] | None = None) -> int:
-    """``mssql-pool serve``: run a TdsServer in the foreground until Ctrl-C."""
-    p = argparse.ArgumentParser(prog="mssql-pool serve",
-                                description="Run the TDS test server (a SQL Server stand-in).")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=1433)
-    p.add_argument("--user", default="sa")
-    p.add_argument("--password", default="Secret123!")
-    p.add_argument("--database", default="master")
-    p.add_argument("--max-sessions", type=int, default=None)
-    p.add_argument("--latency", type=float, default=0.0)
-    p.add_argument("-v", "--verbose", action="store_true")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    server = TdsServer({args.user: args.password}, args.database, args.host, args.port,
-                       max_sessions=args.max_sessions, latency=args.latency)
-    with server:
-        print(f"listening on {server.host}:{server.port} database {server.database} "
-              f"user {server.user} (Ctrl-C stops)", flush=True)
+PASSWORD_ENV = "MSSQL_POOL_PASSWORD"
+DEFAULT_PASSWORD = "Secret123!"
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mssql-pool serve",
+        description="Run the TDS test server (a SQL Server stand-in whose SQL runs on "
+        "SQLite) in the foreground until Ctrl-C or SIGTERM. It is for tests only: no "
+        "encryption, one login, data deleted when it stops.",
+        epilog=f"The password is taken from --password, else --password-file, else "
+        f"${PASSWORD_ENV}, else {DEFAULT_PASSWORD!r}; prefer the file or the variable "
+        f"(a command line is visible to every user through ps).",
+    )
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=1433,
+                   help="TCP port 0-65535, 0 picks a free one (default 1433)")
+    p.add_argument("--user", default="sa", help="the login accepted (default sa)")
+    secret = p.add_mutually_exclusive_group()
+    secret.add_argument("--password", default=None,
+                        help=f"its password (default ${PASSWORD_ENV} or {DEFAULT_PASSWORD!r})")
+    secret.add_argument("--password-file", metavar="FILE", default=None,
+                        help="read the password from the first line of FILE")
+    p.add_argument("--database", default="master", help="the default database (default master)")
+    p.add_argument("--max-sessions", type=int, default=None, metavar="N",
+                   help="logins beyond N open sessions fail with 10928 (default: no limit)")
+    p.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
+                   help="added to every reply, 0-60 (default 0)")
+    p.add_argument("--handshake-timeout", type=float, default=HANDSHAKE_TIMEOUT,
+                   metavar="SECONDS",
+                   help=f"a connection that has not logged in after this is closed "
+                   f"(default {HANDSHAKE_TIMEOUT:g})")
+    p.add_argument("--max-pending", type=int, default=MAX_PENDING, metavar="N",
+                   help=f"connections not yet logged in, at most; more are closed at once "
+                   f"(default {MAX_PENDING})")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="DEBUG logging instead of INFO")
+    return p
+
+
+def _serve_password(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    import os
+
+    if args.password is not None:
+        password: str = args.password
+    elif args.password_file is not None:
         try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
+            with open(args.password_file, encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        except (OSError, UnicodeError) as exc:
+            p.error(f"--password-file: cannot read {args.password_file!r}: "
+                    f"{getattr(exc, 'strerror', None) or type(exc).__name__}")
+    else:
+        password = os.environ.get(PASSWORD_ENV) or DEFAULT_PASSWORD
+    if not password:
+        p.error("the password is empty")
+    return password
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """``mssql-pool serve``: run a TdsServer in the foreground until Ctrl-C or SIGTERM.
+
+    Returns the exit code: 0 after a clean stop, 2 for bad usage (a bad option value,
+    an unreadable password file, a port that cannot be bound).
+    """
+    import math
+    import signal
+
+    p = _serve_parser()
+    try:
+        args = p.parse_args(argv)
+        if not 0 <= args.port <= 65535:
+            p.error(f"--port must be 0-65535, got {args.port}")
+        if not (math.isfinite(args.latency) and 0 <= args.latency <= 60):
+            p.error(f"--latency must be a number of seconds 0-60, got {args.latency!r}")
+        if not (math.isfinite(args.handshake_timeout) and 0 < args.handshake_timeout <= 3600):
+            p.error(f"--handshake-timeout must be > 0 and <= 3600, got "
+                    f"{args.handshake_timeout!r}")
+        if args.max_sessions is not None and args.max_sessions < 0:
+            p.error(f"--max-sessions must be >= 0, got {args.max_sessions}")
+        if args.max_pending < 1:
+            p.error(f"--max-pending must be >= 1, got {args.max_pending}")
+        password = _serve_password(p, args)
+        server = TdsServer({args.user: password}, args.database, args.host, args.port,
+                           max_sessions=args.max_sessions, latency=args.latency,
+                           handshake_timeout=args.handshake_timeout,
+                           max_pending=args.max_pending)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        try:
+            server.start()
+        except OSError as exc:
+            server.close()
+            p.error(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+    except SystemExit as exc:   # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        print(f"listening on {server.host}:{server.port} database {server.database} "
+              f"user {server.user} (Ctrl-C or SIGTERM stops; for tests only)", flush=True)
+        print(f"url: {server.url}", flush=True)
+        while not stop.wait(0.5):
             pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()   # sessions closed, data directory removed
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0

@@ -67,7 +67,8 @@ BEFORE: dict[str, int] = {
 }
 # Where Babelfish differs: after a read under pymssql's open transaction PostgreSQL still
 # holds the table's ACCESS SHARE lock (another session's ALTER TABLE waits), so the pool
-# keeps the rollback there (test_babelfish_a_read_unit_leaves_no_lock_behind).
+# keeps the rollback there (test_babelfish_a_read_unit_leaves_no_lock_behind in
+# test_quiet_return_pymssql.py).
 BABELFISH_TODAY: dict[str, int] = {"select": 2, "core_connect": 2, "orm_read": 2}
 VALIDATION_TRIPS = 1              # a connection idle past validate_after: one check
 

@@ -362,7 +362,7 @@ def test_guard_defaults_and_pool_clock() -> None:
 def test_guard_options_are_validated(option: str, value: object) -> None:
     with pytest.raises(ConfigError) as ei:
         ConnectGuard.from_options(**{option: value})
-    assert ei.value.parameter in (option, "failure_threshold")
+    assert ei.value.parameter in (option, f"{option}.failure_threshold")
 
 
 def test_guard_give_up_decisions() -> None:

@@ -55,10 +55,17 @@ def test_target_repr_and_redacted_never_show_the_password() -> None:
     assert t.redacted() == "mssql://sa:***@h:1/db?tds_version=7.3"
 
 
-def test_scrubber_hides_raw_and_quoted_password() -> None:
+def test_scrubber_hides_raw_and_quoted_password_in_secret_positions() -> None:
+    # the contract since the structural redaction: the known password is masked where a
+    # password stands (URL userinfo, after a secret key), raw or percent-encoded, at any
+    # length; the same letters elsewhere are ordinary words and stay
     scrub = cli._scrubber("p@ss word!")
-    assert scrub("a p@ss word! b p%40ss%20word%21 c") == "a *** b *** c"
-    assert cli._scrubber("ab")("ab abc") == "ab abc"  # too short to scrub safely
+    assert scrub("a mssql://u:p@ss word!@h b PWD=p%40ss%20word%21") == (
+        "a mssql://u:***@h b PWD=***")
+    short = cli._scrubber("the")
+    assert short("mssql://u:the@h: check the user and password=the") == (
+        "mssql://u:***@h: check the user and password=***")
+    assert cli._scrubber("a")("password='a', try a new one") == "password='***', try a new one"
 
 
 def test_first_line_handles_pymssql_arg_shapes() -> None:
@@ -113,6 +120,15 @@ def test_print_check_text_and_exit_line() -> None:
         ["check"],
         ["check", "http://x"],
         ["check", "mssql://sa:pw@h/db", "--timeout", "0"],
+        ["check", "mssql://sa:pw@h/db", "--timeout", "nan"],
+        ["check", "mssql://sa:pw@h/db", "--timeout", "inf"],
+        ["check", "mssql://sa:pw@h/db", "--timeout", "1e300"],
+        ["check", "mssql://sa:pw@h/db?tds_version=9.9"],
+        ["check", "mssql://sa:pw@h/db?timeout=-5"],
+        ["check", "mssql://sa:pw@h/db?charset=NOPE"],
+        ["check", "mssql://sa:pw@h/db", "--check-sql", "  "],
+        ["check", "mssql://sa:pw@h/db", "--samples", "0"],
+        ["check", "mssql://sa:pw/x@h/db"],
         ["demo", "--threads", "0"],
         ["demo", "--duration", "-1"],
         ["demo", "--threads", "many"],
@@ -121,6 +137,25 @@ def test_print_check_text_and_exit_line() -> None:
 def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(argv) == cli.EXIT_USAGE
     assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["check", "mssql://sa:pw@h/db", "--json", "--timeout", "nan"],
+        ["check", "mssql://sa:pw@h/db?tds_version=9.9", "--json"],
+        ["check", "mssql://sa:pw@h/db", "--json", "--check-sql", ""],
+        ["check", "--json", "mssql://sa:S3c/retPW@h/db"],
+        ["check", "--json", "mssql://sa:pw@h/db", "--timeout", "soon"],
+    ],
+)
+def test_bad_usage_with_json_still_prints_json(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == cli.EXIT_USAGE
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert data["exit_code"] == cli.EXIT_USAGE and data["ok"] is False and data["error"]
+    assert "retPW" not in captured.out + captured.err
 
 
 def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -68,3 +68,26 @@ def test_redact_mapping_and_exception() -> None:
 def test_redact_leaves_plain_text_alone() -> None:
     assert redact("SELECT 1 FROM t WHERE a = 2") == "SELECT 1 FROM t WHERE a = 2"
     assert redact("mssql://user@host/db") == "mssql://user@host/db"
+
+
+def test_odbc_keywords_and_conversions() -> None:
+    kw = parse_conninfo("Data Source=db,1444; User ID=app; Password={a}}b;c}; "
+                        "Initial Catalog=orders; Application Name=x; Login Timeout=5; "
+                        "ApplicationIntent=ReadOnly; Encrypt=yes; TDS_Version=7.3")
+    assert kw == {"server": "db", "port": 1444, "user": "app", "password": "a}b;c",
+                  "database": "orders", "appname": "x", "login_timeout": 5,
+                  "read_only": True, "encryption": "require", "tds_version": "7.3"}
+
+
+def test_url_ipv6_host_and_query_secret_are_handled() -> None:
+    kw = parse_conninfo("mssql://u:p@[::1]:1444/db")
+    assert (kw["server"], kw["port"]) == ("::1", 1444)
+    from mssql_pool._dsn import redact_conninfo
+    assert redact_conninfo("mssql://h/db?password=hunter2&appname=x") == (
+        "mssql://h/db?password=***&appname=x")
+
+
+def test_odd_parameter_names_are_shown_safely() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_conninfo({"server": "h", "x\nforged": 1})
+    assert "\n" not in str(info.value)

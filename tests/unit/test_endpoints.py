@@ -418,7 +418,7 @@ def test_pool_options_validated_with_parameter_names() -> None:
         ({"read_only": "yes"}, "read_only"),
         ({"identify": 3}, "identify"),
         ({"endpoint_breaker": 5}, "endpoint_breaker"),
-        ({"endpoint_breaker": {"failure_threshold": 0}}, "failure_threshold"),
+        ({"endpoint_breaker": {"failure_threshold": 0}}, "endpoint_breaker.failure_threshold"),
         ({"endpoint_breaker": {"nope": 1}}, "endpoint_breaker"),
     ]
     for opts, param in cases:
