@@ -33,6 +33,7 @@ from .errors import (
     TooManyRequests,
     UnbalancedTransactionError,
 )
+from .events import EventKind, PoolEvent
 from .pool import ConnectionPool
 from .retry import (
     CONNECT_POLICY,
@@ -59,6 +60,8 @@ __all__ = [
     "Classifier",
     "ErrorInfo",
     "ErrorKind",
+    "EventKind",
+    "PoolEvent",
     "ExponentialBackoff",
     "FixedBackoff",
     "LinearBackoff",
