@@ -89,9 +89,10 @@ class Waiter:
     def done(self) -> bool:
         return self.rec is not None or self.refused is not None
 
-    def sleep(self, timeout: float) -> None:
-        """Block until signalled or ``timeout`` seconds pass (the caller, no lock held)."""
-        self._lock.acquire(True, min(max(timeout, 0.0), threading.TIMEOUT_MAX))
+    def sleep(self, timeout: float) -> bool:
+        """Block until signalled (True) or ``timeout`` seconds pass (False). Called by the
+        waiting caller, holding no lock."""
+        return self._lock.acquire(True, min(max(timeout, 0.0), threading.TIMEOUT_MAX))
 
     def _signal(self) -> None:
         # Under the state lock. One release per sleep: a second signal before the
@@ -465,7 +466,7 @@ class PoolState:
             self.n_open += 1
             self.n_busy += 1
             rec.state = _BUSY
-            self._give(rec, now)
+            self._give(rec, now, fresh=True)
             self._assign(now, fx)
         return fx
 
@@ -692,12 +693,14 @@ class PoolState:
         self.stats.checks_skipped += 1
         return False
 
-    def _deliver(self, waiter: Waiter, rec: ConnectionRecord, now: float) -> None:
-        """Hand busy ``rec`` to ``waiter`` (already out of the queue)."""
+    def _deliver(self, waiter: Waiter, rec: ConnectionRecord, now: float,
+                 fresh: bool = False) -> None:
+        """Hand busy ``rec`` to ``waiter`` (already out of the queue); a ``fresh`` one is
+        not checked (its login just proved it)."""
         rec.checkout_at = now
         if self.busy is not None:
             self.busy.add(rec)
-        check = self._needs_check(rec, now)
+        check = False if fresh else self._needs_check(rec, now)
         waiter.rec = rec
         waiter.check = check
         if not check:
@@ -705,10 +708,10 @@ class PoolState:
             self.stats.requests_wait_ms += (now - waiter.start) * 1000.0
         waiter._signal()
 
-    def _give(self, rec: ConnectionRecord, now: float) -> None:
+    def _give(self, rec: ConnectionRecord, now: float, fresh: bool = False) -> None:
         """Busy ``rec`` is free: the oldest waiter gets it, else it goes idle."""
         if self.waiters:
-            self._deliver(self.waiters.popleft(), rec, now)
+            self._deliver(self.waiters.popleft(), rec, now, fresh)
         else:
             self.n_busy -= 1
             rec.state = _IDLE

@@ -18,6 +18,11 @@ The proxy behaves as a DB-API connection:
 * ``invalidate(reason)`` marks it dead: the pool closes it instead of reusing it;
 * ``raw`` is the driver's connection (statements run on it directly are not tracked:
   call ``mark_session_changed()`` after changing session state through it);
+* the loan ends when the connection goes back: the proxy, every cursor taken from it
+  and ``raw`` then raise :class:`~mssql_pool.errors.PoolError` when used (a cursor kept
+  past its loan never runs inside the next borrower's transaction), and the proxy no
+  longer holds the pool (a pool dropped without ``close()`` is collected even while an
+  old proxy is referenced);
 * ``info`` is a dict for user data that lives as long as the driver connection.
 
 Any error raised by the driver connection or its cursors that
@@ -110,12 +115,19 @@ class PooledConnection:
     closes the driver connection and frees its slot.
     """
 
-    __slots__ = ("_rec", "_pool", "raw")
+    __slots__ = ("_rec", "_pool")
 
     def __init__(self, rec: ConnectionRecord, pool: ConnectionPool) -> None:
         self._rec: ConnectionRecord | None = rec
-        self._pool = pool
-        self.raw = rec.raw
+        self._pool: ConnectionPool = pool
+
+    @property
+    def raw(self) -> Any:
+        """The driver's connection, while the loan lasts."""
+        rec = self._rec
+        if rec is None:
+            raise _closed_error()
+        return rec.raw
 
     # -- DB-API ----------------------------------------------------------------------
     def cursor(self, *args: Any, **kwargs: Any) -> PooledCursor:
@@ -125,12 +137,12 @@ class PooledConnection:
             raise _closed_error()
         try:
             if args or kwargs:
-                pooled = PooledCursor(self.raw.cursor(*args, **kwargs), rec, self)
+                pooled = PooledCursor(rec.raw.cursor(*args, **kwargs), rec, self)
                 pooled._args = (args, kwargs)    # to open the same kind on a replacement
                 return pooled
-            return PooledCursor(self.raw.cursor(), rec, self)
+            return PooledCursor(rec.raw.cursor(), rec, self)
         except Exception as exc:
-            self._pool._on_error(rec, exc)
+            self._pool.report_error(rec, exc)
             raise
 
     def _end_transaction(self, method: str) -> None:
@@ -139,9 +151,9 @@ class PooledConnection:
             raise _closed_error()
         rec.replay_timeout = NO_REPLAY     # a later statement is not the checkout's first
         try:
-            getattr(self.raw, method)()
+            getattr(rec.raw, method)()
         except Exception as exc:
-            self._pool._on_error(rec, exc)
+            self._pool.report_error(rec, exc)
             raise
         rec.flags &= ~WORK
 
@@ -157,9 +169,9 @@ class PooledConnection:
         if rec is None:
             raise _closed_error()
         try:
-            self.raw.autocommit(status)
+            rec.raw.autocommit(status)
         except Exception as exc:
-            self._pool._on_error(rec, exc)
+            self._pool.report_error(rec, exc)
             raise
         rec.flags |= SESSION
 
@@ -171,6 +183,30 @@ class PooledConnection:
         """Return the connection to the pool. Calling it again does nothing."""
         if self._rec is not None:
             self._pool.putconn(self)
+
+    # -- the loan (used by the pool) ---------------------------------------------------
+    def detach(self, pool: ConnectionPool) -> ConnectionRecord | None:
+        """End the loan (the pool calls this on return): the record, or None when it was
+        returned already. Raises :class:`PoolError` for another pool's proxy."""
+        rec = self._rec
+        if rec is None:
+            return None
+        if self._pool is not pool:
+            raise PoolError(f"{self!r} does not belong to pool {pool.name!r}")
+        self._rec = None
+        del self._pool       # a returned proxy does not keep the pool alive
+        return rec
+
+    def take_over(self, fresh: PooledConnection) -> ConnectionRecord:
+        """Continue this (returned) proxy's loan on ``fresh``'s connection: the replay of
+        a failed first statement (the pool's ``replace_dead``)."""
+        rec = fresh._rec
+        assert rec is not None
+        self._pool = fresh._pool
+        fresh._rec = None
+        del fresh._pool
+        self._rec = rec
+        return rec
 
     # -- pool-specific -----------------------------------------------------------------
     def invalidate(self, reason: str | None = None) -> None:
@@ -212,6 +248,9 @@ class PooledConnection:
 
     @property
     def pool(self) -> ConnectionPool:
+        """The pool that lent this connection (while the loan lasts)."""
+        if self._rec is None:
+            raise _closed_error()
         return self._pool
 
     def __enter__(self) -> PooledConnection:
@@ -233,12 +272,13 @@ class PooledConnection:
         rec = self._rec
         if rec is not None:
             self._rec = None
-            self._pool._orphaned(rec)
+            self._pool.report_orphan(rec)
 
     def __repr__(self) -> str:
         rec = self._rec
-        state = "returned" if rec is None else f"#{rec.seq}"
-        return f"<PooledConnection {state} of pool {self._pool.name!r}>"
+        if rec is None:
+            return "<PooledConnection returned>"
+        return f"<PooledConnection #{rec.seq} of pool {self._pool.name!r}>"
 
 
 class PooledCursor:
@@ -256,7 +296,14 @@ class PooledCursor:
     def connection(self) -> PooledConnection:
         return self._conn
 
+    def _live(self) -> ConnectionRecord:
+        if self._conn._rec is None:    # the loan ended: the connection is someone else's
+            raise _closed_error()
+        return self._rec
+
     def execute(self, operation: Any, params: Any = None) -> Any:
+        if self._conn._rec is None:
+            raise _closed_error()
         rec = self._rec
         flags = _scan_cache.get(operation)  # the common case without a function call
         before = rec.flags
@@ -268,7 +315,7 @@ class PooledCursor:
         except Exception as exc:
             if before or rec.replay_timeout == NO_REPLAY or self._conn._rec is not rec \
                     or not may_replay(exc, rec.raw, operation):
-                self._conn._pool._on_error(rec, exc)
+                self._conn._pool.report_error(rec, exc)
                 raise
             error = exc
         return self._replay(error, operation, params)
@@ -282,14 +329,14 @@ class PooledCursor:
         """
         conn = self._conn
         flags = self._rec.flags            # this statement's reset bits (putconn clears them)
-        new = conn._pool._replace(conn, self._rec, error)
+        new = conn._pool.replace_dead(conn, self._rec, error)
         if new is None:
             raise error
         args = getattr(self, "_args", None)
         try:
             cur = new.raw.cursor(*args[0], **args[1]) if args else new.raw.cursor()
         except Exception as exc:
-            conn._pool._on_error(new, exc)
+            conn._pool.report_error(new, exc)
             raise
         stale, self._cur, self._rec = self._cur, cur, new
         new.flags |= flags
@@ -302,59 +349,65 @@ class PooledCursor:
                 return cur.execute(operation)
             return cur.execute(operation, params)
         except Exception as exc:
-            conn._pool._on_error(new, exc)
+            conn._pool.report_error(new, exc)
             raise
 
     def executemany(self, operation: Any, seq_of_params: Sequence[Any]) -> Any:
-        rec = self._rec
+        rec = self._live()
         rec.flags |= scan_sql(operation)
         try:
             return self._cur.executemany(operation, seq_of_params)
         except Exception as exc:
-            self._conn._pool._on_error(rec, exc)
+            self._conn._pool.report_error(rec, exc)
             raise
 
     def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
-        rec = self._rec
+        rec = self._live()
         rec.flags |= scan_sql(procname)
         try:
             return self._cur.callproc(procname, parameters)
         except Exception as exc:
-            self._conn._pool._on_error(rec, exc)
+            self._conn._pool.report_error(rec, exc)
             raise
 
     def _call(self, name: str, *args: Any) -> Any:
+        self._live()
         try:
             return getattr(self._cur, name)(*args)
         except Exception as exc:
-            self._conn._pool._on_error(self._rec, exc)
+            self._conn._pool.report_error(self._rec, exc)
             raise
 
     def fetchone(self) -> Any:
+        if self._conn._rec is None:
+            raise _closed_error()
         try:
             return self._cur.fetchone()
         except Exception as exc:
-            self._conn._pool._on_error(self._rec, exc)
+            self._conn._pool.report_error(self._rec, exc)
             raise
 
     def fetchmany(self, size: int | None = None) -> Any:
         return self._call("fetchmany") if size is None else self._call("fetchmany", size)
 
     def fetchall(self) -> Any:
+        self._live()
         try:
             return self._cur.fetchall()
         except Exception as exc:
-            self._conn._pool._on_error(self._rec, exc)
+            self._conn._pool.report_error(self._rec, exc)
             raise
 
     def nextset(self) -> Any:
         return self._call("nextset")
 
     def close(self) -> None:
+        if self._conn._rec is None:
+            return       # the loan ended; the driver cursor went with it
         try:
             self._cur.close()
         except Exception as exc:
-            self._conn._pool._on_error(self._rec, exc)
+            self._conn._pool.report_error(self._rec, exc)
             raise
 
     def __iter__(self) -> Iterator[Any]:
@@ -371,6 +424,9 @@ class PooledCursor:
         self.close()
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):      # an unset slot (_args), not the driver's
+            raise AttributeError(name)
+        self._live()
         return getattr(self._cur, name)
 
     def __repr__(self) -> str:

@@ -121,7 +121,7 @@ class _EngineConnection(PooledConnection):
         try:
             rollback_work(raw)
         except Exception as exc:
-            self._pool._on_error(rec, exc)
+            self._pool.report_error(rec, exc)
             raise _as_dbapi_error(exc) from exc
         rec.flags &= ~WORK
         _no_replay(self)     # as after pymssql's own rollback() on the proxy
@@ -143,14 +143,14 @@ class _EngineConnection(PooledConnection):
         try:
             execute("COMMIT TRAN")
         except Exception as exc:
-            self._pool._on_error(rec, exc)
+            self._pool.report_error(rec, exc)
             raise _as_dbapi_error(exc) from exc
         rec.flags &= ~WORK
         _no_replay(self)
         try:
             execute("BEGIN TRAN")
         except Exception as exc:
-            self._pool._on_error(rec, exc)
+            self._pool.report_error(rec, exc)
             logger.warning("committed, but re-opening pymssql's transaction failed (%s); "
                            "discarding the connection", redact(exc))
             self.invalidate("BEGIN TRAN after COMMIT failed")
