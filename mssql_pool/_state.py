@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .connection import ConnectionRecord, ConnState
+from .reset import NONE, ROLLBACK
 from .stats import PoolStats
 
 __all__ = [
@@ -111,19 +112,36 @@ class Waiter:
         return f"<Waiter {self.seq}{' done' if self.done else ''}>"
 
 
-@dataclass
 class Effects:
     """What the caller must do after the lock is released: close these records (with a
-    reason and whether to log at WARNING) and start these connects."""
+    reason and whether to log at WARNING) and start these connects. (Lists are made on
+    the first entry: most decisions have no effects.)"""
 
-    close: list[tuple[ConnectionRecord, str, bool]] = field(default_factory=list)
-    connect: list[Slot] = field(default_factory=list)
+    __slots__ = ("close", "connect")
+
+    def __init__(self, close: list[tuple[ConnectionRecord, str, bool]] | None = None,
+                 connect: list[Slot] | None = None) -> None:
+        self.close: list[tuple[ConnectionRecord, str, bool]] | tuple[()] = close or ()
+        self.connect: list[Slot] | tuple[()] = connect or ()
+
+    def add_close(self, rec: ConnectionRecord, reason: str, warn: bool) -> None:
+        if not self.close:
+            self.close = []
+        self.close.append((rec, reason, warn))
+
+    def add_connect(self, slot: Slot) -> None:
+        if not self.connect:
+            self.connect = []
+        self.connect.append(slot)
 
     def __bool__(self) -> bool:
         return bool(self.close or self.connect)
 
+    def __repr__(self) -> str:
+        return f"Effects(close={list(self.close)!r}, connect={list(self.connect)!r})"
 
-@dataclass
+
+@dataclass(slots=True)
 class Take:
     """Use ``rec`` (busy now); run the check on it first when ``check``."""
 
@@ -133,7 +151,7 @@ class Take:
     waiter: Waiter | None = None    # the request's waiter when it was queued
 
 
-@dataclass
+@dataclass(slots=True)
 class Wait:
     """Start ``effects.connect``, close ``effects.close``, then sleep on ``waiter`` until
     ``until`` (a deadline or the end of the connect backoff) and call
@@ -144,7 +162,7 @@ class Wait:
     effects: Effects
 
 
-@dataclass
+@dataclass(slots=True)
 class Refuse:
     """The request ends here: ``why`` is one of the ``REFUSED_*`` strings; ``error`` is
     the connect error behind it (or None)."""
@@ -206,9 +224,10 @@ class PoolState:
             return len(self.idle), self.n_busy, len(self.waiters), self.n_open + self.n_connecting
 
     # ------------------------------------------------------------------ checkout
-    def take_fast(self, now: float) -> ConnectionRecord | None:
+    def take_fast(self, now: float, replay_timeout: float | None) -> ConnectionRecord | None:
         """The hot path: the most recently returned idle connection when it needs no
-        check (bypass window, not suspect, not expired, not drained); else None."""
+        check (bypass window, not suspect, not expired, not drained); else None.
+        ``replay_timeout``: the caller's timeout, kept on the record (health.may_replay)."""
         with self.lock:
             idle = self.idle
             if idle:
@@ -219,6 +238,7 @@ class PoolState:
                     idle.pop()
                     rec.state = _BUSY
                     rec.checkout_at = now
+                    rec.replay_timeout = replay_timeout
                     self.n_busy += 1
                     st = self.stats
                     st.requests_num += 1
@@ -247,8 +267,8 @@ class PoolState:
                 if now >= rec.expires_at or rec.generation != self.generation:
                     self._drop(rec)
                     st.connections_expired += 1
-                    fx.close.append((rec, "past its lifetime" if rec.generation ==
-                                     self.generation else "the pool was drained", False))
+                    fx.add_close(rec, "past its lifetime" if rec.generation ==
+                                 self.generation else "the pool was drained", False)
                     continue
                 rec.state = _BUSY
                 rec.checkout_at = now
@@ -374,17 +394,18 @@ class PoolState:
         return fx
 
     # ------------------------------------------------------------------ checkin
-    def release(self, rec: ConnectionRecord, now: float, reason: str | None,
-                reset: str = "none") -> Effects | None:
-        """A borrower gave ``rec`` back, reset (``reset``: "none", "rollback" or "full")
-        or to be discarded (``reason``). Reused: to the oldest waiter, else idle (None
-        returned: nothing to do). Else closed, its slot passed on."""
+    def release(self, rec: ConnectionRecord, now: float, reason: str | None = None,
+                reset: int = NONE) -> Effects | None:
+        """A borrower gave ``rec`` back, reset (``reset``: :data:`~mssql_pool.reset.NONE`,
+        ``ROLLBACK``, or a full or callback reset) or to be discarded (``reason``).
+        Reused: to the oldest waiter, else idle (None returned: nothing to do). Else
+        closed, its slot passed on."""
         with self.lock:
             st = self.stats
             st.usage_ms += (now - rec.checkout_at) * 1000.0
-            if reset == "none":
+            if reset == NONE:
                 st.resets_none += 1
-            elif reset == "rollback":
+            elif reset == ROLLBACK:
                 st.resets_rollback += 1
             else:
                 st.resets_full += 1
@@ -414,7 +435,7 @@ class PoolState:
             fx = Effects()
             self.n_busy -= 1
             self._drop(rec)
-            fx.close.append((rec, reason, warn))
+            fx.add_close(rec, reason, warn)
             self._assign(now, fx)
             return fx
 
@@ -461,7 +482,7 @@ class PoolState:
             st.connections_ms += (now - slot.started_at) * 1000.0
             if self.closed:
                 rec.state = _CLOSED
-                fx.close.append((rec, "the pool is closed", False))
+                fx.add_close(rec, "the pool is closed", False)
                 return fx
             self.n_open += 1
             self.n_busy += 1
@@ -521,12 +542,12 @@ class PoolState:
                     expire_budget -= 1
                     st.connections_expired += 1
                     self._drop(rec)
-                    fx.close.append((rec, "past its lifetime", False))
+                    fx.add_close(rec, "past its lifetime", False)
                 elif (max_idle is not None and now - rec.returned_at >= max_idle
                       and self.n_open + self.n_connecting > self.min_size):
                     st.connections_idle_closed += 1
                     self._drop(rec)
-                    fx.close.append((rec, f"idle for more than {max_idle} s", False))
+                    fx.add_close(rec, f"idle for more than {max_idle} s", False)
                 else:
                     if keepalive is not None \
                             and now - max(rec.returned_at, rec.pinged_at) >= keepalive:
@@ -541,7 +562,7 @@ class PoolState:
                     if not rec.leak_warned and now - rec.checkout_at >= leak_timeout:
                         rec.leak_warned = True
                         leaks.append(rec)
-        return fx.close, to_ping, leaks
+        return list(fx.close), to_ping, leaks
 
     def idle_records(self) -> list[ConnectionRecord]:
         """The idle connections now, oldest-returned first (for ``pool.check()``)."""
@@ -582,7 +603,7 @@ class PoolState:
                 if self.closed:
                     self.n_busy -= 1
                     self._drop(rec)
-                    fx.close.append((rec, "the pool is closed", False))
+                    fx.add_close(rec, "the pool is closed", False)
                 elif self.waiters:
                     self._deliver(self.waiters.popleft(), rec, now)
                 else:
@@ -634,7 +655,7 @@ class PoolState:
                 rec = self.idle.pop()
                 self._drop(rec)
                 self.stats.connections_expired += 1
-                fx.close.append((rec, "drained", False))
+                fx.add_close(rec, "drained", False)
             self._assign(now, fx)
         return fx
 
@@ -652,7 +673,7 @@ class PoolState:
             while self.idle:
                 rec = self.idle.pop()
                 self._drop(rec)
-                fx.close.append((rec, "the pool is closed", False))
+                fx.add_close(rec, "the pool is closed", False)
         return was_open, fx
 
     def forget_after_fork(self) -> list[ConnectionRecord]:
@@ -735,7 +756,7 @@ class PoolState:
         if self.busy is not None:
             self.busy.discard(rec)
         self._drop(rec)
-        fx.close.append((rec, reason, True))
+        fx.add_close(rec, reason, True)
 
     def _end_connect(self, slot: Slot) -> None:
         self.n_connecting -= 1
@@ -776,4 +797,4 @@ class PoolState:
                 and now >= self.next_connect_at):
             self.n_connecting += 1
             self.n_growing += 1
-            fx.connect.append(Slot(True, now))
+            fx.add_connect(Slot(True, now))

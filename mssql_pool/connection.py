@@ -194,7 +194,7 @@ class PooledConnection:
         if self._pool is not pool:
             raise PoolError(f"{self!r} does not belong to pool {pool.name!r}")
         self._rec = None
-        del self._pool       # a returned proxy does not keep the pool alive
+        self._pool = None    # type: ignore[assignment]  # a returned proxy does not keep the pool alive
         return rec
 
     def take_over(self, fresh: PooledConnection) -> ConnectionRecord:
@@ -204,7 +204,7 @@ class PooledConnection:
         assert rec is not None
         self._pool = fresh._pool
         fresh._rec = None
-        del fresh._pool
+        fresh._pool = None   # type: ignore[assignment]
         self._rec = rec
         return rec
 

@@ -70,7 +70,6 @@ logger = logging.getLogger("mssql_pool.pool")
 T = TypeVar("T")
 
 _pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
-_RESET_NAMES = {NONE: "none", ROLLBACK: "rollback"}
 
 
 class ConnectionPool:
@@ -109,6 +108,8 @@ class ConnectionPool:
             connect_policy=cfg.connect_policy, circuit_breaker=cfg.circuit_breaker,
             circuit_wait=cfg.circuit_wait, clock=cfg.clock, sleep=cfg.sleep,
             random=cfg.random, name=cfg.name, other_circuits=True)
+        self._take_fast = self.state.take_fast      # the hot path, bound once
+        self._release = self.state.release
         self._maintenance = Maintenance(self)
         #: Opens and closes this pool's driver connections.
         self.connector = Connector(cfg, self.state, self.connect_guard, self.endpoints,
@@ -133,9 +134,8 @@ class ConnectionPool:
         back with :meth:`putconn` or ``conn.close()``.
         """
         now = self._clock()
-        rec = self.state.take_fast(now)
+        rec = self._take_fast(now, timeout)    # unchecked: see health.may_replay
         if rec is not None:
-            rec.replay_timeout = timeout    # unchecked: see health.may_replay
             if self._track_leaks:
                 self._track_busy(rec)
             return PooledConnection(rec, self)
@@ -274,10 +274,14 @@ class ConnectionPool:
         Idempotent: a proxy already returned is ignored. Anything that is not a proxy
         lent by this pool raises :class:`PoolError`.
         """
-        if not isinstance(conn, PooledConnection):
-            raise PoolError(f"{type(conn).__name__} is not a connection of pool {self.name!r}; "
-                            f"give back what getconn() returned")
-        rec = conn.detach(self)
+        try:
+            rec = conn.detach(self)
+        except AttributeError:
+            rec = None
+            if not isinstance(conn, PooledConnection):
+                raise PoolError(f"{type(conn).__name__} is not a connection of pool "
+                                f"{self.name!r}; give back what getconn() returned") from None
+            raise
         if rec is None:
             return
         reason = rec.dead
@@ -302,7 +306,7 @@ class ConnectionPool:
                                                     "interrupted during its reset"))
             raise
         rec.flags = 0
-        fx = self.state.release(rec, self._clock(), reason, _RESET_NAMES.get(done, "full"))
+        fx = self._release(rec, self._clock(), reason, done)
         if fx is not None:
             self.connector.apply(fx)
 

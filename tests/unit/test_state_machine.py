@@ -152,7 +152,7 @@ class PoolModel(RuleBasedStateMachine):
         self.next_ident += 1
         caller = Caller(self.next_ident, self.now + timeout)
         self.callers[caller.ident] = caller
-        rec = self.state.take_fast(self.now)
+        rec = self.state.take_fast(self.now, timeout)
         if rec is not None:
             caller.rec = rec
             self.model.granted += 1
@@ -211,8 +211,8 @@ class PoolModel(RuleBasedStateMachine):
         self.outcome(caller, self.state.acquire(self.now, caller.deadline, caller.waiter))
 
     @precondition(lambda self: any(not c.checking for c in self.holders()))
-    @rule(i=st.integers(0, 50), dead=st.booleans(), reset=st.sampled_from(["none", "full"]))
-    def release(self, i: int, dead: bool, reset: str) -> None:
+    @rule(i=st.integers(0, 50), dead=st.booleans(), reset=st.sampled_from([0, 1, 2]))
+    def release(self, i: int, dead: bool, reset: int) -> None:
         caller = self.pick([c for c in self.holders() if not c.checking], i)
         rec = caller.rec
         assert rec is not None
