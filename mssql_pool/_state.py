@@ -210,7 +210,7 @@ class PoolState:
         self.failing_since: float | None = None   # first failed connect of this outage
         self.last_error: BaseException | None = None
         self.busy: set[ConnectionRecord] | None = set() if track_busy else None
-        self.stats = PoolStats()
+        self.stats = PoolStats(has_check)
 
     # ------------------------------------------------------------------ views
     @property
@@ -228,7 +228,9 @@ class PoolState:
         """The hot path: the most recently returned idle connection when it needs no
         check (bypass window, not suspect, not expired, not drained); else None.
         ``replay_timeout``: the caller's timeout, kept on the record (health.may_replay)."""
-        with self.lock:
+        lock = self.lock
+        lock.acquire()               # (try/finally: cheaper than ``with`` on the hot path)
+        try:
             idle = self.idle
             if idle:
                 rec = idle[-1]
@@ -240,14 +242,13 @@ class PoolState:
                     rec.checkout_at = now
                     rec.replay_timeout = replay_timeout
                     self.n_busy += 1
-                    st = self.stats
-                    st.requests_num += 1
-                    if self.has_check:
-                        st.checks_skipped += 1
+                    self.stats.fast += 1     # requests_num and checks_skipped (stats.fold)
                     if self.busy is not None:
                         self.busy.add(rec)
                     return rec
-        return None
+            return None
+        finally:
+            lock.release()
 
     def acquire(self, now: float, deadline: float, waiter: Waiter | None = None
                 ) -> Take | Wait | Refuse:
@@ -260,7 +261,9 @@ class PoolState:
         when the pool has no connection at all (none idle, busy or being opened), the
         circuit's next probe is due after ``deadline`` and ``circuit_wait`` is off."""
         fx = Effects()
-        with self.lock:
+        lock = self.lock
+        lock.acquire()
+        try:
             st = self.stats
             while self.idle and not self.closed:
                 rec = self.idle.pop()
@@ -312,13 +315,17 @@ class PoolState:
                 st.requests_queued += 1
             self._assign(now, fx)
             return Wait(waiter, self._wake_time(waiter, now), fx)
+        finally:
+            lock.release()
 
     def wait_over(self, waiter: Waiter, now: float) -> Take | Wait | Refuse:
         """The waiter woke (signalled, or its sleep ran out at ``now``): what it got, a
         refusal (timeout, closed, login refused), or wait again (a backoff pause ended:
         a connect may start now)."""
         fx = Effects()
-        with self.lock:
+        lock = self.lock
+        lock.acquire()
+        try:
             waiter._rearm()
             st = self.stats
             if waiter.rec is not None:
@@ -335,6 +342,8 @@ class PoolState:
                 return Refuse(REFUSED_TIMEOUT, self.last_error, now - waiter.start, fx)
             self._assign(now, fx)
             return Wait(waiter, self._wake_time(waiter, now), fx)
+        finally:
+            lock.release()
 
     def cancel(self, waiter: Waiter, now: float) -> Effects:
         """The waiting caller was interrupted (KeyboardInterrupt, a gevent timeout...):
@@ -400,10 +409,12 @@ class PoolState:
         ``ROLLBACK``, or a full or callback reset) or to be discarded (``reason``).
         Reused: to the oldest waiter, else idle (None returned: nothing to do). Else
         closed, its slot passed on."""
-        with self.lock:
+        lock = self.lock
+        lock.acquire()
+        try:
             st = self.stats
-            st.usage_ms += (now - rec.checkout_at) * 1000.0
-            if reset == NONE:
+            st.usage_s += now - rec.checkout_at
+            if not reset:                    # reset.NONE
                 st.resets_none += 1
             elif reset == ROLLBACK:
                 st.resets_rollback += 1
@@ -411,7 +422,6 @@ class PoolState:
                 st.resets_full += 1
             if self.busy is not None:
                 self.busy.discard(rec)
-            warn = True
             if reason is None:
                 if now < rec.expires_at and rec.generation == self.generation \
                         and not self.closed:
@@ -423,7 +433,7 @@ class PoolState:
                         rec.state = _IDLE
                         self.idle.append(rec)
                     return None
-                warn = False
+                warn = False                 # retired, nothing wrong with it
                 if self.closed:
                     reason = "the pool is closed"
                 else:
@@ -431,6 +441,7 @@ class PoolState:
                     reason = ("the pool was drained" if rec.generation != self.generation
                               else "past its lifetime")
             else:
+                warn = True
                 st.connections_discarded += 1
             fx = Effects()
             self.n_busy -= 1
@@ -438,6 +449,8 @@ class PoolState:
             fx.add_close(rec, reason, warn)
             self._assign(now, fx)
             return fx
+        finally:
+            lock.release()
 
     def leaked(self, rec: ConnectionRecord, now: float) -> Effects:
         """A proxy was garbage-collected while ``rec`` was lent out: discard it."""

@@ -115,16 +115,20 @@ class PooledConnection:
     closes the driver connection and frees its slot.
     """
 
-    __slots__ = ("_rec", "_pool")
+    __slots__ = ("record", "lender")
+    #: Internal, for the pool: the record of this loan and the pool that lent it; both
+    #: None once the connection was returned.
+    record: ConnectionRecord | None
+    lender: ConnectionPool
 
     def __init__(self, rec: ConnectionRecord, pool: ConnectionPool) -> None:
-        self._rec: ConnectionRecord | None = rec
-        self._pool: ConnectionPool = pool
+        self.record = rec
+        self.lender = pool
 
     @property
     def raw(self) -> Any:
         """The driver's connection, while the loan lasts."""
-        rec = self._rec
+        rec = self.record
         if rec is None:
             raise _closed_error()
         return rec.raw
@@ -132,7 +136,7 @@ class PooledConnection:
     # -- DB-API ----------------------------------------------------------------------
     def cursor(self, *args: Any, **kwargs: Any) -> PooledCursor:
         """A tracked cursor of the driver connection."""
-        rec = self._rec
+        rec = self.record
         if rec is None:
             raise _closed_error()
         try:
@@ -142,18 +146,18 @@ class PooledConnection:
                 return pooled
             return PooledCursor(rec.raw.cursor(), rec, self)
         except Exception as exc:
-            self._pool.report_error(rec, exc)
+            self.lender.report_error(rec, exc)
             raise
 
     def _end_transaction(self, method: str) -> None:
-        rec = self._rec
+        rec = self.record
         if rec is None:
             raise _closed_error()
         rec.replay_timeout = NO_REPLAY     # a later statement is not the checkout's first
         try:
             getattr(rec.raw, method)()
         except Exception as exc:
-            self._pool.report_error(rec, exc)
+            self.lender.report_error(rec, exc)
             raise
         rec.flags &= ~WORK
 
@@ -165,13 +169,13 @@ class PooledConnection:
 
     def autocommit(self, status: bool) -> None:
         """pymssql's ``autocommit(status)``; the pool restores the original mode on return."""
-        rec = self._rec
+        rec = self.record
         if rec is None:
             raise _closed_error()
         try:
             rec.raw.autocommit(status)
         except Exception as exc:
-            self._pool.report_error(rec, exc)
+            self.lender.report_error(rec, exc)
             raise
         rec.flags |= SESSION
 
@@ -181,59 +185,59 @@ class PooledConnection:
 
     def close(self) -> None:
         """Return the connection to the pool. Calling it again does nothing."""
-        if self._rec is not None:
-            self._pool.putconn(self)
+        if self.record is not None:
+            self.lender.putconn(self)
 
     # -- the loan (used by the pool) ---------------------------------------------------
     def detach(self, pool: ConnectionPool) -> ConnectionRecord | None:
         """End the loan (the pool calls this on return): the record, or None when it was
         returned already. Raises :class:`PoolError` for another pool's proxy."""
-        rec = self._rec
+        rec = self.record
         if rec is None:
             return None
-        if self._pool is not pool:
+        if self.lender is not pool:
             raise PoolError(f"{self!r} does not belong to pool {pool.name!r}")
-        self._rec = None
-        self._pool = None    # type: ignore[assignment]  # a returned proxy does not keep the pool alive
+        self.record = None
+        self.lender = None    # type: ignore[assignment]  # a returned proxy does not keep the pool alive
         return rec
 
     def take_over(self, fresh: PooledConnection) -> ConnectionRecord:
         """Continue this (returned) proxy's loan on ``fresh``'s connection: the replay of
         a failed first statement (the pool's ``replace_dead``)."""
-        rec = fresh._rec
+        rec = fresh.record
         assert rec is not None
-        self._pool = fresh._pool
-        fresh._rec = None
-        fresh._pool = None   # type: ignore[assignment]
-        self._rec = rec
+        self.lender = fresh.lender
+        fresh.record = None
+        fresh.lender = None   # type: ignore[assignment]
+        self.record = rec
         return rec
 
     # -- pool-specific -----------------------------------------------------------------
     def invalidate(self, reason: str | None = None) -> None:
         """Mark the connection dead: it is closed, not reused, when it comes back."""
-        rec = self._rec
+        rec = self.record
         if rec is not None and rec.dead is None:
             rec.dead = reason or "invalidated by its user"
 
     def mark_session_changed(self) -> None:
         """Ask for a full session reset on return (after using ``raw`` directly)."""
-        if self._rec is not None:
-            self._rec.flags |= SESSION | WORK
+        if self.record is not None:
+            self.record.flags |= SESSION | WORK
 
     @property
     def closed(self) -> bool:
         """True once returned to the pool."""
-        return self._rec is None
+        return self.record is None
 
     @property
     def invalidated(self) -> bool:
-        rec = self._rec
+        rec = self.record
         return rec is not None and rec.dead is not None
 
     @property
     def info(self) -> dict[str, Any]:
         """User data tied to the driver connection (survives checkouts, not reconnects)."""
-        rec = self._rec
+        rec = self.record
         if rec is None:
             raise _closed_error()
         return rec.info
@@ -241,7 +245,7 @@ class PooledConnection:
     @property
     def landing(self) -> Landing | None:
         """Where this connection landed: endpoint dialled, node reached (see endpoints.py)."""
-        rec = self._rec
+        rec = self.record
         if rec is None:
             raise _closed_error()
         return rec.landing
@@ -249,36 +253,36 @@ class PooledConnection:
     @property
     def pool(self) -> ConnectionPool:
         """The pool that lent this connection (while the loan lasts)."""
-        if self._rec is None:
+        if self.record is None:
             raise _closed_error()
-        return self._pool
+        return self.lender
 
     def __enter__(self) -> PooledConnection:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._rec is not None:
-            self._pool.putconn(self)
+        if self.record is not None:
+            self.lender.putconn(self)
 
     def __getattr__(self, name: str) -> Any:
         # Anything else the driver offers (bulk_copy, as_dict, ...) counts as work.
-        rec = self._rec
+        rec = self.record
         if rec is None:
             raise _closed_error()
         rec.flags |= WORK
         return getattr(self.raw, name)
 
     def __del__(self) -> None:
-        rec = self._rec
+        rec = self.record
         if rec is not None:
-            self._rec = None
-            self._pool.report_orphan(rec)
+            self.record = None
+            self.lender.report_orphan(rec)
 
     def __repr__(self) -> str:
-        rec = self._rec
+        rec = self.record
         if rec is None:
             return "<PooledConnection returned>"
-        return f"<PooledConnection #{rec.seq} of pool {self._pool.name!r}>"
+        return f"<PooledConnection #{rec.seq} of pool {self.lender.name!r}>"
 
 
 class PooledCursor:
@@ -297,12 +301,12 @@ class PooledCursor:
         return self._conn
 
     def _live(self) -> ConnectionRecord:
-        if self._conn._rec is None:    # the loan ended: the connection is someone else's
+        if self._conn.record is None:    # the loan ended: the connection is someone else's
             raise _closed_error()
         return self._rec
 
     def execute(self, operation: Any, params: Any = None) -> Any:
-        if self._conn._rec is None:
+        if self._conn.record is None:
             raise _closed_error()
         rec = self._rec
         flags = _scan_cache.get(operation)  # the common case without a function call
@@ -313,9 +317,9 @@ class PooledCursor:
                 return self._cur.execute(operation)
             return self._cur.execute(operation, params)
         except Exception as exc:
-            if before or rec.replay_timeout == NO_REPLAY or self._conn._rec is not rec \
+            if before or rec.replay_timeout == NO_REPLAY or self._conn.record is not rec \
                     or not may_replay(exc, rec.raw, operation):
-                self._conn._pool.report_error(rec, exc)
+                self._conn.lender.report_error(rec, exc)
                 raise
             error = exc
         return self._replay(error, operation, params)
@@ -329,14 +333,14 @@ class PooledCursor:
         """
         conn = self._conn
         flags = self._rec.flags            # this statement's reset bits (putconn clears them)
-        new = conn._pool.replace_dead(conn, self._rec, error)
+        new = conn.lender.replace_dead(conn, self._rec, error)
         if new is None:
             raise error
         args = getattr(self, "_args", None)
         try:
             cur = new.raw.cursor(*args[0], **args[1]) if args else new.raw.cursor()
         except Exception as exc:
-            conn._pool.report_error(new, exc)
+            conn.lender.report_error(new, exc)
             raise
         stale, self._cur, self._rec = self._cur, cur, new
         new.flags |= flags
@@ -349,7 +353,7 @@ class PooledCursor:
                 return cur.execute(operation)
             return cur.execute(operation, params)
         except Exception as exc:
-            conn._pool.report_error(new, exc)
+            conn.lender.report_error(new, exc)
             raise
 
     def executemany(self, operation: Any, seq_of_params: Sequence[Any]) -> Any:
@@ -358,7 +362,7 @@ class PooledCursor:
         try:
             return self._cur.executemany(operation, seq_of_params)
         except Exception as exc:
-            self._conn._pool.report_error(rec, exc)
+            self._conn.lender.report_error(rec, exc)
             raise
 
     def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
@@ -367,7 +371,7 @@ class PooledCursor:
         try:
             return self._cur.callproc(procname, parameters)
         except Exception as exc:
-            self._conn._pool.report_error(rec, exc)
+            self._conn.lender.report_error(rec, exc)
             raise
 
     def _call(self, name: str, *args: Any) -> Any:
@@ -375,16 +379,16 @@ class PooledCursor:
         try:
             return getattr(self._cur, name)(*args)
         except Exception as exc:
-            self._conn._pool.report_error(self._rec, exc)
+            self._conn.lender.report_error(self._rec, exc)
             raise
 
     def fetchone(self) -> Any:
-        if self._conn._rec is None:
+        if self._conn.record is None:
             raise _closed_error()
         try:
             return self._cur.fetchone()
         except Exception as exc:
-            self._conn._pool.report_error(self._rec, exc)
+            self._conn.lender.report_error(self._rec, exc)
             raise
 
     def fetchmany(self, size: int | None = None) -> Any:
@@ -395,19 +399,19 @@ class PooledCursor:
         try:
             return self._cur.fetchall()
         except Exception as exc:
-            self._conn._pool.report_error(self._rec, exc)
+            self._conn.lender.report_error(self._rec, exc)
             raise
 
     def nextset(self) -> Any:
         return self._call("nextset")
 
     def close(self) -> None:
-        if self._conn._rec is None:
+        if self._conn.record is None:
             return       # the loan ended; the driver cursor went with it
         try:
             self._cur.close()
         except Exception as exc:
-            self._conn._pool.report_error(self._rec, exc)
+            self._conn.lender.report_error(self._rec, exc)
             raise
 
     def __iter__(self) -> Iterator[Any]:

@@ -90,6 +90,7 @@ class ConnectionPool:
         self._clock = cfg.clock
         self._check = cfg.check
         self._reset_mode = cfg.reset
+        self._always_reset = cfg.reset == "full"
         self._track_leaks = cfg.leak_timeout is not None
         #: Every decision of the pool (counts, queue, idle stack, counters).
         self.state = PoolState(
@@ -275,20 +276,22 @@ class ConnectionPool:
         lent by this pool raises :class:`PoolError`.
         """
         try:
-            rec = conn.detach(self)
+            rec = conn.record
+            if rec is None:
+                return                   # returned already
+            lender = conn.lender
         except AttributeError:
-            rec = None
-            if not isinstance(conn, PooledConnection):
-                raise PoolError(f"{type(conn).__name__} is not a connection of pool "
-                                f"{self.name!r}; give back what getconn() returned") from None
-            raise
-        if rec is None:
-            return
+            raise PoolError(f"{type(conn).__name__} is not a connection of pool "
+                            f"{self.name!r}; give back what getconn() returned") from None
+        if lender is not self:
+            raise PoolError(f"{conn!r} does not belong to pool {self.name!r}")
+        conn.record = None
+        conn.lender = None  # type: ignore[assignment]  # a returned proxy keeps no pool alive
         reason = rec.dead
         done = NONE
         flags = rec.flags
         try:
-            if reason is None and (flags or self._reset_mode == "full"):
+            if reason is None and (flags or self._always_reset):
                 decision = plan(flags, self._reset_mode)
                 if isinstance(decision, str):
                     reason = decision
@@ -305,7 +308,8 @@ class ConnectionPool:
             self.connector.apply(self.state.release(rec, self._clock(),
                                                     "interrupted during its reset"))
             raise
-        rec.flags = 0
+        if flags:
+            rec.flags = 0
         fx = self._release(rec, self._clock(), reason, done)
         if fx is not None:
             self.connector.apply(fx)

@@ -113,7 +113,7 @@ class _EngineConnection(PooledConnection):
             log.append(("autocommit", status, None))
 
     def rollback(self) -> None:
-        rec = self._rec
+        rec = self.record
         raw = self.raw
         if rec is None or getattr(raw, "autocommit_state", True):
             super().rollback()     # closed proxy (raises) or autocommit (pymssql: no-op)
@@ -121,7 +121,7 @@ class _EngineConnection(PooledConnection):
         try:
             rollback_work(raw)
         except Exception as exc:
-            self._pool.report_error(rec, exc)
+            self.lender.report_error(rec, exc)
             raise _as_dbapi_error(exc) from exc
         rec.flags &= ~WORK
         _no_replay(self)     # as after pymssql's own rollback() on the proxy
@@ -134,7 +134,7 @@ class _EngineConnection(PooledConnection):
         the commit reports success (pymssql would raise, and a lost connection there would
         look like an unknown outcome to :func:`run_transaction`).
         """
-        rec = self._rec
+        rec = self.record
         raw = self.raw
         execute = getattr(getattr(raw, "_conn", None), "execute_non_query", None)
         if rec is None or execute is None or getattr(raw, "autocommit_state", True):
@@ -143,14 +143,14 @@ class _EngineConnection(PooledConnection):
         try:
             execute("COMMIT TRAN")
         except Exception as exc:
-            self._pool.report_error(rec, exc)
+            self.lender.report_error(rec, exc)
             raise _as_dbapi_error(exc) from exc
         rec.flags &= ~WORK
         _no_replay(self)
         try:
             execute("BEGIN TRAN")
         except Exception as exc:
-            self._pool.report_error(rec, exc)
+            self.lender.report_error(rec, exc)
             logger.warning("committed, but re-opening pymssql's transaction failed (%s); "
                            "discarding the connection", redact(exc))
             self.invalidate("BEGIN TRAN after COMMIT failed")
@@ -206,7 +206,7 @@ def _no_replay(proxy: PooledConnection) -> None:
     from . import connection
 
     no_replay = getattr(connection, "NO_REPLAY", None)
-    rec = proxy._rec
+    rec = proxy.record
     if no_replay is not None and rec is not None and hasattr(rec, "replay_timeout"):
         rec.replay_timeout = no_replay
 
@@ -318,7 +318,7 @@ class MssqlPoolAdapter(Pool):
         finally:
             self._pending.proxy = None
             _capture.log = None
-        rec = proxy._rec
+        rec = proxy.record
         if log and rec is not None:
             proxy.info[_BASELINE_KEY] = log
             rec.flags &= ~SESSION
@@ -352,7 +352,7 @@ class MssqlPoolAdapter(Pool):
         if proxy is None:        # invalidated or detached: already handled
             return
         rec.dbapi_connection = None   # the record is idle; the pool owns the connection
-        pooled = proxy._rec
+        pooled = proxy.record
         if pooled is not None and _BASELINE_KEY in pooled.info and (
                 pooled.flags & SESSION or self.mssql_pool.config.reset == "full"):
             pooled.info[_STALE_KEY] = True    # the pool's full reset will undo the baseline

@@ -134,11 +134,17 @@ ENDPOINT_KEYS = tuple(s.key for s in STATS if s.source == "endpoints")
 
 
 class PoolStats:
-    """The counters (plain int attributes, updated under the pool lock)."""
+    """The counters (plain attributes, updated under the pool lock). Two are kept folded
+    for the hot path and unfolded by :meth:`snapshot`: ``fast`` (checkouts handed out
+    without a check: each is one ``requests_num`` and, when the pool has a check, one
+    ``checks_skipped``) and ``usage_s`` (``usage_ms`` in seconds)."""
 
-    __slots__ = COUNTERS
+    __slots__ = (*COUNTERS, "fast", "usage_s", "has_check")
 
-    def __init__(self) -> None:
+    def __init__(self, has_check: bool = True) -> None:
+        self.has_check = has_check
+        self.fast = 0
+        self.usage_s = 0.0
         self.requests_num = 0
         self.requests_queued = 0
         self.requests_wait_ms = 0.0
@@ -162,7 +168,19 @@ class PoolStats:
         self.resets_rollback = 0
         self.resets_full = 0
 
+    def fold(self) -> None:
+        """Move the hot path's folded counts into their counters."""
+        if self.fast:
+            self.requests_num += self.fast
+            if self.has_check:
+                self.checks_skipped += self.fast
+            self.fast = 0
+        if self.usage_s:
+            self.usage_ms += self.usage_s * 1000.0
+            self.usage_s = 0.0
+
     def snapshot(self, reset: bool = False) -> dict[str, int]:
+        self.fold()
         out: dict[str, int] = {}
         for key in COUNTERS:
             out[key] = int(getattr(self, key))

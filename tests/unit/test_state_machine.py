@@ -407,6 +407,7 @@ class PoolModel(RuleBasedStateMachine):
     @invariant()
     def counters_match_the_events(self) -> None:
         st_ = self.state.stats
+        st_.fold()
         m = self.model
         # a delivery without a check is granted when it happens (the caller may still
         # be asleep)
