@@ -159,6 +159,23 @@ class PoolModel(RuleBasedStateMachine):
             return
         self.outcome(caller, self.state.acquire(self.now, caller.deadline))
 
+    @rule()
+    def fill(self) -> None:
+        """Callers take connections until the pool is full (a shortcut to the states
+        where slots are scarce): ask, let the connect succeed, wake."""
+        for _ in range(MAX_SIZE):
+            s = self.state
+            if s.closed or s.n_open + s.n_connecting >= s.max_size or s.waiters \
+                    or self.now < s.next_connect_at:
+                return
+            self.acquire(30.0)
+            for _slot in list(self.slots):
+                self.connect_ok(0)
+            for caller in self.waiting():
+                assert caller.waiter is not None
+                if caller.waiter._signalled:
+                    self.outcome(caller, self.state.wait_over(caller.waiter, self.now))
+
     @precondition(lambda self: self.waiting())
     @rule(i=st.integers(0, 50), spurious=st.booleans())
     def wake(self, i: int, spurious: bool) -> None:
@@ -427,6 +444,6 @@ class PoolModel(RuleBasedStateMachine):
 
 
 PoolModel.TestCase.settings = settings(
-    max_examples=300, stateful_step_count=50, derandomize=True, deadline=None,
+    max_examples=400, stateful_step_count=50, derandomize=True, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestPoolModel = PoolModel.TestCase
