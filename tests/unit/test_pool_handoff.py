@@ -459,3 +459,24 @@ def db() -> FakeDB:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+# ---------------------------------------------------------------- options in PoolConfig
+def test_connect_options_live_in_pool_config() -> None:
+    from mssql_pool.config import make_config
+    from mssql_pool.errors import ConfigError
+
+    policy = RetryPolicy(max_attempts=2, deadline=None)
+    cfg = make_config(conninfo="mssql://app:Secr3t-pw@db/orders", connect_policy=policy,
+                      circuit_breaker={"failure_threshold": 2}, circuit_wait=True)
+    text = repr(cfg)
+    assert "connect_policy=<RetryPolicy" in text and "circuit_wait=True" in text
+    assert "circuit_breaker={'failure_threshold': 2}" in text
+    assert "Secr3t-pw" not in text
+    for option, value in (("connect_policy", "sometimes"), ("circuit_wait", 1),
+                          ("circuit_breaker", {"failure_threshold": 0}),
+                          ("circuit_breaker", {"no_such_argument": 1}),
+                          ("circuit_breaker", 5)):
+        with pytest.raises(ConfigError) as info:
+            make_config(conninfo="mssql://db/x", **{option: value})
+        assert info.value.parameter in (option, "failure_threshold"), (option, info.value)
