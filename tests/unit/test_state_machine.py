@@ -305,6 +305,14 @@ class PoolModel(RuleBasedStateMachine):
             if self.state.take_for_ping(rec):
                 self.pinging.append((rec, self.state.suspect_before))
 
+    @precondition(lambda self: self.state.idle)
+    @rule(i=st.integers(0, 50))
+    def check_one(self, i: int) -> None:
+        """``pool.check()`` takes one idle connection out to check it."""
+        rec = self.pick(list(self.state.idle), i)
+        assert self.state.take_for_ping(rec)
+        self.pinging.append((rec, self.state.suspect_before))
+
     @precondition(lambda self: self.pinging)
     @rule(i=st.integers(0, 50), ok=st.booleans(), keepalive=st.booleans())
     def ping_done(self, i: int, ok: bool, keepalive: bool) -> None:
