@@ -77,7 +77,7 @@ class PoolModel(RuleBasedStateMachine):
         super().__init__()
         self.now = 1000.0
         self.state = PoolState(min_size=MIN_SIZE, max_size=MAX_SIZE, has_check=True,
-                               validate_after=0.5, max_waiting=6)
+                               validate_after=0.2, max_waiting=6)
         self.callers: dict[int, Caller] = {}
         self.next_ident = 0
         self.slots: list[Slot] = []
@@ -175,6 +175,16 @@ class PoolModel(RuleBasedStateMachine):
                 assert caller.waiter is not None
                 if caller.waiter._signalled:
                     self.outcome(caller, self.state.wait_over(caller.waiter, self.now))
+
+    @precondition(lambda self: self.state.idle)
+    @rule(take_for_check=st.booleans())
+    def age_and_ask(self, take_for_check: bool) -> None:
+        """Idle connections age past the bypass window, then a caller asks (it gets one
+        to check) or ``pool.check()`` takes one first (the caller may have to wait)."""
+        self.tick(1.0)
+        if take_for_check and self.state.idle:
+            self.check_one(0)
+        self.acquire(30.0)
 
     @precondition(lambda self: self.waiting())
     @rule(i=st.integers(0, 50), spurious=st.booleans())
@@ -452,6 +462,6 @@ class PoolModel(RuleBasedStateMachine):
 
 
 PoolModel.TestCase.settings = settings(
-    max_examples=400, stateful_step_count=50, derandomize=True, deadline=None,
+    max_examples=600, stateful_step_count=50, derandomize=True, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestPoolModel = PoolModel.TestCase
