@@ -27,6 +27,10 @@ Rounds interleave the pools in a shuffled order and ratios are computed per roun
 before taking the median, which cancels most of the noise of a shared machine.
 
 Run: ``python bench/pool_overhead.py`` (about 5 minutes) or ``--quick`` (under 2 minutes).
+``--before DIR`` adds ``before``: the ``ConnectionPool`` of another copy of the package
+(``DIR`` is its ``mssql_pool`` directory, e.g. an older commit unpacked with ``git
+archive``), measured in the same shuffled rounds, so a change is compared with what it
+replaced in one run (paired ratio ``mssql_pool/before``).
 """
 
 from __future__ import annotations
@@ -89,6 +93,27 @@ class Subject:
         self.get = get
         self.put = put
         self.close = close
+
+
+def load_before(path: str) -> Any:
+    """Import the package copy at ``path`` under the name ``mssql_pool_before``."""
+    import importlib.util
+
+    init = os.path.join(path, "__init__.py")
+    spec = importlib.util.spec_from_file_location("mssql_pool_before", init,
+                                                  submodule_search_locations=[path])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mssql_pool_before"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_before(db: FakeDB, package: Any) -> Subject:
+    pool = package.ConnectionPool(connect=db.connect, min_size=POOL_SIZE, max_size=POOL_SIZE,
+                                  name="before", timeout=60)
+    pool.wait(10)
+    return Subject("before", pool.getconn, pool.putconn, pool.close)
 
 
 def make_mssql_pool(db: FakeDB, **opts: Any) -> Subject:
@@ -218,15 +243,21 @@ def shares(counts: list[int]) -> tuple[float, float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short run (under 2 minutes)")
-    ap.add_argument("--only", nargs="*", choices=list(FACTORIES), help="pools to include")
+    ap.add_argument("--only", nargs="*", choices=[*FACTORIES, "before"],
+                    help="pools to include")
+    ap.add_argument("--before", metavar="DIR",
+                    help="also measure the mssql_pool package copy in DIR as 'before'")
     args = ap.parse_args()
+    if args.before:
+        package = load_before(os.path.abspath(args.before))
+        FACTORIES["before"] = lambda db: make_before(db, package)
     logging.getLogger("mssql_pool").setLevel(logging.ERROR)
     quick = args.quick
     rounds = 5 if quick else 11
     n_pairs = 5000 if quick else 20000
     duration = 0.4 if quick else 1.5
     fair_duration = 1.0 if quick else 3.0
-    names = args.only or list(FACTORIES)
+    names = args.only or [n for n in FACTORIES if n != "before" or args.before]
     rng = random.Random(1)
 
     print(f"# pool_overhead  python {platform.python_version()}  mssql_pool "
@@ -239,6 +270,7 @@ def main() -> None:
         per: dict[str, list[float]] = {n: [] for n in names}
         ratios_floor: list[float] = []
         ratios_qp: list[float] = []
+        ratios_before: list[float] = []
         for name in names:               # warm-up
             workload(subjects[name], n_pairs // 5)
         for _ in range(rounds):
@@ -251,6 +283,8 @@ def main() -> None:
                 ratios_floor.append(got["mssql_pool"] / got["floor"])
             if "mssql_pool" in got and "qp" in got:
                 ratios_qp.append(got["mssql_pool"] / got["qp"])
+            if "mssql_pool" in got and "before" in got:
+                ratios_before.append(got["mssql_pool"] / got["before"])
         print(f"\n## {title} (single thread, median of {rounds} rounds x {n_pairs})")
         print(f"{'pool':<12}{'ns/op':>10}{'x floor':>10}")
         floor = statistics.median(per["floor"]) if "floor" in per else None
@@ -262,6 +296,8 @@ def main() -> None:
             print(f"paired ratio mssql_pool/floor: {statistics.median(ratios_floor):.2f}")
         if ratios_qp:
             print(f"paired ratio mssql_pool/qp:    {statistics.median(ratios_qp):.3f}")
+        if ratios_before:
+            print(f"paired ratio mssql_pool/before: {statistics.median(ratios_before):.3f}")
 
     single(pair_loop, "checkout+checkin pair")
     single(execute_loop, "checkout + cursor().execute('SELECT 1') + checkin")

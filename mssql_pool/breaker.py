@@ -379,6 +379,11 @@ class CircuitBreaker:
         self.record_success()
         return result
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (one another thread of the parent held would
+        stay held forever)."""
+        self._cond = threading.Condition(threading.Lock())
+
     def _label(self) -> str:
         return f" {self.name!r}" if self.name else ""
 

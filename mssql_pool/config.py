@@ -31,6 +31,12 @@ read_only          False        read-only intent in the login (Always On read-on
 endpoint_breaker   "auto"       per-endpoint CircuitBreaker arguments, a factory or None (off);
                                 auto: endpoints.DEFAULT_ENDPOINT_BREAKER
 identify           None         ask each new connection which node it reached (None: auto)
+connect_policy     "auto"       RetryPolicy for failed logins: pause, attempts, deadline (None:
+                                retry until the caller's timeout), "auto": CONNECT_POLICY
+circuit_breaker    "auto"       pool-wide CircuitBreaker (instance or its arguments), None/auto:
+                                none (conninfo pools have one per endpoint)
+circuit_wait       False        True: callers wait for an open circuit's probe even when the
+                                pool has no connection at all (False: refused at once then)
 clock/sleep/random monotonic... injection points for tests (monotonic clock only)
 ================== ============ ==========================================================
 """
@@ -87,6 +93,9 @@ class PoolConfig:
     read_only: bool = False
     endpoint_breaker: Any = "auto"
     identify: Any = None
+    connect_policy: Any = "auto"
+    circuit_breaker: Any = "auto"
+    circuit_wait: bool = False
 
     def __repr__(self) -> str:
         shown = []
@@ -94,7 +103,9 @@ class PoolConfig:
             value = getattr(self, f.name)
             if f.name in ("clock", "sleep", "random") and value is f.default:
                 continue
-            if f.name == "conninfo":
+            if f.name == "connect_policy" and not isinstance(value, str):
+                shown.append(f"connect_policy={value!r}")
+            elif f.name == "conninfo":
                 text = redact_conninfo(value)
                 shown.append(f"conninfo={text}")
             elif callable(value) and not isinstance(value, str):
@@ -222,4 +233,31 @@ def make_config(**opts: Any) -> PoolConfig:
     else:
         check_name(name)
     o.update(endpoint_options(o))
+    _guard_options(o)
     return PoolConfig(**o)
+
+
+def _guard_options(o: dict[str, Any]) -> None:
+    """Validate ``connect_policy``, ``circuit_breaker`` and ``circuit_wait``."""
+    from .breaker import CircuitBreaker
+    from .retry import RetryPolicy
+
+    policy = o.get("connect_policy", "auto")
+    if not (isinstance(policy, RetryPolicy) or policy is None or policy == "auto"):
+        raise ConfigError("connect_policy",
+                          f"must be a RetryPolicy, 'auto' or None, got {policy!r}")
+    breaker = o.get("circuit_breaker", "auto")
+    if isinstance(breaker, Mapping):
+        try:
+            CircuitBreaker(**breaker)     # its own checks name the bad argument
+        except ConfigError as exc:
+            raise exc.nested("circuit_breaker") from None
+        except TypeError as exc:
+            raise ConfigError("circuit_breaker", str(exc)) from None
+        o["circuit_breaker"] = dict(breaker)
+    elif not (isinstance(breaker, CircuitBreaker) or breaker is None or breaker == "auto"):
+        raise ConfigError("circuit_breaker",
+                          f"must be a CircuitBreaker, a mapping of its arguments, 'auto' or "
+                          f"None, got {breaker!r}")
+    if not isinstance(o.get("circuit_wait", False), bool):
+        raise ConfigError("circuit_wait", f"must be True or False, got {o['circuit_wait']!r}")

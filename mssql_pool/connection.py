@@ -27,6 +27,11 @@ The proxy behaves as a DB-API connection:
 * ``invalidate(reason)`` marks it dead: the pool closes it instead of reusing it;
 * ``raw`` is the driver's connection (statements run on it directly are not tracked:
   call ``mark_session_changed()`` after changing session state through it);
+* the loan ends when the connection goes back: the proxy, every cursor taken from it
+  and ``raw`` then raise :class:`~mssql_pool.errors.PoolError` when used (a cursor kept
+  past its loan never runs inside the next borrower's transaction), and the proxy no
+  longer holds the pool (a pool dropped without ``close()`` is collected even while an
+  old proxy is referenced);
 * ``info`` is a dict for user data that lives as long as the driver connection.
 
 Any error raised by the driver connection or its cursors is marked as the driver's
@@ -134,7 +139,7 @@ def _driver_error(pool: ConnectionPool, rec: ConnectionRecord, exc: BaseExceptio
     pool, which discards the connection on a disconnect."""
     mark_driver_error(exc)
     rec.flags |= WORK | FAILED
-    pool._on_error(rec, exc)
+    pool.report_error(rec, exc)
 
 
 def _pymssql_eager(raw: Any) -> Any:
@@ -201,17 +206,28 @@ class PooledConnection:
     closes the driver connection and frees its slot.
     """
 
-    __slots__ = ("_rec", "_pool", "raw")
+    __slots__ = ("record", "lender")
+    #: Internal, for the pool: the record of this loan and the pool that lent it; both
+    #: None once the connection was returned.
+    record: ConnectionRecord | None
+    lender: ConnectionPool
 
     def __init__(self, rec: ConnectionRecord, pool: ConnectionPool) -> None:
-        self._rec: ConnectionRecord | None = rec
-        self._pool = pool
-        self.raw = rec.raw
+        self.record = rec
+        self.lender = pool
+
+    @property
+    def raw(self) -> Any:
+        """The driver's connection, while the loan lasts."""
+        rec = self.record
+        if rec is None:
+            raise _closed_error()
+        return rec.raw
 
     # -- DB-API ----------------------------------------------------------------------
     def cursor(self, *args: Any, **kwargs: Any) -> PooledCursor:
         """A tracked cursor of the driver connection."""
-        rec = self._rec
+        rec = self.record
         if rec is None:
             raise _closed_error()
         try:
@@ -221,11 +237,11 @@ class PooledConnection:
                 return pooled
             return PooledCursor(self.raw.cursor(), rec, self)
         except Exception as exc:
-            _driver_error(self._pool, rec, exc)
+            _driver_error(self.lender, rec, exc)
             raise
 
     def _live(self) -> ConnectionRecord:
-        rec = self._rec
+        rec = self.record
         if rec is None:
             raise _closed_error()
         rec.replay_timeout = NO_REPLAY     # a later statement is not the checkout's first
@@ -238,7 +254,7 @@ class PooledConnection:
             else:
                 getattr(self.raw, method)()
         except Exception as exc:
-            _driver_error(self._pool, rec, exc)
+            _driver_error(self.lender, rec, exc)
             raise
 
     def _ended(self, rec: ConnectionRecord, known: bool) -> None:
@@ -266,7 +282,7 @@ class PooledConnection:
             execute(COMMIT_REOPEN)
         except Exception as exc:
             error = _commit_error(exc)
-            _driver_error(self._pool, rec, error)
+            _driver_error(self.lender, rec, error)
             if error is exc:
                 raise
             raise error from exc
@@ -284,7 +300,7 @@ class PooledConnection:
         try:
             rollback_work(self.raw, rec)
         except Exception as exc:
-            _driver_error(self._pool, rec, exc)
+            _driver_error(self.lender, rec, exc)
             raise
         rec.flags &= ~SETTLED          # IF @@TRANCOUNT > 0 ROLLBACK asked the server
 
@@ -294,18 +310,18 @@ class PooledConnection:
         on, and then its no-op commit()/rollback() would leave one open)."""
         if not type(self.raw).__module__.startswith("pymssql"):
             return True
-        free = rec.free if rec.free is not None else quiet_mask(rec, self._pool)
+        free = rec.free if rec.free is not None else quiet_mask(rec, self.lender)
         return bool(free & HELD)
 
     def autocommit(self, status: bool) -> None:
         """pymssql's ``autocommit(status)``; the pool restores the original mode on return."""
-        rec = self._rec
+        rec = self.record
         if rec is None:
             raise _closed_error()
         try:
             self.raw.autocommit(status)
         except Exception as exc:
-            _driver_error(self._pool, rec, exc)
+            _driver_error(self.lender, rec, exc)
             raise
         rec.flags |= SESSION
 
@@ -315,43 +331,67 @@ class PooledConnection:
 
     def close(self) -> None:
         """Return the connection to the pool. Calling it again does nothing."""
-        if self._rec is not None:
-            self._pool.putconn(self)
+        if self.record is not None:
+            self.lender.putconn(self)
+
+    # -- the loan (used by the pool) ---------------------------------------------------
+    def detach(self, pool: ConnectionPool) -> ConnectionRecord | None:
+        """End the loan (the pool calls this on return): the record, or None when it was
+        returned already. Raises :class:`PoolError` for another pool's proxy."""
+        rec = self.record
+        if rec is None:
+            return None
+        if self.lender is not pool:
+            raise PoolError(f"{self!r} does not belong to pool {pool.name!r}")
+        self.record = None
+        self.lender = None    # type: ignore[assignment]  # a returned proxy does not keep the pool alive
+        return rec
+
+    def take_over(self, fresh: PooledConnection) -> ConnectionRecord:
+        """Continue this (returned) proxy's loan on ``fresh``'s connection: the replay of
+        a failed first statement (the pool's ``replace_dead``)."""
+        rec = fresh.record
+        assert rec is not None
+        self.lender = fresh.lender
+        fresh.record = None
+        fresh.lender = None   # type: ignore[assignment]
+        self.record = rec
+        return rec
 
     # -- pool-specific -----------------------------------------------------------------
     def invalidate(self, reason: str | None = None) -> None:
         """Mark the connection dead: it is closed, not reused, when it comes back."""
-        rec = self._rec
+        rec = self.record
         if rec is not None and rec.dead is None:
             rec.dead = reason or "invalidated by its user"
 
     def mark_session_changed(self) -> None:
         """Ask for a full session reset on return (after using ``raw`` directly)."""
-        if self._rec is not None:
-            self._rec.flags |= SESSION | WORK | TXN | HELD
+        if self.record is not None:
+            self.record.flags |= SESSION | WORK | TXN | HELD
 
     def _settled(self) -> None:
         """Internal (transaction.py): the server just confirmed the transaction count is
         at its baseline (a COMMIT that checked ``@@TRANCOUNT`` and pymssql's new implicit
         transaction): nothing is left for the reset on return to roll back."""
-        rec = self._rec
+        rec = self.record
         if rec is not None:
             rec.flags &= ~SETTLED
 
     @property
     def closed(self) -> bool:
         """True once returned to the pool."""
-        return self._rec is None
+        return self.record is None
 
     @property
     def invalidated(self) -> bool:
-        rec = self._rec
+        rec = self.record
         return rec is not None and rec.dead is not None
 
     @property
     def info(self) -> dict[str, Any]:
         """User data tied to the driver connection (survives checkouts, not reconnects)."""
-        rec = self._rec
+        rec = self.record
         if rec is None:
             raise _closed_error()
         return rec.info
@@ -359,41 +399,45 @@ class PooledConnection:
     @property
     def landing(self) -> Landing | None:
         """Where this connection landed: endpoint dialled, node reached (see endpoints.py)."""
-        rec = self._rec
+        rec = self.record
         if rec is None:
             raise _closed_error()
         return rec.landing
 
     @property
     def pool(self) -> ConnectionPool:
-        return self._pool
+        """The pool that lent this connection (while the loan lasts)."""
+        if self.record is None:
+            raise _closed_error()
+        return self.lender
 
     def __enter__(self) -> PooledConnection:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._rec is not None:
-            self._pool.putconn(self)
+        if self.record is not None:
+            self.lender.putconn(self)
 
     def __getattr__(self, name: str) -> Any:
         # Anything else the driver offers (bulk_copy, as_dict, ...) counts as work whose
         # effect on the transaction count is unknown.
-        rec = self._rec
+        rec = self.record
         if rec is None:
             raise _closed_error()
         rec.flags |= WORK | TXN | HELD
         return getattr(self.raw, name)
 
     def __del__(self) -> None:
-        rec = self._rec
+        rec = self.record
         if rec is not None:
-            self._rec = None
-            self._pool._orphaned(rec)
+            self.record = None
+            self.lender.report_orphan(rec)
 
     def __repr__(self) -> str:
-        rec = self._rec
-        state = "returned" if rec is None else f"#{rec.seq}"
-        return f"<PooledConnection {state} of pool {self._pool.name!r}>"
+        rec = self.record
+        if rec is None:
+            return "<PooledConnection returned>"
+        return f"<PooledConnection #{rec.seq} of pool {self.lender.name!r}>"
 
 
 class PooledCursor:
@@ -412,7 +456,14 @@ class PooledCursor:
     def connection(self) -> PooledConnection:
         return self._conn
 
+    def _live(self) -> ConnectionRecord:
+        if self._conn.record is None:    # the loan ended: the connection is someone else's
+            raise _closed_error()
+        return self._rec
+
     def execute(self, operation: Any, params: Any = None) -> Any:
+        if self._conn.record is None:
+            raise _closed_error()
         rec = self._rec
         flags = _scan_cache.get(operation)  # the common case without a function call
         if flags is None:
@@ -420,7 +471,7 @@ class PooledCursor:
         before = rec.flags
         free = rec.free
         if free is None:
-            free = quiet_mask(rec, self._conn._pool)
+            free = quiet_mask(rec, self._conn.lender)
         quiet = not flags & ~free
         if quiet:
             # Leaves nothing behind once its results are read (quiet_mask): recorded only
@@ -437,9 +488,9 @@ class PooledCursor:
                 result = self._cur.execute(operation, params)
         except Exception as exc:
             mark_driver_error(exc)
-            if before or rec.replay_timeout == NO_REPLAY or self._conn._rec is not rec \
+            if before or rec.replay_timeout == NO_REPLAY or self._conn.record is not rec \
                     or not may_replay(exc, rec.raw, operation):
-                _driver_error(self._conn._pool, rec, exc)
+                _driver_error(self._conn.lender, rec, exc)
                 raise
             error = exc
         else:
@@ -466,14 +517,14 @@ class PooledCursor:
         """
         conn = self._conn
         flags = self._rec.flags            # this statement's reset bits (putconn clears them)
-        new = conn._pool._replace(conn, self._rec, error)
+        new = conn.lender.replace_dead(conn, self._rec, error)
         if new is None:
             raise error
         args = getattr(self, "_args", None)
         try:
             cur = new.raw.cursor(*args[0], **args[1]) if args else new.raw.cursor()
         except Exception as exc:
-            _driver_error(conn._pool, new, exc)
+            _driver_error(conn.lender, new, exc)
             raise
         stale, self._cur, self._rec = self._cur, cur, new
         new.flags |= flags | WORK | HELD   # recorded in full on the replacement
@@ -486,41 +537,43 @@ class PooledCursor:
                 return cur.execute(operation)
             return cur.execute(operation, params)
         except Exception as exc:
-            _driver_error(conn._pool, new, exc)
+            _driver_error(conn.lender, new, exc)
             raise
 
     def executemany(self, operation: Any, seq_of_params: Sequence[Any]) -> Any:
-        rec = self._rec
+        rec = self._live()
         rec.flags |= statement_flags(operation) | HELD   # never quiet
         rec.reading = 0
         try:
             return self._cur.executemany(operation, seq_of_params)
         except Exception as exc:
-            _driver_error(self._conn._pool, rec, exc)
+            _driver_error(self._conn.lender, rec, exc)
             raise
 
     def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
-        rec = self._rec
+        rec = self._live()
         rec.flags |= statement_flags(procname) | TXN | HELD   # a procedure may leave a
         rec.reading = 0                                     # transaction open
         try:
             return self._cur.callproc(procname, parameters)
         except Exception as exc:
-            _driver_error(self._conn._pool, rec, exc)
+            _driver_error(self._conn.lender, rec, exc)
             raise
 
     def _call(self, name: str, *args: Any) -> Any:
+        self._live()
         try:
             return getattr(self._cur, name)(*args)
         except Exception as exc:
-            _driver_error(self._conn._pool, self._rec, exc)
+            _driver_error(self._conn.lender, self._rec, exc)
             raise
 
     def fetchone(self) -> Any:
+        self._live()
         try:
             row = self._cur.fetchone()
         except Exception as exc:
-            _driver_error(self._conn._pool, self._rec, exc)
+            _driver_error(self._conn.lender, self._rec, exc)
             raise
         if row is None:
             self._read_out()
@@ -537,10 +590,11 @@ class PooledCursor:
         return rows
 
     def fetchall(self) -> Any:
+        self._live()
         try:
             rows = self._cur.fetchall()
         except Exception as exc:
-            _driver_error(self._conn._pool, self._rec, exc)
+            _driver_error(self._conn.lender, self._rec, exc)
             raise
         self._read_out()
         return rows
@@ -552,10 +606,12 @@ class PooledCursor:
         return more
 
     def close(self) -> None:
+        if self._conn.record is None:
+            return       # the loan ended; the driver cursor went with it
         try:
             self._cur.close()
         except Exception as exc:
-            _driver_error(self._conn._pool, self._rec, exc)
+            _driver_error(self._conn.lender, self._rec, exc)
             raise
 
     def __iter__(self) -> Iterator[Any]:
@@ -572,6 +628,9 @@ class PooledCursor:
         self.close()
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):      # an unset slot (_args), not the driver's
+            raise AttributeError(name)
+        self._live()
         return getattr(self._cur, name)
 
     def __repr__(self) -> str:

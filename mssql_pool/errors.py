@@ -26,6 +26,7 @@ __all__ = [
     "CommitUnknownError",
     "UnbalancedTransactionError",
     "CircuitOpenError",
+    "PoolCircuitOpen",
     "RedirectError",
 ]
 
@@ -63,6 +64,11 @@ class ConfigError(MssqlPoolError, ValueError):
 
 class PoolError(MssqlPoolError):
     """Base for errors about the pool's own state (timeouts, closing, overload)."""
+
+
+class NotPooledConnection(PoolError, TypeError):
+    """``putconn()`` was given something that is not a connection this pool lent (None,
+    a driver connection, another pool's proxy)."""
 
 
 class PoolTimeout(PoolError, TimeoutError):
@@ -168,6 +174,38 @@ class CircuitOpenError(MssqlPoolError):
     ) -> None:
         super().__init__(message)
         self.last_error = last_error
+        self.retry_at = retry_at
+        self.retry_in = retry_in
+        self.endpoint = endpoint
+
+
+class PoolCircuitOpen(PoolTimeout, CircuitOpenError):
+    """A checkout refused at once: the pool has no connection at all (none idle, busy or
+    being opened), connecting is suspended by an open circuit, and the circuit's next
+    probe is due after the caller's timeout (see the ``circuit_wait`` option).
+
+    Both a :class:`PoolTimeout` (so ``except PoolTimeout`` and ``except TimeoutError``
+    catch it, like every other checkout that gets no connection) and a
+    :class:`CircuitOpenError` (``.retry_at``, ``.retry_in``, ``.endpoint``; a unit of
+    work retried by ``run_transaction`` waits for the probe). ``last_error`` is the
+    connect error that opened the circuit.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        waited: float = 0.0,
+        pool_size: int = 0,
+        max_size: int = 0,
+        waiting: int = 0,
+        last_error: BaseException | None = None,
+        retry_at: float = 0.0,
+        retry_in: float = 0.0,
+        endpoint: str | None = None,
+    ) -> None:
+        PoolTimeout.__init__(self, message, waited=waited, pool_size=pool_size,
+                             max_size=max_size, waiting=waiting, last_error=last_error)
         self.retry_at = retry_at
         self.retry_in = retry_in
         self.endpoint = endpoint

@@ -13,13 +13,17 @@ pool wakes it (a slot freed below ``min_size``, ``drain()``). A pass:
    idle-killing firewalls and Azure's idle timeout never see them idle; failures close;
 5. logs a WARNING, once per checkout, for each connection held longer than
    ``leak_timeout``, with the stack where it was checked out;
-6. refills to ``min_size``. Failures back off exponentially (0.1 s doubling to 30 s,
-   with 0-50 % jitter); once the pool has failed to refill for ``reconnect_timeout``
-   seconds, ``reconnect_failed(pool)`` is called (once per outage).
+6. refills to ``min_size``, one connection at a time, never during the pool-wide connect
+   backoff (the ``connect_policy``'s pause after a failed connect, shared with callers);
+   once connecting has failed for ``reconnect_timeout`` seconds, ``reconnect_failed(pool)``
+   is called (once per outage), on time: the thread wakes for it.
 
-Decisions are made under the pool lock; pings and closes happen outside it. A failing
-step is logged and the worker carries on. ``Maintenance.stop()`` (from ``pool.close``)
-stops and joins the thread.
+Every decision is a method of the pool's :class:`~mssql_pool._state.PoolState`
+(``sweep``, ``take_for_ping``, ``pinged``, ``reserve_refill``); this module does the pings
+and closes around them, through the pool's :class:`~mssql_pool._connect.Connector`. Idle
+connections due for a ping are taken out one at a time, so a hung ping holds one
+connection, never the whole idle set. A failing step is logged and the worker carries
+on. ``Maintenance.stop()`` (from ``pool.close``) stops and joins the thread.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import weakref
 from typing import TYPE_CHECKING
 
 from ._dsn import redact
-from .connection import ConnectionRecord, ConnState
+from ._state import Effects
+from .connection import ConnectionRecord
 from .health import run_check
 
 if TYPE_CHECKING:
@@ -39,8 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["Maintenance"]
 
 logger = logging.getLogger("mssql_pool.maintenance")
-
-REFILL_BACKOFF = (0.1, 30.0)
 
 
 class Maintenance:
@@ -54,9 +57,7 @@ class Maintenance:
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._backoff = REFILL_BACKOFF[0]
-        self._next_refill = 0.0
-        self._failing_since: float | None = None
+        self._failing = False
         self._reported = False
 
     @property
@@ -96,14 +97,12 @@ class Maintenance:
             pool = self._pool_ref()
             if pool is None:
                 return
-            cfg = pool.config
             try:
                 self.run_once()
+                delay = self.next_delay()
             except Exception:
                 logger.exception("pool %r: maintenance pass failed", self._name)
-            delay = cfg.maintenance_interval
-            if self._failing_since is not None:
-                delay = min(delay, max(self._next_refill - cfg.clock(), 0.01))
+                delay = pool.config.maintenance_interval
             del pool
             self._wake.wait(delay)
             self._wake.clear()
@@ -111,111 +110,80 @@ class Maintenance:
     # -------------------------------------------------------------- the work
     def run_once(self) -> None:
         pool = self._pool
-        if pool._orphans:
-            pool._reap_orphans()
-        if pool.closed:
+        connector = pool.connector
+        state = pool.state
+        if connector.orphans:
+            connector.reap_orphans()
+        if state.closed:
             return
         cfg = pool.config
         now = cfg.clock()
-        to_close: list[tuple[ConnectionRecord, str]] = []
-        to_ping: list[ConnectionRecord] = []
-        leaks: list[ConnectionRecord] = []
-        with pool._lock:
-            st = pool._stats
-            idle = pool._idle
-            expired_budget = max(1, cfg.max_size // 10)
-            keep: list[ConnectionRecord] = []
-            # oldest-returned first, so max_idle reaps the coldest connections
-            for rec in sorted(idle, key=lambda r: r.returned_at):
-                if now >= rec.expires_at and expired_budget > 0:
-                    expired_budget -= 1
-                    st.connections_expired += 1
-                    to_close.append((rec, "past its lifetime"))
-                elif (cfg.max_idle is not None and now - rec.returned_at >= cfg.max_idle
-                      and pool._size - len(to_close) > cfg.min_size):
-                    st.connections_idle_closed += 1
-                    to_close.append((rec, f"idle for more than {cfg.max_idle} s"))
-                elif (cfg.keepalive is not None
-                      and now - max(rec.returned_at, rec.pinged_at) >= cfg.keepalive):
-                    to_ping.append(rec)
-                else:
-                    keep.append(rec)
-            if to_close or to_ping:
-                # keep LIFO order for the survivors: most recently returned at the right
-                idle.clear()
-                idle.extend(sorted(keep, key=lambda r: r.returned_at))
-                for rec, _ in to_close:
-                    pool._drop_locked(rec)
-                for rec in to_ping:
-                    rec.state = ConnState.BUSY   # out of the idle deque while pinged
-            if pool._busy_recs and cfg.leak_timeout is not None:
-                for rec in pool._busy_recs:
-                    if not rec.leak_warned and now - rec.checkout_at >= cfg.leak_timeout:
-                        rec.leak_warned = True
-                        leaks.append(rec)
-        for rec, reason in to_close:
-            pool._close_record(rec, reason)
+        to_close, to_ping, leaks = state.sweep(
+            now, max_idle=cfg.max_idle, keepalive=cfg.keepalive,
+            leak_timeout=cfg.leak_timeout, expire_budget=max(1, cfg.max_size // 10))
+        connector.apply(Effects(close=to_close))
         for rec in leaks:
             logger.warning("pool %r: connection #%d held for more than %s s (leak_timeout); "
                            "checked out at:\n%s", pool.name, rec.seq, cfg.leak_timeout,
                            rec.stack or "(stack unknown)")
+        # One at a time: the other idle connections stay available while one is pinged.
         for rec in to_ping:
-            self._ping(rec)
-        self._refill(now)
+            if state.take_for_ping(rec):
+                self._ping(rec)
+        self._refill()
 
     def _ping(self, rec: ConnectionRecord) -> None:
         pool = self._pool
-        error: BaseException | None = None
+        state = pool.state
+        mark = state.suspect_before
+        error: str | None = None
         try:
             run_check(pool.config.check, rec.raw)
         except Exception as exc:
-            error = exc
-        now = pool.config.clock()
-        with pool._lock:
-            pool._stats.keepalives_run += 1
-            if error is None and not pool.closed:
-                rec.pinged_at = now
-                rec.state = ConnState.IDLE
-                # back in without touching returned_at (max_idle still counts from use)
-                if pool._waiters:
-                    pool._give_locked(rec, now)
-                else:
-                    pool._idle.appendleft(rec)
-                return
-            if error is not None:
-                pool._stats.connections_lost += 1
-            pool._drop_locked(rec)
-        reason = "the pool is closed" if error is None else f"keepalive failed: {redact(error)}"
-        pool._close_record(rec, reason, level=logging.WARNING if error else logging.INFO)
+            error = redact(exc)
+        except BaseException:
+            pool.connector.apply(state.pinged(rec, pool.config.clock(), "interrupted",
+                                              keepalive=True, mark=mark))
+            raise
+        pool.connector.apply(state.pinged(rec, pool.config.clock(), error, keepalive=True,
+                                          mark=mark))
 
-    def _refill(self, now: float) -> None:
+    def _refill(self) -> None:
         pool = self._pool
         cfg = pool.config
-        if pool._size >= cfg.min_size or now < self._next_refill:
-            return
-        error = pool._refill()
-        if error is None:
-            if self._failing_since is not None:
+        state = pool.state
+        if state.size < cfg.min_size:
+            error, _ = pool.connector.refill()
+            if error is not None:
+                logger.info("pool %r: refill failed: %s", pool.name, redact(error))
+        if state.failing_since is None:      # the last connect succeeded (or none failed)
+            if self._failing:
                 logger.info("pool %r: connecting works again", pool.name)
-            self._failing_since = None
-            self._reported = False
-            self._backoff = REFILL_BACKOFF[0]
-            self._next_refill = 0.0
+            self._failing = self._reported = False
             return
-        now = cfg.clock()
-        if self._failing_since is None:
-            self._failing_since = now
-        delay = self._backoff * (1.0 + 0.5 * cfg.random())
-        self._backoff = min(self._backoff * 2, REFILL_BACKOFF[1])
-        self._next_refill = now + delay
-        logger.info("pool %r: refill failed, next attempt in %.2f s: %s", pool.name, delay,
-                    redact(error))
-        if (not self._reported and now - self._failing_since >= cfg.reconnect_timeout):
+        self._failing = True
+        overdue = state.reconnect_overdue(cfg.clock(), cfg.reconnect_timeout)
+        if overdue is not None and not self._reported:
             self._reported = True
-            logger.error("pool %r: could not reconnect for %.1f s: %s", pool.name,
-                         now - self._failing_since, redact(error))
+            logger.error("pool %r: could not reconnect for %.1f s: %s", pool.name, overdue,
+                         redact(state.last_error) if state.last_error else "(no error)")
             if cfg.reconnect_failed is not None:
                 try:
                     cfg.reconnect_failed(pool)
                 except Exception:
                     logger.exception("pool %r: reconnect_failed callback raised", pool.name)
+
+    def next_delay(self) -> float:
+        """Seconds until the next pass: the interval, or sooner when a refill may retry
+        (the connect backoff ends) or ``reconnect_timeout`` comes due."""
+        pool = self._pool
+        cfg = pool.config
+        state = pool.state
+        delay = cfg.maintenance_interval
+        now = cfg.clock()
+        if state.size < cfg.min_size and not state.closed:
+            delay = min(delay, max(state.next_connect_at - now, 0.01))
+        since = state.failing_since
+        if since is not None and not self._reported:
+            delay = min(delay, max(since + cfg.reconnect_timeout - now, 0.01))
+        return delay

@@ -87,6 +87,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import ConfigError
+from .stats import STATS
 
 __all__ = ["PoolCollector", "register", "unregister", "METRICS"]
 
@@ -111,169 +112,11 @@ class MetricSpec:
     otel: str = ""
 
 
-METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec(
-        "pool_size",
-        "size",
-        "gauge",
-        "Connections open (idle + used).",
-        otel="sum of db.client.connection.count",
-    ),
-    MetricSpec(
-        "pool_min",
-        "min_size",
-        "gauge",
-        "Configured minimum pool size.",
-        otel="db.client.connection.idle.min",
-    ),
-    MetricSpec(
-        "pool_max",
-        "max_size",
-        "gauge",
-        "Configured maximum pool size.",
-        otel="db.client.connection.max",
-    ),
-    MetricSpec(
-        "requests_waiting",
-        "requests_waiting",
-        "gauge",
-        "Callers currently waiting for a connection.",
-        otel="db.client.connection.pending_requests",
-    ),
-    MetricSpec(
-        "requests_num",
-        "requests",
-        "counter",
-        "Checkouts granted.",
-        otel="count of db.client.connection.wait_time",
-    ),
-    MetricSpec(
-        "requests_wait_ms",
-        "requests_wait_seconds",
-        "counter",
-        "Total time queued checkouts spent waiting for a connection, in seconds.",
-        0.001,
-        otel="sum of db.client.connection.wait_time",
-    ),
-    MetricSpec(
-        "requests_queued", "requests_queued", "counter", "Checkouts that had to wait in the queue."
-    ),
-    MetricSpec(
-        "requests_errors",
-        "requests_errors",
-        "counter",
-        "Checkouts refused with TooManyRequests or PoolClosed.",
-    ),
-    MetricSpec(
-        "requests_timeouts",
-        "requests_timeouts",
-        "counter",
-        "Requests that ended in PoolTimeout.",
-        otel="db.client.connection.timeouts",
-    ),
-    MetricSpec(
-        "connections_num",
-        "connections_opened",
-        "counter",
-        "Connections opened (logins that succeeded).",
-        otel="count of db.client.connection.create_time",
-    ),
-    MetricSpec(
-        "connections_ms",
-        "connections_open_seconds",
-        "counter",
-        "Total time spent opening connections, in seconds.",
-        0.001,
-        otel="sum of db.client.connection.create_time",
-    ),
-    MetricSpec(
-        "connections_errors", "connections_errors", "counter", "Connection attempts that failed."
-    ),
-    MetricSpec(
-        "connections_lost",
-        "connections_lost",
-        "counter",
-        "Connections found dead (by a check or by an error while in use).",
-    ),
-    MetricSpec("checks_run", "checks", "counter", "Health checks run on checkout."),
-    MetricSpec(
-        "checks_skipped",
-        "checks_skipped",
-        "counter",
-        "Health checks skipped (connection returned within validate_after).",
-    ),
-    MetricSpec("checks_failed", "checks_failed", "counter", "Health checks that failed."),
-    MetricSpec("resets_rollback", "resets_rollback", "counter", "Returns that needed a rollback."),
-    MetricSpec(
-        "resets_full",
-        "resets_full",
-        "counter",
-        "Returns that needed a full session reset (sp_reset_connection).",
-    ),
-    MetricSpec(
-        "connections_discarded",
-        "connections_discarded",
-        "counter",
-        "Connections closed because they were broken or could not be reset.",
-    ),
-    MetricSpec(
-        "connections_expired",
-        "connections_expired",
-        "counter",
-        "Connections retired at the end of their max_lifetime.",
-    ),
-    MetricSpec(
-        "connections_idle_closed",
-        "connections_idle_closed",
-        "counter",
-        "Idle connections closed after max_idle.",
-    ),
-    MetricSpec(
-        "connections_leaked",
-        "connections_leaked",
-        "counter",
-        "Connections garbage-collected without being returned.",
-    ),
-    MetricSpec(
-        "connections_replaced",
-        "connections_replaced",
-        "counter",
-        "Connections found dead by a checkout's first statement and replaced (statement replayed).",
-    ),
-    MetricSpec("keepalives_run", "keepalives", "counter", "Keepalive pings of idle connections."),
-    MetricSpec("resets_none", "resets_none", "counter", "Returns that needed no reset round trip."),
-    MetricSpec(
-        "redirects", "redirects", "counter", "New connections routed to another node (redirect)."
-    ),
-    MetricSpec(
-        "failovers",
-        "failovers",
-        "counter",
-        "Times the pool moved to another endpoint or another node behind the same endpoint.",
-    ),
-    MetricSpec(
-        "endpoint_switches", "endpoint_switches", "counter", "Changes of the current endpoint."
-    ),
-    MetricSpec(
-        "redirect_errors",
-        "redirect_errors",
-        "counter",
-        "RedirectError raised (second hop, loop, or failed routed login).",
-    ),
-    MetricSpec(
-        "connects_rejected",
-        "connects_rejected",
-        "counter",
-        "Connect attempts refused without a login (open circuit or throttling hold).",
-    ),
-    MetricSpec(
-        "usage_ms",
-        "usage_seconds",
-        "counter",
-        "Total time connections were borrowed, in seconds.",
-        0.001,
-        otel="sum of db.client.connection.use_time",
-    ),
+#: Built from :data:`mssql_pool.stats.STATS`, the one table of stats keys (the table in
+#: this module's docstring and in docs/operations.md show the same).
+METRICS: tuple[MetricSpec, ...] = tuple(
+    MetricSpec(stat.key, stat.metric, stat.kind, stat.help, stat.scale, stat.otel)
+    for stat in STATS if stat.metric is not None
 )
 _BY_KEY: dict[str, MetricSpec] = {spec.key: spec for spec in METRICS}
 # pool_available feeds the state-labelled connections gauge, not a metric of its own.

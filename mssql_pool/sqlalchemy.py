@@ -117,7 +117,7 @@ class _EngineConnection(PooledConnection):
             log.append(("autocommit", status, None))
 
     def rollback(self) -> None:
-        rec = self._rec
+        rec = self.record
         raw = self.raw
         if rec is None or getattr(raw, "autocommit_state", True):
             super().rollback()     # closed proxy (raises) or autocommit (pymssql: no-op)
@@ -128,7 +128,7 @@ class _EngineConnection(PooledConnection):
         try:
             rollback_work(raw, rec)
         except Exception as exc:
-            _driver_error(self._pool, rec, exc)
+            _driver_error(self.lender, rec, exc)
             raise _as_dbapi_error(exc) from exc
         rec.flags &= ~SETTLED      # IF @@TRANCOUNT > 0 ROLLBACK asked the server
 
@@ -190,7 +190,7 @@ def _no_replay(proxy: PooledConnection) -> None:
     from . import connection
 
     no_replay = getattr(connection, "NO_REPLAY", None)
-    rec = proxy._rec
+    rec = proxy.record
     if no_replay is not None and rec is not None and hasattr(rec, "replay_timeout"):
         rec.replay_timeout = no_replay
 
@@ -302,7 +302,7 @@ class MssqlPoolAdapter(Pool):
         finally:
             self._pending.proxy = None
             _capture.log = None
-        rec = proxy._rec
+        rec = proxy.record
         if log and rec is not None:
             proxy.info[_BASELINE_KEY] = log
             rec.flags &= ~SESSION
@@ -337,7 +337,7 @@ class MssqlPoolAdapter(Pool):
         if proxy is None:        # invalidated or detached: already handled
             return
         rec.dbapi_connection = None   # the record is idle; the pool owns the connection
-        pooled = proxy._rec
+        pooled = proxy.record
         if pooled is not None and _BASELINE_KEY in pooled.info and (
                 pooled.flags & SESSION or self.mssql_pool.config.reset == "full"):
             pooled.info[_STALE_KEY] = True    # the pool's full reset will undo the baseline

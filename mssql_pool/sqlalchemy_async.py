@@ -295,7 +295,7 @@ class AsyncMssqlPoolAdapter(Pool):
                     record = self._create_connection()
                 finally:
                     self._pending = None
-                rec = proxy._rec
+                rec = proxy.record
                 if rec is not None:
                     # Session state set by connect events is the connection's baseline,
                     # not a borrower's change (re-applied by a new record after a full
@@ -334,7 +334,7 @@ class AsyncMssqlPoolAdapter(Pool):
         aconn: AsyncConnection = adapted._aconn
         if aconn.closed:
             return
-        pooled = aconn.sync_connection._rec
+        pooled = aconn.sync_connection.record
         if pooled is not None and (pooled.flags & SESSION
                                    or self.mssql_pool.config.reset == "full"):
             # The pool's full reset undoes what connect events set: a new record (and

@@ -118,6 +118,18 @@ def test_every_stats_key_is_documented() -> None:
     assert not missing, f"get_stats() keys missing from docs/operations.md: {missing}"
 
 
+def test_the_stats_tables_are_the_stats_module_s_table() -> None:
+    """docs/operations.md shows mssql_pool.stats.STATS row for row (one table feeds the
+    code, the metrics and the docs)."""
+    from mssql_pool.stats import STATS
+
+    text = _text("operations.md")
+    rows = [f"| `{s.key}` | {s.meaning} |" if s.kind == "gauge"
+            else f"| `{s.key}` | {s.unit} | {s.meaning} |" for s in STATS]
+    missing = [row for row in rows if row not in text]
+    assert not missing, f"rows of docs/operations.md that differ from stats.STATS: {missing}"
+
+
 def test_every_metric_is_documented() -> None:
     names = ["mssql_pool_connections"] + [
         f"mssql_pool_{spec.name}" + ("_total" if spec.kind == "counter" else "")

@@ -172,7 +172,7 @@ def test_pool_over_a_fake_driver_is_scraped() -> None:
             conn.cursor().execute("SELECT 1")
             got = scrape(registry)
             assert got[("mssql_pool_connections", (("pool", "fake"), ("state", "used")))] == 1
-            raw = conn
+            raw = conn.raw
         db.kill(raw)  # dies while idle: the next checkout's check finds it dead
         with pool.connection(timeout=5.0) as conn:
             conn.cursor().execute("SELECT 1")

@@ -18,6 +18,7 @@ from fakedb import (
 )
 
 from mssql_pool import ConnectionPool
+from mssql_pool.errors import PoolError
 from mssql_pool.health import may_replay
 
 
@@ -258,6 +259,6 @@ def test_a_cursor_used_after_its_connection_was_returned_never_replaces(
     conn = pool.getconn()
     cur = conn.cursor()
     pool.putconn(conn)
-    with pytest.raises(db.OperationalError):
-        cur.execute("SELECT 1")
+    with pytest.raises(PoolError, match="returned to the pool"):
+        cur.execute("SELECT 1")      # the loan ended: the cursor is dead with it
     assert conn.closed and pool.get_stats()["connections_replaced"] == 0

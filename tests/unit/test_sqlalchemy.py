@@ -203,7 +203,9 @@ def test_checkout_timeout_is_both_ours_and_sqlalchemys(make_pool: Callable[..., 
 
     import mssql_pool
 
-    adapter = MssqlPoolAdapter(make_pool(max_size=1, timeout=0.0))
+    pool = make_pool(min_size=1, max_size=1, timeout=0.0)
+    pool.wait(5)     # timeout=0: only an idle connection will do
+    adapter = MssqlPoolAdapter(pool)
     held = adapter.connect()
     with pytest.raises(exc.TimeoutError) as info:
         adapter.connect()

@@ -1,0 +1,115 @@
+"""The pool's handoffs where the wire matters: real pymssql against the TDS test server.
+
+* With the server down, 8 callers hammering ``getconn`` for 2 s make a handful of logins
+  per backoff pause for the whole pool (it was about 9,000), for ``conninfo`` pools and
+  for pools built with ``connect=``. Run in a fresh interpreter: pymssql keeps login
+  error state process-wide.
+* A cursor kept past its loan raises instead of running inside the next borrower's
+  transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from mssql_pool import ConnectionPool
+from mssql_pool.errors import PoolError
+from mssql_pool.testing import TdsServer
+
+pytestmark = pytest.mark.timeout(90)
+
+_SCRIPT = textwrap.dedent("""
+    import json, threading, time
+    import pymssql
+    from mssql_pool import ConnectionPool
+    from mssql_pool.errors import PoolTimeout
+    from mssql_pool.testing import TdsServer
+
+    server = TdsServer()
+    server.start()
+    kwargs = server.connect_kwargs(login_timeout=2)
+    server.stop()                     # the port is closed: every login is refused
+    out = {}
+
+    def hammer(pool):
+        stop = time.monotonic() + 2.0
+        errors = []
+        def run():
+            while time.monotonic() < stop:
+                try:
+                    pool.getconn(timeout=0.3).close()
+                except PoolTimeout:
+                    pass
+                except Exception as exc:
+                    errors.append(repr(exc))
+        threads = [threading.Thread(target=run) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        pool.close()
+        return errors
+
+    logins = [0]
+    def conninfo():
+        logins[0] += 1
+        return kwargs
+    pool = ConnectionPool(conninfo, min_size=0, max_size=8, background=False)
+    errors = hammer(pool)
+    out["conninfo"] = {"logins": logins[0], "errors": errors[:3]}
+
+    calls = [0]
+    def connect():
+        calls[0] += 1
+        return pymssql.connect(**kwargs)
+    pool = ConnectionPool(connect=connect, min_size=0, max_size=8, background=False)
+    errors = hammer(pool)
+    out["connect"] = {"logins": calls[0], "errors": errors[:3]}
+    print(json.dumps(out))
+""")
+
+
+def test_many_callers_against_a_dead_server_make_a_handful_of_logins() -> None:
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True,
+                          timeout=80)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for kind in ("conninfo", "connect"):
+        got = out[kind]
+        assert not got["errors"], got
+        # CONNECT_POLICY: 0.25 s doubling (equal jitter): about 5 pauses in 2 s
+        assert 2 <= got["logins"] <= 20, (kind, got)
+
+
+def test_a_cursor_kept_past_its_loan_never_runs_in_the_next_loan(
+        tds_server: TdsServer) -> None:
+    pool = ConnectionPool(tds_server.connect_kwargs(), min_size=0, max_size=1,
+                          background=False, timeout=10)
+    try:
+        with pool.connection() as setup:
+            cur = setup.cursor()
+            cur.execute("CREATE TABLE loan_t (a INT)")
+            setup.commit()
+        first = pool.getconn()
+        kept = first.cursor()
+        raw = first.raw
+        first.close()
+        second = pool.getconn()                # the same session, lent again
+        assert second.raw is raw
+        second.cursor().execute("INSERT INTO loan_t VALUES (1)")   # its open transaction
+        with pytest.raises(PoolError, match="returned to the pool"):
+            kept.execute("INSERT INTO loan_t VALUES (2)")
+        with pytest.raises(PoolError):
+            first.raw.cursor()
+        second.rollback()
+        check = second.cursor()
+        check.execute("SELECT COUNT(*) FROM loan_t")
+        assert check.fetchone()[0] == 0
+        second.close()
+    finally:
+        pool.close()
