@@ -130,7 +130,9 @@ def make_schedule(
 
 # ---------------------------------------------------------------------- recording
 class Recorder:
-    """Thread-safe counters and a timeline of what the workers saw."""
+    """Thread-safe counters and a timeline of what the workers saw, and of the pool's
+    events: it is a listener of the pool (``__call__``), so retries, logins and the
+    recovery steps in the report are the pool's own events (mssql_pool.events)."""
 
     def __init__(self, threads: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -146,6 +148,8 @@ class Recorder:
         self.retry_kinds: Counter[str] = Counter()
         self.unexpected: Counter[str] = Counter()
         self.unknown_detail: list[str] = []
+        self.pool_events: Counter[str] = Counter()   # every pool event, by kind
+        self.discards: Counter[str] = Counter()      # discard events, by reason
 
     def now(self) -> float:
         return self.clock() - self.t0
@@ -157,6 +161,24 @@ class Recorder:
             self.counts["retry"] += 1
             self.retry_kinds[kind] += 1
             self.events.append((t, "retry"))
+
+    def __call__(self, event: Any) -> None:
+        """A pool listener: counts every event; retries and logins go on the timeline
+        (at the event's own time, on the same monotonic clock as the workers')."""
+        kind = event.kind.value
+        t = event.time - self.t0
+        with self.lock:
+            self.pool_events[kind] += 1
+            if kind == "discard":
+                self.discards[event.reason or "other"] += 1
+            elif kind == "connect":
+                self.events.append((t, "login"))
+            elif kind == "connect_failed" and event.reason != "circuit_open":
+                self.events.append((t, "login_failed"))
+            elif kind == "retry_attempt":
+                self.counts["retry"] += 1
+                self.retry_kinds[_kind_of_record(event)] += 1
+                self.events.append((t, "retry"))
 
     def commit(self, worker: int, tid: int) -> None:
         t = self.now()
@@ -185,9 +207,11 @@ class Recorder:
 
 
 def _kind_of_record(record: Any) -> str:
-    """``kind number`` of a retry record (AttemptRecord), e.g. ``deadlock 1205``."""
-    kind = getattr(record, "kind", None)
-    number = getattr(record, "number", None)
+    """``kind number`` of a retry record (AttemptRecord, or a ``retry_attempt`` event),
+    e.g. ``deadlock 1205``."""
+    info = getattr(record, "error_info", None)
+    kind = getattr(record, "kind", None) if info is None else info.kind
+    number = getattr(record, "number", None) if info is None else info.number
     if kind is None:
         error = getattr(record, "error", None)
         try:
@@ -427,6 +451,8 @@ class DemoReport:
     faults: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     retry_kinds: dict[str, int] = field(default_factory=dict)
+    pool_events: dict[str, int] = field(default_factory=dict)
+    discards: dict[str, int] = field(default_factory=dict)
     unexpected: dict[str, int] = field(default_factory=dict)
     unknown_detail: list[str] = field(default_factory=list)
     invariant: dict[str, Any] = field(default_factory=dict)
@@ -713,6 +739,8 @@ def _recovery(
     events = sorted(rec.events)
     times = [t for t, _ in events]
 
+    from_events = any(kind == "login" for _, kind in events)
+
     def span(n: int) -> dict[str, int]:
         i, j = bisect.bisect_left(times, bounds[n]), bisect.bisect_left(times, bounds[n + 1])
         counts = Counter(kind for _, kind in events[i:j])
@@ -725,8 +753,10 @@ def _recovery(
             "app_errors": counts["error"],
             "commit_unknown": counts["unknown"],
             "retries": counts["retry"],
-            "logins": delta("connections_num"),
-            "logins_failed": delta("connections_errors"),
+            # the pool's connect / connect_failed events (stats deltas without them)
+            "logins": counts["login"] if from_events else delta("connections_num"),
+            "logins_failed": counts["login_failed"] if from_events
+            else delta("connections_errors"),
         }
 
     rows = [_row("(before the first fault)", 0.0, **span(0))]
@@ -759,7 +789,7 @@ def _timeline(rec: Recorder, end: float) -> dict[str, list[int]]:
     series = {k: [0] * n for k in ("commit", "retry", "error", "unknown")}
     for t, kind in rec.events:
         i = int(t / BUCKET)
-        if 0 <= i < n:
+        if 0 <= i < n and kind in series:
             series[kind][i] += 1
     return series
 
@@ -801,6 +831,7 @@ def run_demo(
             timeout=30.0,
             name="demo",
             identify=True,  # ask each new connection which node it reached: counts redirects
+            listeners=[rec],  # the report reads the pool's events
         )
         if metrics_port is not None:
             from prometheus_client import CollectorRegistry, start_http_server
@@ -871,6 +902,8 @@ def run_demo(
         report.faults = _recovery(plans, rec, report.elapsed, start_stats, report.pool_stats)
         report.counts = dict(rec.counts)
         report.retry_kinds = dict(rec.retry_kinds)
+        report.pool_events = dict(rec.pool_events)   # complete: close() delivered them
+        report.discards = dict(rec.discards)
         report.unexpected = dict(rec.unexpected)
         report.unknown_detail = list(rec.unknown_detail)
         report.timeline = _timeline(rec, report.elapsed)
@@ -908,8 +941,7 @@ def _demo_policy(rec: Recorder) -> Any:
         deadline=60.0,
         backoff=ExponentialBackoff(base=0.05, factor=2.0, cap=1.0, jitter="full"),
         retry_on=retry_if_retryable | retry_if_kind(ErrorKind.QUERY_TIMEOUT),
-        on_retry=rec.on_retry,
-        name="demo",
+        name="demo",   # its retries reach the report as the pool's retry_attempt events
     )
 
 
@@ -990,6 +1022,17 @@ def print_report(report: DemoReport, out: TextIO) -> None:
             )
             + "\n"
         )
+    ev = report.pool_events
+    if ev:
+        order = ("connect", "connect_failed", "check_failed", "discard", "reconnect_started",
+                 "reconnect_attempt", "reconnect_succeeded", "reconnect_failed", "failover",
+                 "redirect", "circuit_opened", "circuit_closed", "retry_attempt",
+                 "commit_unknown")
+        parts = [f"{k} {ev[k]}" for k in order if ev.get(k)]
+        if report.discards:
+            why = ", ".join(f"{k} {v}" for k, v in sorted(report.discards.items()))
+            parts = [p + f" ({why})" if p.startswith("discard ") else p for p in parts]
+        w(f"pool events: {'; '.join(parts)}\n")
     w(f"result: {'PASS' if report.ok else 'FAIL'} (exit {0 if report.ok else 1})\n")
 
 

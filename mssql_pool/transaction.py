@@ -304,6 +304,15 @@ def _retrying(pool: Any, state: RetryPolicy) -> RetryPolicy:
     return state
 
 
+def _commit_unknown(pool: Any, info: ErrorInfo, state: RetryPolicy, *, idempotent: bool,
+                    verify: bool) -> None:
+    """A ``commit_unknown`` event (pool events); ``reason`` says what happens next."""
+    bus = getattr(pool, "events", None)
+    if bus is not None:
+        bus.emit(EventKind.COMMIT_UNKNOWN, error_info=info, attempt=state.attempt,
+                 reason="rerun" if idempotent else ("verify" if verify else "raised"))
+
+
 def _info(state: RetryPolicy, exc: BaseException) -> ErrorInfo:
     return (state.classifier or get_default_classifier()).classify(exc)
 
@@ -439,10 +448,7 @@ def _resolve_ambiguous(
     logger.warning(
         "connection lost while COMMIT was in flight (%s): outcome unknown", info.describe()
     )
-    bus = getattr(pool, "events", None)
-    if bus is not None:
-        bus.emit(EventKind.COMMIT_UNKNOWN, error_info=info, attempt=state.attempt,
-                 reason="rerun" if idempotent else ("raised" if verify is None else "verify"))
+    _commit_unknown(pool, info, state, idempotent=idempotent, verify=verify is not None)
     if idempotent:
         return _next_or_exhausted(state, exc, "idempotent unit re-run after an unknown commit")
     if verify is None:
