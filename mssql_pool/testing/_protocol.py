@@ -222,15 +222,20 @@ def parse_prelogin(payload: bytes) -> dict[int, bytes]:
         opts[token] = payload[off : off + ln]
 
 
-def build_prelogin_reply(version: tuple[int, int, int]) -> bytes:
-    major, minor, build = version
-    options = [
-        (0x00, struct.pack(">BBHH", major, minor, build, 0)),  # VERSION
-        (0x01, b"\x02"),  # ENCRYPTION: NOT_SUP
-        (0x02, b"\x00"),  # INSTOPT
-        (0x03, b""),  # THREADID
-        (0x04, b"\x00"),  # MARS off (FreeTDS needs the option present)
-    ]
+# PRELOGIN option tokens and the ENCRYPTION option's values
+PRELOGIN_VERSION = 0x00
+PRELOGIN_ENCRYPTION = 0x01
+PRELOGIN_INSTOPT = 0x02
+PRELOGIN_THREADID = 0x03
+PRELOGIN_MARS = 0x04
+ENCRYPT_OFF = 0x00  # only the login packet is encrypted
+ENCRYPT_ON = 0x01
+ENCRYPT_NOT_SUP = 0x02
+ENCRYPT_REQ = 0x03
+
+
+def build_prelogin(options: Sequence[tuple[int, bytes]]) -> bytes:
+    """A PRELOGIN payload: one (token, offset, length) entry per option, 0xFF, the values."""
     head_len = 5 * len(options) + 1
     head = bytearray()
     body = bytearray()
@@ -238,6 +243,30 @@ def build_prelogin_reply(version: tuple[int, int, int]) -> bytes:
         head += struct.pack(">BHH", token, head_len + len(body), len(value))
         body += value
     return bytes(head) + b"\xff" + bytes(body)
+
+
+def build_prelogin_reply(version: tuple[int, int, int]) -> bytes:
+    """The server's answer: its version, no encryption, MARS off."""
+    major, minor, build = version
+    return build_prelogin([
+        (PRELOGIN_VERSION, struct.pack(">BBHH", major, minor, build, 0)),
+        (PRELOGIN_ENCRYPTION, bytes([ENCRYPT_NOT_SUP])),
+        (PRELOGIN_INSTOPT, b"\x00"),
+        (PRELOGIN_THREADID, b""),
+        (PRELOGIN_MARS, b"\x00"),  # FreeTDS needs the option present
+    ])
+
+
+def build_prelogin_request(encryption: int = ENCRYPT_OFF) -> bytes:
+    """A client's PRELOGIN: version 0, ``encryption`` (ENCRYPT_OFF asks for the server's
+    setting without wanting TLS), the default instance, thread id 0, MARS off."""
+    return build_prelogin([
+        (PRELOGIN_VERSION, b"\x00" * 6),
+        (PRELOGIN_ENCRYPTION, bytes([encryption])),
+        (PRELOGIN_INSTOPT, b"\x00"),
+        (PRELOGIN_THREADID, b"\x00" * 4),
+        (PRELOGIN_MARS, b"\x00"),
+    ])
 
 
 # ---------------------------------------------------------------------------------- login7

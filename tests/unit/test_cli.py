@@ -1,14 +1,14 @@
-"""The mssql-pool command without sockets: parsing, redaction, explanations, exit codes."""
+"""The mssql-pool command without sockets: parsing, usage errors, dispatch, exit codes."""
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 
 import pytest
 
-from mssql_pool import cli
+from mssql_pool import _check, cli
+from mssql_pool._check import EXIT_DNS
 
 
 def test_parse_target_full_url() -> None:
@@ -53,64 +53,6 @@ def test_target_repr_and_redacted_never_show_the_password() -> None:
     t = cli.parse_target("mssql://sa:Sup3r-Secret@h:1/db?tds_version=7.3")
     assert "Sup3r-Secret" not in repr(t)
     assert t.redacted() == "mssql://sa:***@h:1/db?tds_version=7.3"
-
-
-def test_scrubber_hides_raw_and_quoted_password_in_secret_positions() -> None:
-    # the contract since the structural redaction: the known password is masked where a
-    # password stands (URL userinfo, after a secret key), raw or percent-encoded, at any
-    # length; the same letters elsewhere are ordinary words and stay
-    scrub = cli._scrubber("p@ss word!")
-    assert scrub("a mssql://u:p@ss word!@h b PWD=p%40ss%20word%21") == (
-        "a mssql://u:***@h b PWD=***")
-    short = cli._scrubber("the")
-    assert short("mssql://u:the@h: check the user and password=the") == (
-        "mssql://u:***@h: check the user and password=***")
-    assert cli._scrubber("a")("password='a', try a new one") == "password='***', try a new one"
-
-
-def test_first_line_handles_pymssql_arg_shapes() -> None:
-    connect_shape = Exception((18456, b"Login failed for user 'sa'.DB-Lib error message 20018"))
-    assert cli._first_line(connect_shape).startswith("Login failed for user 'sa'")
-    execute_shape = Exception(208, b"Invalid object name 'nope'.\nDB-Lib error message 20018")
-    assert cli._first_line(execute_shape) == "Invalid object name 'nope'."
-    assert cli._first_line(RuntimeError("plain\nsecond")) == "plain"
-    assert cli._first_line(RuntimeError()) == "RuntimeError"
-
-
-def test_explain_gives_meaning_and_remedy() -> None:
-    info = cli.explain(Exception((18456, b"Login failed for user 'sa'.")))
-    assert info["meaning"] and info["try"]
-    assert info["type"] == "Exception"
-
-
-def test_hex_ip_decodes_proc_net_addresses() -> None:
-    assert cli._hex_ip("0100007F", 8) == "127.0.0.1"
-    v4_mapped = "0000000000000000FFFF00000100007F"
-    assert cli._hex_ip(v4_mapped, 32) == "127.0.0.1"
-
-
-def test_print_check_text_and_exit_line() -> None:
-    result = cli.CheckResult(target="mssql://sa:***@h:1/db")
-    result.steps.append(cli.Step("dns", True, 1.0, "h -> 10.0.0.1"))
-    result.steps.append(
-        cli.Step(
-            "tcp",
-            False,
-            2.0,
-            "cannot connect to h:1",
-            {"type": "ConnectionRefusedError", "message": "refused", "meaning": "m", "try": "t"},
-        )
-    )
-    result.exit_code = cli.EXIT_TCP
-    out = io.StringIO()
-    cli.print_check(result, out, lambda s: s)
-    text = out.getvalue()
-    assert "  ok    dns" in text and "  FAIL  tcp" in text
-    assert "meaning: m" in text and "try:     t" in text
-    assert text.rstrip().endswith("exit 4")
-    data = result.as_dict()
-    assert data["ok"] is False and data["exit_meaning"] == "TCP connect failed"
-    json.dumps(data)
 
 
 @pytest.mark.parametrize(
@@ -178,9 +120,9 @@ def test_check_dns_failure_is_exit_3_without_network(
     def no_dns(*args: object, **kwargs: object) -> object:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    monkeypatch.setattr(cli.socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(_check.socket, "getaddrinfo", no_dns)
     code = cli.main(["check", "mssql://sa:Hidden-Pass-1@db.invalid/x", "--json"])
-    assert code == cli.EXIT_DNS
+    assert code == EXIT_DNS
     out = capsys.readouterr().out
     data = json.loads(out)
     assert data["exit_code"] == 3 and data["steps"][0]["name"] == "dns"
