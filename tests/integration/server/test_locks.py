@@ -9,21 +9,11 @@ from typing import Any
 
 import pymssql
 import pytest
+from tds_client import connect, scalar
 
 from mssql_pool.testing import TdsServer
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def connect(server: TdsServer, **kw: Any) -> pymssql.Connection:
-    return pymssql.connect(**server.connect_kwargs(**kw))
-
-
-def scalar(cur: Any, sql: str) -> Any:
-    cur.execute(sql)
-    return cur.fetchone()[0]
-
-
 class Background:
     """Run one call on a named thread; keep its result or its exception."""
 

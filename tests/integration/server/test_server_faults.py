@@ -7,25 +7,11 @@ import time
 
 import pymssql
 import pytest
+from tds_client import connect, wait_until
 
 from mssql_pool.testing import TdsServer
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def connect(server: TdsServer, **kw: object) -> pymssql.Connection:
-    return pymssql.connect(**server.connect_kwargs(**kw))
-
-
-def wait_until(cond, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
 def test_kill_mid_request_gives_596_and_a_dead_connection(tds_server: TdsServer) -> None:
     conn = connect(tds_server)
     cur = conn.cursor()
