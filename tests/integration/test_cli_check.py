@@ -1,7 +1,7 @@
 """``mssql-pool check`` against the TDS test server, with real pymssql over TCP.
 
-Each check runs in a fresh interpreter: pymssql keeps login error state process-wide
-(FACTS.md), so a failed login in one test would change the numbers another sees.
+Each check runs in a fresh interpreter: pymssql keeps login error state process-wide (module
+globals it never resets), so a failed login in one test would change the numbers another sees.
 """
 
 from __future__ import annotations
