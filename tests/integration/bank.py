@@ -8,12 +8,13 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pymssql
 
 from mssql_pool import ConnectionPool
+from mssql_pool.errors import CommitUnknownError
 from mssql_pool.retry import ExponentialBackoff, RetryPolicy
 
 ACCOUNTS = 10
@@ -23,6 +24,44 @@ CREATE_TABLES = (
     "CREATE TABLE ledger (tid VARCHAR(40) PRIMARY KEY, src INT NOT NULL, "
     "dst INT NOT NULL, amount INT NOT NULL)",
 )
+
+
+class Book:
+    """What the workers planned and were told, per transfer id, under one lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.planned: dict[str, tuple[int, int, int]] = {}
+        self.outcomes: dict[str, str] = {}
+        self.unexpected: list[BaseException] = []
+
+    def run(self, tid: str, move: tuple[int, int, int], unit: Callable[[], object]) -> None:
+        """Plan transfer ``tid`` (src, dst, amount), run ``unit`` (which must return the
+        tid) and record "ok", "unknown" (CommitUnknownError) or the unexpected error."""
+        with self.lock:
+            self.planned[tid] = move
+        try:
+            assert unit() == tid
+            outcome = "ok"
+        except CommitUnknownError:
+            outcome = "unknown"
+        except BaseException as exc:  # noqa: BLE001 - recorded and asserted on
+            outcome = f"error {type(exc).__name__}"
+            with self.lock:
+                self.unexpected.append(exc)
+        with self.lock:
+            self.outcomes[tid] = outcome
+
+
+def paced(stop: threading.Event, progress: Callable[[], int], every: int) -> Iterator[None]:
+    """Yield once per ``every`` finished units until ``stop``: faults paced by progress,
+    not by time, so that faults nobody consumes cannot pile up on a slow machine."""
+    mark = 0
+    while not stop.wait(0.005):
+        if progress() < mark + every:
+            continue
+        mark = progress()
+        yield
 
 
 def policy(**kw: Any) -> RetryPolicy:
@@ -118,12 +157,8 @@ def chaos(server: Any, stop: threading.Event, rnd: random.Random, counts: Counte
     Paced by progress, not by time: faults that nobody consumes (a login fault while no
     one logs in) must not pile up faster than the workload can drain them.
     """
-    mark = 0
     armed_logins = 0
-    while not stop.wait(0.005):
-        if progress() < mark + FAULT_EVERY:
-            continue
-        mark = progress()
+    for _ in paced(stop, progress, FAULT_EVERY):
         what = rnd.choice(["1205", "1222", "login", "kill", "drop_commit", "none"])
         counts[what] += 1
         if what == "1205":

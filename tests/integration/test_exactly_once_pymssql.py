@@ -25,16 +25,16 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pymssql
 import pytest
-from bank import check_invariants, create_bank, transfer
+from bank import Book, check_invariants, create_bank, paced, transfer
 from tcp_proxy import TcpProxy
 
 from mssql_pool import ConnectionPool
 from mssql_pool.classify import Classifier
-from mssql_pool.errors import CommitUnknownError
 from mssql_pool.retry import ExponentialBackoff, RetryPolicy
 from mssql_pool.testing.server import TdsServer
 
@@ -78,12 +78,8 @@ def _chaos(server: TdsServer, proxy: TcpProxy, stop: threading.Event, rnd: rando
            counts: Counter[str], progress: Callable[[], int]) -> None:
     """One fault per FAULT_EVERY finished transfers (paced by progress, not time, so faults
     nobody consumes cannot pile up on a slow machine)."""
-    mark = 0
     armed_logins = 0
-    while not stop.wait(0.005):
-        if progress() < mark + FAULT_EVERY:
-            continue
-        mark = progress()
+    for _ in paced(stop, progress, FAULT_EVERY):
         what = rnd.choice(FAULTS)
         counts[what] += 1
         if what == "kill":
@@ -119,11 +115,9 @@ def test_every_transfer_applied_exactly_once_or_reported_unknown(
 
     proxy = TcpProxy((server.host, server.port)).start()
     url = f"mssql://{server.user}:{server.password}@127.0.0.1:{proxy.port}/master"
-    outcomes: dict[str, str] = {}
-    planned: dict[str, tuple[int, int, int]] = {}
-    unexpected: list[BaseException] = []
+    book = Book()
+    outcomes, planned, unexpected = book.outcomes, book.planned, book.unexpected
     faults: Counter[str] = Counter()
-    lock = threading.Lock()
     stop = threading.Event()
 
     def worker(n: int, pool: ConnectionPool) -> None:
@@ -133,20 +127,9 @@ def test_every_transfer_applied_exactly_once_or_reported_unknown(
             amount = rnd.randint(1, 40)
             tid = f"t{n}-{i}"
             unit = rnd.choice([transfer, _nested_transfer])
-            with lock:
-                planned[tid] = (src, dst, amount)
-            try:
-                assert pool.run_transaction(unit, tid, src, dst, amount,
-                                            policy=_policy(loose=n % 2 == 0)) == tid
-                outcome = "ok"
-            except CommitUnknownError:
-                outcome = "unknown"
-            except BaseException as exc:  # noqa: BLE001 - recorded and asserted on
-                outcome = f"error {type(exc).__name__}"
-                with lock:
-                    unexpected.append(exc)
-            with lock:
-                outcomes[tid] = outcome
+            book.run(tid, (src, dst, amount), partial(
+                pool.run_transaction, unit, tid, src, dst, amount,
+                policy=_policy(loose=n % 2 == 0)))
 
     try:
         # Half the threads borrow from a pool in pymssql's default mode, half from one

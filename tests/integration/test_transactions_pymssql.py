@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import pymssql
@@ -21,6 +22,7 @@ import pytest
 from bank import (
     ACCOUNTS,
     INITIAL,
+    Book,
     assert_only_transfer,
     chaos,
     check_invariants,
@@ -50,10 +52,8 @@ def make_pool(server: Any, **kw: Any) -> ConnectionPool:
 def run_workload(server: Any, pool: ConnectionPool, *, verify: bool,
                  seed: int) -> tuple[dict[str, str], dict[str, tuple[int, int, int]],
                                      Counter[str], list[BaseException]]:
-    outcomes: dict[str, str] = {}
-    planned: dict[str, tuple[int, int, int]] = {}
-    unexpected: list[BaseException] = []
-    lock = threading.Lock()
+    book = Book()
+    outcomes, planned, unexpected = book.outcomes, book.planned, book.unexpected
     stop = threading.Event()
     faults: Counter[str] = Counter()
 
@@ -63,22 +63,9 @@ def run_workload(server: Any, pool: ConnectionPool, *, verify: bool,
             src, dst = rnd.sample(range(ACCOUNTS), 2)
             amount = rnd.randint(1, 50)
             tid = f"t{n}-{i}"
-            with lock:
-                planned[tid] = (src, dst, amount)
-            try:
-                kw: dict[str, Any] = {"verify": landed(tid)} if verify else {}
-                result = pool.run_transaction(transfer, tid, src, dst, amount,
-                                              policy=policy(), **kw)
-                assert result == tid
-                outcome = "ok"
-            except CommitUnknownError:
-                outcome = "unknown"
-            except BaseException as exc:  # noqa: BLE001 - recorded and asserted on
-                outcome = f"error {type(exc).__name__}"
-                with lock:
-                    unexpected.append(exc)
-            with lock:
-                outcomes[tid] = outcome
+            kw: dict[str, Any] = {"verify": landed(tid)} if verify else {}
+            book.run(tid, (src, dst, amount), partial(
+                pool.run_transaction, transfer, tid, src, dst, amount, policy=policy(), **kw))
 
     threads = [threading.Thread(target=worker, args=(n,), name=f"transfer-{n}", daemon=True)
                for n in range(THREADS)]
