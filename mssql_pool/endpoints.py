@@ -31,7 +31,10 @@ each new connection:
      20002. A node that accepts and closes the connection without a word looks exactly
      the same to FreeTDS; the message says that too.
 
-   The login always carries TDS 7.4 and the database name (routing needs both), and
+   With failover partners, several servers or ``read_only=True`` the login must carry
+   TDS 7.4 or later and the database name (routing needs both: ``check_login_kwargs``
+   refuses anything else); a single server is spoken to at the version the user chose
+   (7.4 when none is given), and
    ``read_only=True`` sets the LOGIN7 read-only intent flag (pymssql >= 2.2.8
    ``read_only``; FreeTDS sends ApplicationIntent=ReadOnly), which Always On listeners
    use to route to a readable secondary.
