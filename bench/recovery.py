@@ -25,6 +25,14 @@ each fault, fault windows shaded) and ``recovery.json`` to a scratch directory
 40501 asks for 10 s, so that row takes longer.
 
 Run: ``python bench/recovery.py`` (about 90 s) or ``--only restart partition``.
+
+Against a real server (SQL Server, Babelfish...): ``python bench/recovery.py --url
+mssql://user:pass@host:1433/master [--restart-cmd "path/to/start.sh restart"]`` runs the
+rows that need no fault switch of the test server (``REAL_FAULTS``: KILLs, a restart
+through the command, COMMIT replies lost and a partition through the TCP proxy, real
+deadlocks) and writes ``recovery-real.md``/``.png``/``.json``. The login must be allowed
+to KILL sessions; the tables ``dbo.ledger`` and ``dbo.total`` are created and dropped.
+Without ``--restart-cmd`` the restart row is left out.
 """
 
 from __future__ import annotations
@@ -64,14 +72,15 @@ def fmt_s(value: float | None) -> str:
     return "never" if value is None else f"{value:.2f}"
 
 
-def table(results: list[rf.Outcome]) -> str:
+def table(results: list[rf.Outcome], by_key: dict[str, rf.Fault] | None = None) -> str:
+    by_key = by_key or rf.BY_KEY
     lines = [
         "| fault | pool | units ok | errors seen by the app | lost / doubled | error but "
         "committed | recovered after clear (s) | longest gap (s) | logins during fault |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for out in results:
-        title = rf.BY_KEY[out.fault].title
+        title = by_key[out.fault].title
         lines.append(
             f"| {title} | {out.pool} | {out.units_ok} | {fmt_errors(out)} | "
             f"{len(out.lost)} / {len(out.doubled)} | {len(out.failed_but_landed)} | "
@@ -79,7 +88,9 @@ def table(results: list[rf.Outcome]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[rf.Outcome], path: str) -> None:
+def plot(results: list[rf.Outcome], path: str,
+         by_key: dict[str, rf.Fault] | None = None) -> None:
+    by_key = by_key or rf.BY_KEY
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,7 +118,7 @@ def plot(results: list[rf.Outcome], path: str) -> None:
             ax.axvspan(out.fault_start, max(out.fault_end, out.fault_start + 0.03),
                        color="grey", alpha=0.12 if out.pool == "mssql_pool" else 0.08)
         ax.set_xlim(0, max(o.extra.get("stopped_at", o.run_end) for o in rows) + 0.1)
-        ax.set_title(rf.BY_KEY[key].title, fontsize=9, loc="left")
+        ax.set_title(by_key[key].title, fontsize=9, loc="left")
         ax.set_ylabel("per 100 ms", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7, loc="upper right", ncol=4)
@@ -119,8 +130,12 @@ def plot(results: list[rf.Outcome], path: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", nargs="*", choices=[f.key for f in rf.FAULTS],
+    ap.add_argument("--only", nargs="*",
+                    choices=sorted({f.key for f in rf.FAULTS + rf.REAL_FAULTS}),
                     help="run only these faults")
+    ap.add_argument("--url", help="a real server: run the rows that need no test-server "
+                                  "fault switch (mssql://user:pass@host:port/db)")
+    ap.add_argument("--restart-cmd", help="with --url: a command that restarts the server")
     ap.add_argument("--pools", nargs="*", choices=POOLS, default=list(POOLS))
     ap.add_argument("--out", default=SCRATCH,
                     help=f"directory for recovery.md, .json and .png (default {SCRATCH}; "
@@ -135,28 +150,53 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
     os.makedirs(args.out, exist_ok=True)
-    faults = [f for f in rf.FAULTS if not args.only or f.key in args.only]
+    real: rf.RealTarget | None = None
+    catalogue, by_key, stem = rf.FAULTS, rf.BY_KEY, "recovery"
+    if args.url:
+        from mssql_pool._dsn import parse_conninfo
+
+        real = rf.RealTarget(parse_conninfo(args.url), restart=args.restart_cmd)
+        catalogue, by_key, stem = rf.REAL_FAULTS, rf.REAL_BY_KEY, "recovery-real"
+        if not args.restart_cmd:
+            catalogue = [f for f in catalogue if f.key != "restart"]
+    faults = [f for f in catalogue if not args.only or f.key in args.only]
     results: list[rf.Outcome] = []
     started = time.monotonic()
     for fault in faults:
         for pool in args.pools:
             t = time.monotonic()
-            out = rf.run_fault(fault, pool, after=max(fault.after, args.after))
+            out = rf.run_fault(fault, pool, after=max(fault.after, args.after), real=real)
             results.append(out)
             print(f"{time.monotonic() - t:5.1f}s {out.summary()}", flush=True)
-    md = table(results)
-    header = (f"Recovery matrix, {time.strftime('%Y-%m-%d')}, Python "
+    md = table(results, by_key)
+    where = ""
+    if real is not None:
+        where = f" against {_server_banner(real)}"
+    header = (f"Recovery matrix{where}, {time.strftime('%Y-%m-%d')}, Python "
               f"{platform.python_version()}, {os.cpu_count()} cores, "
               f"{time.monotonic() - started:.0f} s in all.\n\n")
-    with open(os.path.join(args.out, "recovery.md"), "w") as fh:
+    with open(os.path.join(args.out, f"{stem}.md"), "w") as fh:
         fh.write(header + md + "\n")
-    plot(results, os.path.join(args.out, "recovery.png"))
-    with open(os.path.join(args.out, "recovery.json"), "w") as fh:
+    plot(results, os.path.join(args.out, f"{stem}.png"), by_key)
+    with open(os.path.join(args.out, f"{stem}.json"), "w") as fh:
         json.dump([_jsonable(o) for o in results], fh, indent=1)
     print()
     print(md)
     print(f"\nwritten to {args.out}", flush=True)
     return 0
+
+
+def _server_banner(real: rf.RealTarget) -> str:
+    """The first line of @@VERSION (e.g. "Babelfish for PostgreSQL ... - 12.0.2000.8")."""
+    import pymssql
+
+    conn = pymssql.connect(**real.connect_kwargs(login_timeout=10))
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT @@VERSION")
+        return str(cur.fetchone()[0]).splitlines()[0].strip()
+    finally:
+        conn.close()
 
 
 def _jsonable(out: rf.Outcome) -> dict[str, Any]:

@@ -299,10 +299,28 @@ def _login_step(
             True,
             login_ms,
             f"as {target.user!r} to database {target.database or '(default)'!r}, "
-            f"TDS {kwargs['tds_version']}; {redirect}",
+            f"TDS {kwargs['tds_version']}; {redirect}{_encryption_text(conn)}",
         )
     )
     return conn
+
+
+def _encryption_text(conn: Any) -> str:
+    """"; session encrypted (TLS)" or "; session not encrypted", as the server sees this
+    session (``sys.dm_exec_connections.encrypt_option``); empty when it cannot say."""
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT encrypt_option FROM sys.dm_exec_connections "
+                    "WHERE session_id = @@SPID")
+        row = cur.fetchone()
+    except Exception:  # noqa: BLE001 - a test server may not have the view
+        return ""
+    value = str(row[0]).strip().upper() if row and row[0] is not None else ""
+    if value == "TRUE":
+        return "; session encrypted (TLS)"
+    if value == "FALSE":
+        return "; session not encrypted"
+    return ""
 
 
 def _version_step(conn: Any, steps: list[Step]) -> None:

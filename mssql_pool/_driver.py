@@ -32,7 +32,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RawError", "extract", "numbers_in_text"]
+__all__ = [
+    "RawError", "extract", "numbers_in_text", "rollback", "is_no_transaction", "reset_unsupported",
+]
 
 # "DB-Lib error message 20009", "SQL Server message 40613", "Msg 1205", "Error 10054".
 _NUMBER_RE = re.compile(r"(?:\b[Mm]essage|\bMsg|\bError)\s+(\d{1,6})\b")
@@ -68,6 +70,39 @@ _KNOWN_TEXTS: tuple[tuple[re.Pattern[str], int], ...] = tuple(
         (r"minimum guarantee", 10929),
     )
 )
+
+
+#: Babelfish for PostgreSQL reports many errors under one generic number with a
+#: PostgreSQL-style text. The texts below mean the SQL Server error on the right, so they
+#: are classified the same (the generic number stays in ``numbers``). Only consulted
+#: when the generic number is present, or at login (where pymssql's number is stale).
+BABELFISH_GENERIC = 33557097
+_BABELFISH_TEXTS: tuple[tuple[re.Pattern[str], int], ...] = tuple(
+    (re.compile(p, re.IGNORECASE), n)
+    for p, n in (
+        (r"canceling statement due to lock timeout", 1222),
+        (r"\bdeadlock detected", 1205),
+        (r"the database system is (?:shutting down|starting up|in recovery mode)", 40613),
+        (r"terminating connection due to administrator command", 596),
+        (r"could not serialize access due to concurrent update", 3960),
+        (r"sorry, too many clients already|remaining connection slots are reserved", 10928),
+        (r"\brelation \S+ does not exist", 208),
+        (r"\bcolumn \S+ does not exist", 207),
+        (r"\b(?:procedure|function) \S+ does not exist", 2812),
+        (r"\bsyntax error (?:at or )?near\b", 102),
+    )
+)
+_BABELFISH_LOGIN = frozenset({40613, 10928})
+
+
+def babelfish_numbers(numbers: tuple[int, ...], text: str, connect: bool) -> tuple[int, ...]:
+    """The SQL Server numbers a Babelfish generic error's text stands for (or ``()``)."""
+    if BABELFISH_GENERIC not in numbers and not connect:
+        return ()
+    found = tuple(n for pattern, n in _BABELFISH_TEXTS if pattern.search(text))
+    if BABELFISH_GENERIC not in numbers:   # a login: only the server-state texts
+        found = tuple(n for n in found if n in _BABELFISH_LOGIN)
+    return found
 
 
 @dataclass(frozen=True)
@@ -338,6 +373,10 @@ def extract(exc: BaseException) -> RawError:
     if driver and _TIMEOUT_TEXT_RE.search(text):
         timeout = True
     nums = _dedupe(numbers)
+    meant = babelfish_numbers(nums, text, connect)
+    if meant:
+        primary = meant[0]
+        nums = _dedupe([*meant, *nums])
     if primary is None and nums:
         primary = nums[0]
     if primary is not None:
@@ -364,3 +403,50 @@ def _is_driver(exc: BaseException) -> bool:
         return True
     tds_error = _pytds_error_type()
     return tds_error is not None and isinstance(exc, tds_error)
+
+
+# ------------------------------------------------------------------ ending transactions
+
+#: "The ROLLBACK TRANSACTION request has no corresponding BEGIN TRANSACTION". pymssql's
+#: ``rollback()`` ignores it only in SQL Server's wording; Babelfish says "ROLLBACK can only
+#: be used in transaction blocks" and pymssql raises it, before sending its BEGIN TRAN.
+NO_TRANSACTION = 3903
+
+
+def is_no_transaction(exc: BaseException) -> bool:
+    """True when ``exc`` is error 3903 (ROLLBACK with no transaction open), in any wording."""
+    try:
+        raw = extract(exc)
+    except Exception:  # pragma: no cover - defensive: never let parsing hide an error
+        return False
+    return raw.number == NO_TRANSACTION and not raw.dead
+
+
+def rollback(conn: Any) -> None:
+    """``conn.rollback()``, where "no transaction to roll back" (3903) is the no-op it is.
+
+    Such a rollback follows a COMMIT sent as a statement, or a deadlock victim whose
+    transaction the server already rolled back. On pymssql with autocommit off the driver
+    raised before its own ``BEGIN TRAN``, so that is sent here, keeping pymssql's
+    invariant (a transaction is always open in that mode). Any other error propagates.
+    """
+    try:
+        conn.rollback()
+    except Exception as exc:
+        if not is_no_transaction(exc):
+            raise
+        raw = getattr(conn, "raw", conn)
+        inner = getattr(raw, "_conn", None)
+        execute_non_query = getattr(inner, "execute_non_query", None)
+        if execute_non_query is not None and not getattr(raw, "autocommit_state", True):
+            execute_non_query("BEGIN TRAN")
+
+
+def reset_unsupported(exc: BaseException) -> bool:
+    """True when ``sp_reset_connection`` failed because the server has no such procedure
+    (SQL Server's 2812, or Babelfish's generic error saying the procedure does not exist)."""
+    try:
+        raw = extract(exc)
+    except Exception:  # pragma: no cover - defensive
+        return False
+    return 2812 in raw.numbers and not raw.dead and "sp_reset_connection" in raw.text.lower()

@@ -36,6 +36,7 @@ import enum
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._driver import rollback as driver_rollback
 from ._scan import _cache as _scan_cache
 from ._scan import scan as scan_sql
 from .classify import mark_driver_error
@@ -155,7 +156,10 @@ class PooledConnection:
             raise _closed_error()
         rec.replay_timeout = NO_REPLAY     # a later statement is not the checkout's first
         try:
-            getattr(self.raw, method)()
+            if method == "rollback":
+                driver_rollback(self.raw)   # 3903 in any engine's wording is a no-op
+            else:
+                getattr(self.raw, method)()
         except Exception as exc:
             _driver_error(self._pool, rec, exc)
             raise

@@ -51,7 +51,17 @@ from .errors import (
 )
 from .health import run_check
 from .maintenance import Maintenance
-from .reset import CALLBACK, FULL, NONE, ROLLBACK, full_reset, plan, rollback_work
+from .reset import (
+    CALLBACK,
+    FULL,
+    NO_FULL_RESET,
+    NONE,
+    ROLLBACK,
+    ResetUnsupported,
+    full_reset,
+    plan,
+    rollback_work,
+)
 from .stats import PoolStats
 
 __all__ = ["ConnectionPool"]
@@ -108,6 +118,7 @@ class ConnectionPool:
         self._check = cfg.check
         self._validate_after = cfg.validate_after
         self._reset_mode = cfg.reset
+        self._no_full_reset = False   # set when the server lacks sp_reset_connection
         self._lock = threading.Lock()
         self._idle: deque[ConnectionRecord] = deque()
         self._waiters: deque[_Waiter] = deque()
@@ -419,10 +430,15 @@ class ConnectionPool:
             decision = plan(flags, self._reset_mode)
             if isinstance(decision, str):
                 reason = decision
+            elif decision == FULL and self._no_full_reset:
+                reason = NO_FULL_RESET
             elif decision != NONE:
                 try:
                     self._do_reset(rec, decision)
                     done = decision
+                except ResetUnsupported:
+                    self._found_no_full_reset()
+                    reason = NO_FULL_RESET
                 except Exception as exc:
                     self._on_error(rec, exc)
                     reason = f"its reset failed: {redact(exc)}"
@@ -462,7 +478,17 @@ class ConnectionPool:
             self._drop_locked(rec, busy=True)
         level = logging.WARNING if rec.dead is not None or "reset" in reason or "state" in reason \
             else logging.INFO
+        if reason is NO_FULL_RESET:
+            level = logging.DEBUG    # said once at INFO by _found_no_full_reset
         self._close_record(rec, reason, level=level)
+
+    def _found_no_full_reset(self) -> None:
+        """The server has no sp_reset_connection: found out once, said once."""
+        if not self._no_full_reset:
+            self._no_full_reset = True
+            logger.info("pool %r: the server has no sp_reset_connection (Babelfish?): "
+                        "connections whose session state changed are closed instead of "
+                        "reset", self.name)
 
     def _do_reset(self, rec: ConnectionRecord, decision: int) -> None:
         raw = rec.raw

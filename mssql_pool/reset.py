@@ -29,6 +29,11 @@ lock, read-only session
 context key
 ==========================  ====================================================================
 
+On a server without ``sp_reset_connection`` (Babelfish for PostgreSQL) the first full
+reset raises :class:`ResetUnsupported`; the pool logs it once at INFO and from then on
+closes, instead of resetting, a connection whose session state changed (rollbacks are
+unaffected). No checkout or return fails because of it.
+
 ``reset="full"`` does the full reset on every return; ``reset="rollback"`` never sends
 ``sp_reset_connection``: work is rolled back and a connection whose session state
 changed is discarded instead (the next borrower must never see it). A callable
@@ -64,11 +69,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ._driver import reset_unsupported
 from ._scan import DISCARD, SESSION, TXN, WORK, scan
 
 __all__ = [
     "WORK", "SESSION", "DISCARD", "TXN", "scan_sql", "PYMSSQL_BASELINE", "full_reset",
-    "rollback_work", "plan", "NONE", "ROLLBACK", "FULL", "CALLBACK",
+    "rollback_work", "plan", "NONE", "ROLLBACK", "FULL", "CALLBACK", "ResetUnsupported",
+    "NO_FULL_RESET",
 ]
 
 NONE, ROLLBACK, FULL, CALLBACK = 0, 1, 2, 3
@@ -121,6 +128,16 @@ def rollback_work(raw: Any) -> None:
         execute_non_query(ROLLBACK_BATCH + ";BEGIN TRAN")
 
 
+class ResetUnsupported(Exception):
+    """The server has no ``sp_reset_connection`` (Babelfish for PostgreSQL resets only on the
+    TDS header's RESETCONNECTION flag, which FreeTDS cannot send). The pool then discards,
+    instead of resetting, a connection whose session state changed."""
+
+
+#: Why a connection is closed instead of fully reset on such a server.
+NO_FULL_RESET = "its session state changed and the server has no sp_reset_connection"
+
+
 def full_reset(raw: Any, *, autocommit: bool | None, conn_properties: str | None,
                configure: Callable[[Any], None] | None) -> None:
     """Full session reset; see the module docstring. Raises on any failure (-> discard).
@@ -132,7 +149,12 @@ def full_reset(raw: Any, *, autocommit: bool | None, conn_properties: str | None
     if init_procedure is not None:
         if autocommit is not None and bool(raw.autocommit_state) != autocommit:
             raw.autocommit(autocommit)
-        init_procedure("sp_reset_connection").execute()
+        try:
+            init_procedure("sp_reset_connection").execute()
+        except Exception as exc:
+            if reset_unsupported(exc):
+                raise ResetUnsupported(str(exc)) from exc
+            raise
         batch = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED;" + (
             PYMSSQL_BASELINE if conn_properties is None else conn_properties
         )

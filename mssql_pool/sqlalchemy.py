@@ -35,6 +35,7 @@ module imports it.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
@@ -562,7 +563,46 @@ def create_engine(url: str | URL, *, pool: ConnectionPool | MssqlPoolAdapter | N
                 raise ConfigError("url", f"no host in {redact(u.render_as_string())}")
             conninfo = _conninfo(u, connect_args)
         adapter = MssqlPoolAdapter(ConnectionPool(conninfo, **opts), **adapter_args)
-    return sqlalchemy.create_engine(u, pool=adapter, **kwargs)
+    engine = sqlalchemy.create_engine(u, pool=adapter, **kwargs)
+    _read_any_version(engine.dialect)
+    return engine
+
+
+_VERSION_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def _read_any_version(dialect: Any) -> None:
+    """Let the dialect read the version of engines that are not Microsoft's.
+
+    SQLAlchemy's pymssql dialect parses ``@@VERSION`` with a pattern that wants
+    "Microsoft ... - 16.0.x.y"; Babelfish for PostgreSQL answers "Babelfish for
+    PostgreSQL with SQL Server Compatibility - 12.0.2000.8 ...", so ``server_version_info``
+    was None and the first connect failed. When the pattern finds nothing, the version is
+    read from ``SERVERPROPERTY('ProductVersion')``, which every engine speaking T-SQL has.
+    (The isolation-level and comment-support probes already fail softly in SQLAlchemy.)
+
+    On Babelfish, SQLAlchemy's "insertmanyvalues" form (``INSERT ... OUTPUT ... SELECT
+    ... FROM (VALUES ...) ORDER BY``, used by the ORM to insert several rows at once) is a
+    syntax error there, so it is turned off: the ORM inserts row by row.
+    """
+    original = dialect._get_server_version_info
+
+    def server_version_info(connection: Any) -> tuple[int, ...] | None:
+        found: tuple[int, ...] | None = original(connection)
+        if found is not None:
+            return found
+        banner = str(connection.exec_driver_sql("SELECT @@VERSION").scalar() or "")
+        if banner.startswith("Babelfish"):
+            dialect.use_insertmanyvalues = False
+        text = connection.exec_driver_sql(
+            "SELECT CAST(SERVERPROPERTY('ProductVersion') AS NVARCHAR(128))").scalar()
+        m = _VERSION_RE.search(str(text or ""))
+        if m is None:
+            return None
+        logger.debug("server version read from SERVERPROPERTY: %s", m.group(0))
+        return tuple(int(x) for x in m.groups() if x is not None)
+
+    dialect._get_server_version_info = server_version_info
 
 
 # --------------------------------------------------------------------------- run_transaction

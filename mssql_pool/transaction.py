@@ -50,6 +50,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar, cast
 
+from ._driver import rollback as driver_rollback
 from .classify import (
     DEFAULT_CLASSIFIER,
     Classifier,
@@ -252,7 +253,7 @@ def _commit(conn: Any, classifier: Classifier) -> None:
         # ignores) and then BEGIN TRAN, and tells the pool's proxy the connection holds
         # no work, so its return costs nothing. A failure here only costs the connection.
         try:
-            conn.rollback()
+            driver_rollback(conn)
         except Exception as exc:
             logger.warning(
                 "transaction committed, but re-opening pymssql's transaction failed (%s); "
@@ -283,7 +284,7 @@ def _rollback(conn: Any, info: ErrorInfo | None, classifier: Classifier) -> None
         if mode is True:
             _execute(conn, "IF @@TRANCOUNT > 0 ROLLBACK TRAN")
         else:
-            conn.rollback()
+            driver_rollback(conn)   # a deadlock victim's is already rolled back: 3903
         if mode is not None:
             # pymssql's ROLLBACK TRAN ends every nesting level; its BEGIN TRAN (autocommit
             # off) or nothing (autocommit on) leaves the count at its baseline.

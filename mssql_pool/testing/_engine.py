@@ -55,8 +55,8 @@ _OPTION_BITS = {
 
 
 # errors that end only the statement (the batch goes on), as SQL Server's do
-STATEMENT_ERRORS = frozenset({245, 515, 547, 1222, 2601, 2627, 3701, 3902, 3903, 6106, 8134})
-
+STATEMENT_ERRORS = frozenset({245, 515, 547, 1222, 2601, 2627, 3701, 3902, 3903, 6104, 6106,
+                              8134})
 
 class SqlError(Exception):
     """An error to report to the client: number, severity, text."""
@@ -355,6 +355,7 @@ class Executor:
         self._conns: dict[str, sqlite3.Connection] = {}
         self._tran_conns: list[sqlite3.Connection] = []
         self._catching_depth = 0
+        self._divided_by_zero = False     # set by tsql_div just before it raises
         self._catch: SqlError | None = None
         self.var_types: dict[str, _types.SqlType] = {}
         self.locks = _locks.SessionLocks(self)
@@ -397,6 +398,26 @@ class Executor:
     def _install_functions(self, con: sqlite3.Connection) -> None:
         st = self.state
         eng = self.engine
+
+        def tsql_div(a: Any, b: Any) -> Any:
+            # T-SQL's "/": division by zero is error 8134 (with ARITHABORT or ANSI_WARNINGS
+            # on, as pymssql sets them), not SQLite's NULL; int / int truncates toward zero.
+            if a is None or b is None:
+                return None
+            a, b = _number(a), _number(b)
+            if a is None or b is None:
+                return None
+            if b == 0:
+                if st.options.get("ARITHABORT") or st.options.get("ANSI_WARNINGS"):
+                    self._divided_by_zero = True
+                    raise ZeroDivisionError("8134")
+                return None
+            if isinstance(a, int) and isinstance(b, int):
+                q = abs(a) // abs(b)
+                return q if (a >= 0) == (b >= 0) else -q
+            return a / b
+
+        con.create_function("tsql_div", 2, tsql_div, deterministic=True)
 
         def server_property(name: Any) -> Any:
             key = str(name).lower()
@@ -549,6 +570,7 @@ class Executor:
             return _procs.run_definition(self, sql)
         out: list[Out] = []
         self._catching_depth = 0
+        self._divided_by_zero = False
         try:
             stmts = _plans.parse_cached(sql)
         except SqlSyntaxError as exc:
@@ -670,6 +692,8 @@ class Executor:
             self._exec(toks, out, wait)
         elif head == "KILL":
             spid = int(self._scalar(toks[1:]) or 0)
+            if spid == st.spid:
+                raise SqlError(6104, "Cannot use KILL to kill your own process.", 16)
             if not self.engine.kill(spid):
                 raise SqlError(6106, f"Process ID {spid} is not an active process ID.", 16)
         elif head == "RETURN":  # the value is a procedure's return status
@@ -1003,6 +1027,9 @@ class Executor:
 
     def _map_error(self, exc: sqlite3.Error, sql: str) -> SqlError:
         msg = str(exc)
+        if self._divided_by_zero:
+            self._divided_by_zero = False
+            return SqlError(8134)
         m = re.search(r"no such table: (?:\w+\.)?(\S+)", msg)
         if m:
             name = m.group(1)
@@ -1040,6 +1067,8 @@ class Executor:
             if not translation_available():
                 err = SqlError(102, f"{err.text} ({NO_TRANSLATION}.)", err.severity)
             return err
+        if "incomplete input" in msg:      # the statement ends too early: "SELECT 1 +"
+            return SqlError(102, near=sql.split()[-1][:30] if sql.split() else "")
         log.debug("sqlite error %s for %r", msg, sql)
         return SqlError(50000, f"The TDS test server could not run this statement: {msg}", 16)
 
@@ -1337,7 +1366,7 @@ def translation_available() -> bool:
 # Statements that open a transaction in implicit transaction mode when none is open
 # (SET IMPLICIT_TRANSACTIONS): SELECT only when it reads a table, ALTER only ALTER TABLE.
 _IMPLICIT_HEADS = frozenset({
-    "CREATE", "DELETE", "DROP", "FETCH", "GRANT", "INSERT", "MERGE", "OPEN", "REVOKE",
+    "CREATE", "DELETE", "DENY", "DROP", "FETCH", "GRANT", "INSERT", "MERGE", "OPEN", "REVOKE",
     "TRUNCATE", "UPDATE",
 })
 
@@ -1367,15 +1396,42 @@ def opens_implicit(toks: list[Tok]) -> bool:
     return False
 
 
+def _number(value: Any) -> int | float | None:
+    """A SQLite value as a number for tsql_div (text and blobs as SQLite would read them)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)):
+        return value
+    try:
+        text = value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+        return int(text) if text.strip().lstrip("+-").isdigit() else float(text)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 @functools.lru_cache(maxsize=4096)
 def to_sqlite(text: str) -> str | None:
-    """sqlglot's T-SQL -> SQLite translation of rewritten text (cached); None if it fails."""
+    """sqlglot's T-SQL -> SQLite translation of rewritten text (cached); None if it fails.
+
+    Every ``/`` becomes ``tsql_div(a, b)`` (installed per connection): SQLite's division by
+    zero gives NULL where SQL Server raises 8134."""
     try:
         import sqlglot
     except ImportError:
         return None     # the server said so at start (NO_TRANSLATION); run the text as is
     try:
-        return ";".join(sqlglot.transpile(text, read="tsql", write="sqlite"))
+        from sqlglot import exp
+
+        out: list[str] = []
+        for tree in sqlglot.parse(text, read="tsql"):
+            if tree is None:
+                out.append("")
+                continue
+            for node in reversed(list(tree.find_all(exp.Div))):   # innermost first
+                node.replace(exp.Anonymous(this="tsql_div",
+                                           expressions=[node.left, node.right]))
+            out.append(tree.sql(dialect="sqlite"))
+        return ";".join(out)
     except Exception as exc:  # noqa: BLE001 - sqlglot raises many types; run the text as is
         log.debug("sqlglot could not translate %r: %s", text, exc)
         return None

@@ -11,6 +11,11 @@ A unit inserts its id into ``ledger`` and adds 1 to its worker's row of ``total`
 transaction, so afterwards ``sum(total.n) == count(ledger)`` and each acknowledged id
 appears exactly once.
 
+:data:`REAL_FAULTS` are the rows that need no fault switch of the test server, for a server
+we did not write (:class:`RealTarget`: a URL, KILL, a restart command, the TCP proxy):
+sessions killed idle or mid-transaction, a restart, COMMIT replies lost in the network,
+deadlock victims (units then lock their pair's row first), a partition.
+
 Adapters: :class:`MssqlPoolAdapter` runs units with ``pool.run_transaction(..., verify=)``;
 :class:`SqlaAdapter` is what an application does with SQLAlchemy's QueuePool and
 ``pool_pre_ping=True``: ``with engine.begin()`` and no retry of its own.
@@ -19,6 +24,8 @@ Adapters: :class:`MssqlPoolAdapter` runs units with ``pool.run_transaction(..., 
 from __future__ import annotations
 
 import contextlib
+import shlex
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -127,7 +134,14 @@ class DialCounter:
 # ----------------------------------------------------------------------------- adapters
 
 
+#: While set, every unit first locks its pair's row of ``total`` (worker ^ 1): workers 0
+#: and 1, 2 and 3... take the same two rows in opposite orders, so real deadlocks happen.
+PAIRED_LOCKS = threading.Event()
+
+
 def _unit_sql(cur: Any, tid: str, worker: int) -> None:
+    if PAIRED_LOCKS.is_set():
+        cur.execute("UPDATE total SET n = n WHERE id = %s", (worker ^ 1,))
     cur.execute("INSERT INTO ledger (tid, worker) VALUES (%s, %s)", (tid, worker))
     cur.execute("UPDATE total SET n = n + 1 WHERE id = %s", (worker,))
 
@@ -191,6 +205,15 @@ class SqlaAdapter:
         self.engine = sqlalchemy.create_engine(
             "mssql+pymssql://", creator=creator, pool_pre_ping=True, pool_size=max_size,
             max_overflow=0, pool_timeout=20.0)
+        # On Babelfish plain SQLAlchemy cannot connect at all: it cannot read @@VERSION,
+        # and pymssql's rollback() raises 3903 in Babelfish's wording after the dialect's
+        # failed first-connect probes. Both are patched here so that the baseline runs;
+        # nothing else of mssql_pool is lent to it.
+        from mssql_pool._driver import rollback
+        from mssql_pool.sqlalchemy import _read_any_version
+
+        _read_any_version(self.engine.dialect)
+        self.engine.dialect.do_rollback = rollback  # type: ignore[method-assign]
 
     def warm(self) -> None:
         with self.engine.connect() as conn:
@@ -198,6 +221,9 @@ class SqlaAdapter:
 
     def unit(self, tid: str, worker: int) -> None:
         with self.engine.begin() as conn:
+            if PAIRED_LOCKS.is_set():
+                conn.exec_driver_sql("UPDATE total SET n = n WHERE id = %(p)s",
+                                     {"p": worker ^ 1})
             conn.exec_driver_sql("INSERT INTO ledger (tid, worker) VALUES (%(t)s, %(w)s)",
                                  {"t": tid, "w": worker})
             conn.exec_driver_sql("UPDATE total SET n = n + 1 WHERE id = %(w)s", {"w": worker})
@@ -214,11 +240,72 @@ ADAPTERS: dict[str, type[MssqlPoolAdapter] | type[SqlaAdapter]] = {
 # ----------------------------------------------------------------------------- environment
 
 
+class RealTarget:
+    """A server we did not write (SQL Server, Babelfish...): faults come only from KILL,
+    a restart command and the TCP proxy. The pools' sessions carry ``appname`` so that
+    :meth:`kill_all` KILLs those and nobody else's. Duck-types the parts of TdsServer the
+    run uses (``connect_kwargs``, ``host``, ``port``)."""
+
+    running = True
+
+    def __init__(self, conninfo: dict[str, Any], *, restart: str | None = None,
+                 appname: str = "mssql-pool-recovery") -> None:
+        self.conninfo = dict(conninfo)
+        self.host = str(self.conninfo["server"])
+        self.port = int(self.conninfo.get("port", 1433))
+        self.restart_cmd = restart
+        self.appname = appname
+
+    def connect_kwargs(self, **kw: Any) -> dict[str, Any]:
+        out = {"tds_version": "7.4", **self.conninfo, "appname": self.appname}
+        out.update(kw)
+        return out
+
+    def _admin(self) -> Any:
+        kw = self.connect_kwargs(login_timeout=10, timeout=30, autocommit=True)
+        kw["appname"] = "mssql-pool-recovery-admin"
+        return pymssql.connect(**kw)
+
+    def kill_all(self) -> int:
+        admin = self._admin()
+        try:
+            cur = admin.cursor()
+            cur.execute("SELECT session_id FROM sys.dm_exec_sessions WHERE program_name = %s "
+                        "AND session_id <> @@SPID", (self.appname,))
+            spids = [int(r[0]) for r in cur.fetchall()]
+            killed = 0
+            for spid in spids:
+                try:
+                    cur.execute(f"KILL {spid}")
+                    killed += 1
+                except pymssql.Error:
+                    pass            # gone already
+            return killed
+        finally:
+            admin.close()
+
+    def restart(self) -> None:
+        if not self.restart_cmd:
+            raise RuntimeError("no restart command given (--restart-cmd)")
+        subprocess.run(shlex.split(self.restart_cmd), check=True, capture_output=True,
+                       timeout=120)
+
+    def drop_tables(self) -> None:
+        admin = self._admin()
+        try:
+            cur = admin.cursor()
+            for table in ("ledger", "total"):
+                cur.execute(f"IF OBJECT_ID('dbo.{table}') IS NOT NULL DROP TABLE dbo.{table}")
+        finally:
+            admin.close()
+
+
 class Env:
     """Servers, proxies and the clock marks of one fault run."""
 
-    def __init__(self, t0: float) -> None:
+    def __init__(self, t0: float, real: RealTarget | None = None) -> None:
         self.t0 = t0
+        self.real = real
         self.servers: list[TdsServer] = []
         self.proxies: list[TcpProxy] = []
         self.data: TdsServer | None = None       # a server holding the ledger (for checks)
@@ -234,7 +321,7 @@ class Env:
         self.servers.append(s)
         return s
 
-    def proxy(self, target: TdsServer) -> TcpProxy:
+    def proxy(self, target: TdsServer | RealTarget) -> TcpProxy:
         p = TcpProxy((target.host, target.port)).start()
         self.proxies.append(p)
         return p
@@ -425,6 +512,101 @@ def _slow_setup(env: Env) -> tuple[Any, dict[str, Any]]:
     return conn_kwargs(s, timeout=1), {}
 
 
+# -- rows for a server we did not write (RealTarget) ------------------------------------
+
+
+def _real(timeout: int, login_timeout: int, proxied: bool = False
+          ) -> Callable[[Env], tuple[Any, dict[str, Any]]]:
+    def setup(env: Env) -> tuple[Any, dict[str, Any]]:
+        real = env.real
+        if real is None:
+            raise RuntimeError("this row needs a real server (RealTarget)")
+        env.data = real  # type: ignore[assignment]
+        kw = real.connect_kwargs(timeout=timeout, login_timeout=login_timeout)
+        if proxied:
+            p = env.proxy(real)
+            env.extra["proxy"] = p
+            kw["server"], kw["port"] = "127.0.0.1", str(p.port)
+        return kw, {}
+
+    return setup
+
+
+def _real_idle_kill(env: Env, pause: threading.Event) -> None:
+    assert env.real is not None
+    pause.set()
+    time.sleep(0.5)                      # every unit finished: the pool is idle
+    env.start()
+    env.extra["killed"] = env.real.kill_all()
+    env.end()
+    pause.clear()
+
+
+def _real_busy_kill(env: Env, pause: threading.Event) -> None:
+    assert env.real is not None
+    env.start()
+    killed = 0
+    for _ in range(3):                   # units are mid-transaction: KILL them there
+        killed += env.real.kill_all()
+        time.sleep(0.2)
+    env.extra["killed"] = killed
+    env.end()
+
+
+def _real_restart(env: Env, pause: threading.Event) -> None:
+    assert env.real is not None
+    env.start()
+    env.real.restart()
+    env.end()
+
+
+COMMIT_MARKER = "COMMIT TRAN"
+
+
+def _lost_commits(env: Env, pause: threading.Event) -> None:
+    proxy: TcpProxy = env.extra["proxy"]
+    env.start()
+    proxy.arm("after_send", match=COMMIT_MARKER, times=6)
+    time.sleep(1.5)
+    deadline = time.monotonic() + 5.0      # a loaded machine: wait for at least one
+    while proxy.stats()["exchanges_cut"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proxy.disarm()
+    env.extra["replies_dropped"] = proxy.stats()["exchanges_cut"]
+    env.end()
+
+
+def _paired_locks(env: Env, pause: threading.Event) -> None:
+    env.start()
+    PAIRED_LOCKS.set()
+    try:
+        time.sleep(3.0)
+    finally:
+        PAIRED_LOCKS.clear()
+    env.end()
+
+
+#: New sessions on a real engine are slow at first (Babelfish: a new server process that
+#: loads its catalog caches, 0.3-0.4 s): the workload runs this long before the fault.
+REAL_WARMUP = 2.0
+
+REAL_FAULTS: list[Fault] = [
+    Fault("idle_killed", "1. idle sessions KILLed", _real(5, 3), _real_idle_kill, bound=1.0,
+          warmup=REAL_WARMUP),
+    Fault("busy_killed", "2. sessions KILLed mid-transaction (3 rounds)", _real(5, 3),
+          _real_busy_kill, bound=1.0, warmup=REAL_WARMUP),
+    Fault("restart", "3. server restart (restart command)", _real(5, 3), _real_restart,
+          bound=2.5, warmup=REAL_WARMUP, after=1.5),
+    Fault("lost_commit", "4. COMMIT replies lost (proxy resets after the server ran it)",
+          _real(5, 3, proxied=True), _lost_commits, bound=1.0, warmup=REAL_WARMUP),
+    Fault("deadlocks", "5. deadlock victims (units lock their pair's row first, 3 s)",
+          _real(10, 3), _paired_locks, bound=1.5, warmup=REAL_WARMUP, after=1.5),
+    Fault("partition", "6. network partition 2 s (proxy blackhole)", _real(5, 2, proxied=True),
+          _partition, bound=2.5, warmup=REAL_WARMUP, after=1.5),
+]
+REAL_BY_KEY = {f.key: f for f in REAL_FAULTS}
+
+
 FAULTS: list[Fault] = [
     Fault("idle_killed", "1. idle connections killed", _plain, _idle_kill, bound=1.0),
     Fault("busy_killed", "2. busy connections cut mid-query (proxy)",
@@ -464,7 +646,7 @@ def _prepare(kwargs: dict[str, Any], workers: int) -> None:
         conn.close()
 
 
-def _read_ledger(server: TdsServer) -> tuple[Counter[str], int]:
+def _read_ledger(server: TdsServer | RealTarget) -> tuple[Counter[str], int]:
     conn = pymssql.connect(**server.connect_kwargs(login_timeout=5))
     try:
         cur = conn.cursor()
@@ -521,13 +703,15 @@ class _Workload:
 
 
 def run_fault(fault: Fault, adapter_name: str, *, adapter_options: dict[str, Any] | None = None,
-              threads: int | None = None, after: float | None = None) -> Outcome:
+              threads: int | None = None, after: float | None = None,
+              real: RealTarget | None = None) -> Outcome:
     """Run one row with one adapter; always cleans up its servers, pool and threads.
 
     ``after`` (default: the fault's) is how long the workload goes on once the fault has
-    cleared."""
+    cleared. ``real``: the server of a :data:`REAL_FAULTS` row (its ``ledger`` and
+    ``total`` tables are dropped before and after)."""
     t0 = time.monotonic()
-    env = Env(t0)
+    env = Env(t0, real)
     nthreads = threads or fault.threads
     out = Outcome(fault.key, adapter_name)
     adapter: Any = None
@@ -542,6 +726,8 @@ def run_fault(fault: Fault, adapter_name: str, *, adapter_options: dict[str, Any
         with counter.installed():
             conninfo, pool_options = fault.setup(env)
             assert env.data is not None
+            if real is not None:
+                real.drop_tables()
             _prepare(env.data.connect_kwargs(), nthreads)
             options = dict(pool_options) if adapter_name == "mssql_pool" else {}
             options.update(adapter_options or {})
@@ -577,11 +763,15 @@ def run_fault(fault: Fault, adapter_name: str, *, adapter_options: dict[str, Any
         tids, total = _read_ledger(env.data)
     finally:
         stop.set()
+        PAIRED_LOCKS.clear()
         for t in workers:
             t.join(30.0)
         if adapter is not None:
             adapter.close()
         env.close()
+        if real is not None:
+            with contextlib.suppress(Exception):
+                real.drop_tables()
     out.run_end = time.monotonic() - t0
     out.fault_start, out.fault_end = env.fault_start, env.fault_end
     out.logins = list(counter.times)

@@ -32,11 +32,11 @@ Cutting one exchange: ``arm(point, match=..., offset=0)`` waits for the next req
 ``cut()`` while the connection is idle.)
 
 ``stats()``: ``accepted``, ``active``, ``bytes_up`` (client to server), ``bytes_down``,
-``cut`` (connections reset by cut/heal/refuse), and with ``TcpProxy(..., tap=True)``
-``requests``: request messages clients sent (batches, RPCs, TM requests), i.e. round trips,
-and ``attentions`` (cancels),
-counted on the wire so that it works for any server; :meth:`requests` lists them with their
-text (``mssql_pool.testing.round_trips.RequestTap``). The first 4 KiB each client sent are kept
+``cut`` (connections reset by cut/heal/refuse), ``exchanges_cut`` (cuts made by ``arm``),
+and with ``TcpProxy(..., tap=True)`` ``requests``: request messages clients sent (batches,
+RPCs, TM requests), i.e. round trips, and ``attentions`` (cancels), counted on the wire so
+that it works for any server; :meth:`requests` lists them with their text
+(``mssql_pool.testing.round_trips.RequestTap``). The first 4 KiB each client sent are kept
 (the PRELOGIN and LOGIN7 packets; no TLS with the test server): :meth:`login_packet`.
 Every thread is named and daemonic; ``close()`` joins them.
 """
@@ -225,8 +225,9 @@ class TcpProxy:
         self._refusing = False
         self._delay = 0.0
         self._next = 0
-        self._stats = {"accepted": 0, "bytes_up": 0, "bytes_down": 0, "cut": 0}
-        self._arm: tuple[str, bytes, int] | None = None
+        self._stats = {"accepted": 0, "bytes_up": 0, "bytes_down": 0, "cut": 0,
+                       "exchanges_cut": 0}
+        self._arm: tuple[str, bytes, int, int] | None = None
         self._captures: list[bytearray] = []
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -301,13 +302,16 @@ class TcpProxy:
         """Send new connections to ``target`` (existing ones stay where they are)."""
         self.target = target
 
-    def arm(self, point: str, *, match: str, offset: int = 0) -> None:
-        """Cut the next request containing ``match`` at ``point`` (see the module doc)."""
+    def arm(self, point: str, *, match: str, offset: int = 0, times: int = 1) -> None:
+        """Cut the next ``times`` requests containing ``match`` at ``point`` (see the module
+        doc); ``stats()["exchanges_cut"]`` counts the cuts made."""
         if point not in ("request", "after_send", "reply", "after_reply"):
             raise ValueError(f"point must be request, after_send, reply or after_reply, "
                              f"got {point!r}")
+        if times < 1:
+            raise ValueError(f"times must be >= 1, got {times!r}")
         with self._lock:
-            self._arm = (point, match.encode("utf-16-le"), int(offset))
+            self._arm = (point, match.encode("utf-16-le"), int(offset), int(times))
 
     def armed(self) -> bool:
         with self._lock:
@@ -321,8 +325,9 @@ class TcpProxy:
         with self._lock:
             if self._arm is None or self._arm[1] not in request:
                 return None
-            point, _, offset = self._arm
-            self._arm = None
+            point, match, offset, times = self._arm
+            self._arm = (point, match, offset, times - 1) if times > 1 else None
+            self._stats["exchanges_cut"] += 1
         return point, offset
 
     # -- inspection --------------------------------------------------------------------

@@ -51,12 +51,10 @@ TODAY_AND_LIMIT: dict[str, tuple[int, int]] = {
     "orm_read": (2, 1),           # with Session(engine): get()
     "orm_write": (4, 3),          # with Session(engine): two update()s, commit()
 }
-# Where Babelfish differs today. run_transaction: after its COMMIT TRAN the pool calls
-# pymssql's rollback() to re-open pymssql's transaction; pymssql ignores the "no transaction"
-# error only by SQL Server's text, which Babelfish words differently, so the connection is
-# discarded after every unit and the next one logs in again (its SET batch and BEGIN TRAN
-# count: 5 + 2). One BEGIN TRAN batch instead of rollback() removes both differences.
-BABELFISH_TODAY: dict[str, int] = {"run_transaction": 7}
+# Where Babelfish differs today: nowhere. (Before the pool's rollback treated Babelfish's
+# wording of error 3903 as the no-op it is, run_transaction cost 7 there: every COMMIT cost
+# the connection and the next unit logged in again.)
+BABELFISH_TODAY: dict[str, int] = {}
 VALIDATION_TRIPS = 1              # a connection idle past validate_after: one check
 
 

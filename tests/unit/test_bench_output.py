@@ -52,7 +52,7 @@ def test_a_run_writes_to_out_and_leaves_the_committed_results_alone(
     before = {p.name: p.stat().st_mtime_ns for p in COMMITTED.iterdir()}
     rf = recovery.rf
 
-    def run_fault(fault: Any, pool: str, after: float) -> Any:
+    def run_fault(fault: Any, pool: str, after: float, real: Any = None) -> Any:
         return rf.Outcome(fault=fault.key, pool=pool, units_ok=3, run_end=1.0)
 
     monkeypatch.setattr(rf, "run_fault", run_fault)

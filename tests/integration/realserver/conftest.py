@@ -9,8 +9,14 @@ Order of preference (``--backend``, declared in tests/conftest.py):
 * ``testcontainers``: starts ``mcr.microsoft.com/mssql/server:2022-latest`` (override
   with ``MSSQL_POOL_TEST_IMAGE``) for the session.
 * ``compose``: pytest-docker brings up docker/docker-compose.yml for the session.
-* ``auto`` (default): the URL if set, else testcontainers, else compose, whichever is
-  installed and finds a Docker engine.
+* ``babelfish``: Babelfish for PostgreSQL (a SQL-Server-compatible engine that speaks
+  TDS), started through ``../shared/babelfish/start.sh`` (relative to the repository
+  root; ``MSSQL_POOL_BABELFISH_START`` names another start script). Restarts use
+  ``start.sh restart``. Tests that need a SQL Server feature Babelfish lacks carry
+  ``@pytest.mark.needs_feature("name")`` and are skipped there with the reason
+  (:data:`BABELFISH_LACKS`).
+* ``auto`` (default): the URL if set, else Babelfish when its start script exists, else
+  testcontainers, else compose, whichever is installed and finds a Docker engine.
 
 Without any of them every test here is skipped with one reason line.
 
@@ -39,13 +45,29 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-COMPOSE_FILE = Path(__file__).resolve().parents[3] / "docker" / "docker-compose.yml"
+REPO_ROOT = Path(__file__).resolve().parents[3]
+COMPOSE_FILE = REPO_ROOT / "docker" / "docker-compose.yml"
+BABELFISH_START = Path(
+    os.environ.get("MSSQL_POOL_BABELFISH_START")
+    or REPO_ROOT.parent / "shared" / "babelfish" / "start.sh"
+)
+#: SQL Server features Babelfish 4.2 does not have, by the name tests use in
+#: ``@pytest.mark.needs_feature(name)``, with what is missing.
+BABELFISH_LACKS = {
+    "sp_reset_connection": "no sp_reset_connection by RPC (it resets only on the TDS "
+    "header's RESETCONNECTION flag, which FreeTDS cannot send)",
+    "waitfor": "no WAITFOR and no server-side sleep",
+    "error_numbers": "lock timeouts, syntax errors and missing objects all come back as "
+    "33557097 with a PostgreSQL-style message",
+    "session_context": "no sp_set_session_context / SESSION_CONTEXT",
+}
 DEFAULT_IMAGE = "mcr.microsoft.com/mssql/server:2022-latest"
 DEFAULT_PASSWORD = "MssqlPool-Test-2022"
 READY_TIMEOUT = float(os.environ.get("MSSQL_POOL_TEST_READY_TIMEOUT", "180"))
 HOW_TO = (
     "set MSSQL_POOL_TEST_URL=mssql://sa:PASSWORD@HOST:1433/master, or install "
-    "'.[docker]' on a machine with a Docker engine (tox -e docker)"
+    "'.[docker]' on a machine with a Docker engine (tox -e docker), or provide a Babelfish "
+    "start script (MSSQL_POOL_BABELFISH_START)"
 )
 
 
@@ -62,6 +84,25 @@ class RealServer:
     restart: Callable[[], None] | None = None
     # For the testcontainers backend the host port may change after a restart.
     refresh: Callable[[], tuple[str, int]] | None = None
+    _version: str | None = field(default=None, repr=False)
+
+    @property
+    def version(self) -> str:
+        """@@VERSION (read once)."""
+        if self._version is None:
+            conn = self.connect()
+            try:
+                cur = conn.cursor()
+                cur.execute("SELECT @@VERSION")
+                self._version = str(cur.fetchone()[0])
+            finally:
+                conn.close()
+        return self._version
+
+    @property
+    def is_babelfish(self) -> bool:
+        """Babelfish for PostgreSQL, whichever backend reached it."""
+        return self.backend == "babelfish" or self.version.startswith("Babelfish")
 
     @property
     def url(self) -> str:
@@ -216,6 +257,10 @@ def _choose_backend(config: pytest.Config) -> tuple[str | None, str]:
     wanted = config.getoption("--backend")
     have_tc = importlib.util.find_spec("testcontainers") is not None
     have_compose = importlib.util.find_spec("pytest_docker") is not None
+    if wanted == "babelfish" or (wanted == "auto" and BABELFISH_START.is_file()):
+        if not BABELFISH_START.is_file():
+            return None, f"no Babelfish start script at {BABELFISH_START}"
+        return "babelfish", ""
     if wanted == "testcontainers" and not have_tc:
         return None, "testcontainers is not installed (pip install -e '.[docker]')"
     if wanted == "compose" and not have_compose:
@@ -248,6 +293,51 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(f"real SQL Server tests: {reason}")
 
 
+@pytest.fixture(autouse=True)
+def _needs_feature(request: pytest.FixtureRequest) -> None:
+    """Skip, with the reason, a test marked ``needs_feature(name)`` on a server lacking it."""
+    wanted = [f for mark in request.node.iter_markers("needs_feature") for f in mark.args]
+    if not wanted:
+        return
+    server: RealServer = request.getfixturevalue("real_server")
+    if server.is_babelfish:
+        for feature in wanted:
+            if feature in BABELFISH_LACKS:
+                pytest.skip(f"needs {feature}: Babelfish has {BABELFISH_LACKS[feature]}")
+
+
+def run_start_script(*args: str, env: dict[str, str] | None = None,
+                     timeout: float = 120.0) -> str:
+    """Run the Babelfish start script; its last output line is the URL."""
+    out = subprocess.run(
+        ["bash", str(BABELFISH_START), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    if out.returncode != 0:
+        raise RuntimeError(
+            f"{BABELFISH_START.name} {' '.join(args)} failed ({out.returncode}): "
+            f"{out.stderr.strip()[-400:]}"
+        )
+    lines = out.stdout.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def _from_babelfish() -> Iterator[RealServer]:
+    url = run_start_script("start")
+    server = parse_test_url(url)
+    server.backend = "babelfish"
+
+    def restart() -> None:
+        run_start_script("restart")
+
+    server.restart = restart
+    wait_for_login(server, 60.0)
+    yield server  # left running: starting it again costs 0.1 s
+
+
 @pytest.fixture(scope="session")
 def docker_compose_file() -> str:
     """pytest-docker: our compose file (used by --backend=compose only)."""
@@ -263,6 +353,8 @@ def real_server(request: pytest.FixtureRequest) -> Iterator[RealServer]:
         server = parse_test_url(os.environ["MSSQL_POOL_TEST_URL"])
         wait_for_login(server, 30.0)
         yield server
+    elif backend == "babelfish":
+        yield from _from_babelfish()
     elif backend == "testcontainers":
         yield from _from_testcontainers()
     else:

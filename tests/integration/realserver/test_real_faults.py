@@ -131,6 +131,9 @@ def test_run_transaction_retries_a_real_deadlock(real_server: RealServer, table_
                 t.join(90)
             assert errors == []
             assert sorted(attempts.values()) == [1, 2]  # one victim, re-run once
+            # The victim's rollback finds no transaction (3903 on Babelfish, in words
+            # pymssql does not recognise): a no-op, not a reason to drop the connection.
+            assert pool.get_stats()["connections_discarded"] == 0
             with pool.connection() as conn:
                 cur = conn.cursor()
                 cur.execute(f"SELECT tid, COUNT(*) FROM dbo.{table_name}_ledger GROUP BY tid")
@@ -291,14 +294,15 @@ def test_programming_errors_are_classified_not_retryable(
     with make_pool(real_server, "mp-classify", max_size=1) as pool:
         for sql, number in (
             ("SELECT * FROM dbo.no_such_table_xyz", 208),
-            ("SELEC 1", 102),
+            ("SELECT 1 +", 102),
             ("SELECT no_such_column FROM sys.objects", 207),
         ):
             with pytest.raises(Exception) as info:  # noqa: PT011
                 with pool.connection() as conn:
                     conn.cursor().execute(sql)
             ci = classify(info.value)
-            assert ci.number == number or number in ci.numbers, (sql, ci)
+            # Babelfish: 33557097 with a PostgreSQL-style text, read as the same number.
+            assert ci.number == number, (sql, ci)
             assert not ci.retryable and not ci.connection_dead
 
 

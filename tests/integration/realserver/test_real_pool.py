@@ -38,8 +38,9 @@ def scalar(conn: Any, sql: str, params: Any = None) -> Any:
 def test_login_and_version(real_server: RealServer) -> None:
     with make_pool(real_server, "mp-version") as pool:
         with pool.connection() as conn:
-            version = scalar(conn, "SELECT @@VERSION")
-            assert str(version).startswith("Microsoft SQL Server") or "SQL Edge" in str(version)
+            version = str(scalar(conn, "SELECT @@VERSION"))
+            assert version.startswith(("Microsoft SQL Server", "Babelfish for PostgreSQL")) \
+                or "SQL Edge" in version
             assert scalar(conn, "SELECT @@TRANCOUNT") in (0, 1)  # pymssql's own BEGIN TRAN
 
 
@@ -65,28 +66,110 @@ def test_uncommitted_work_is_rolled_back_on_return(
             assert scalar(conn, "SELECT @@TRANCOUNT") <= 1
 
 
+def leave_session_state(conn: Any, *, session_context: bool) -> None:
+    cur = conn.cursor()
+    # READ UNCOMMITTED: a level both engines have. First: Babelfish refuses to change the
+    # isolation level once its transaction has done any work.
+    cur.execute("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
+    cur.execute("CREATE TABLE #leak (x INT)")
+    cur.execute("SET CONTEXT_INFO 0x1234")
+    if session_context:
+        cur.execute("EXEC sp_set_session_context @key = N'tenant', @value = N'acme'")
+    cur.execute("SET LOCK_TIMEOUT 1234")
+
+
+def assert_clean_session(conn: Any) -> None:
+    assert scalar(conn, "SELECT OBJECT_ID('tempdb..#leak')") is None
+    assert scalar(conn, "SELECT CONTEXT_INFO()") is None
+    assert scalar(conn, "SELECT SESSION_CONTEXT(N'tenant')") is None
+    assert scalar(conn, "SELECT @@LOCK_TIMEOUT") == -1
+    level = scalar(
+        conn,
+        "SELECT transaction_isolation_level FROM sys.dm_exec_sessions WHERE session_id = @@SPID",
+    )
+    assert level == 2  # READ COMMITTED
+
+
 def test_session_state_never_leaks_to_the_next_borrower(real_server: RealServer) -> None:
+    """On every engine: reset when the server can, a fresh session when it cannot."""
     with make_pool(real_server, "mp-reset", max_size=1) as pool:
         with pool.connection() as conn:
+            leave_session_state(conn, session_context=True)
+        with pool.connection() as conn:
+            assert_clean_session(conn)
+        with pool.connection() as conn:   # and again: the decision is remembered
+            leave_session_state(conn, session_context=True)
+        with pool.connection() as conn:
+            assert_clean_session(conn)
+            assert scalar(conn, "SELECT @@TRANCOUNT") == 1   # pymssql's own BEGIN TRAN
+
+
+@pytest.mark.needs_feature("sp_reset_connection")
+def test_full_reset_keeps_the_physical_session(real_server: RealServer) -> None:
+    with make_pool(real_server, "mp-reset-same", max_size=1) as pool:
+        with pool.connection() as conn:
             spid = scalar(conn, "SELECT @@SPID")
-            cur = conn.cursor()
-            cur.execute("CREATE TABLE #leak (x INT)")
-            cur.execute("SET CONTEXT_INFO 0x1234")
-            cur.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-            cur.execute("EXEC sp_set_session_context @key = N'tenant', @value = N'acme'")
-            cur.execute("SET LOCK_TIMEOUT 1234")
+            leave_session_state(conn, session_context=True)
         with pool.connection() as conn:
             assert scalar(conn, "SELECT @@SPID") == spid  # same physical session, reset
-            assert scalar(conn, "SELECT OBJECT_ID('tempdb..#leak')") is None
-            assert scalar(conn, "SELECT CONTEXT_INFO()") is None
-            assert scalar(conn, "SELECT SESSION_CONTEXT(N'tenant')") is None
+            assert_clean_session(conn)
+        assert pool.get_stats()["connections_num"] == 1
+
+
+def test_without_sp_reset_connection_changed_sessions_are_replaced_once_said(
+    real_server: RealServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Babelfish: the missing procedure is found once, said once at INFO, and a changed
+    session is closed instead (no failed checkout or return, no repeated failing reset)."""
+    import logging
+
+    if not real_server.is_babelfish:
+        pytest.skip("the server has sp_reset_connection (covered by the test above)")
+    caplog.set_level(logging.INFO, logger="mssql_pool")
+    with make_pool(real_server, "mp-reset-none", max_size=1) as pool:
+        spids = []
+        for _ in range(3):
+            with pool.connection() as conn:
+                spids.append(scalar(conn, "SELECT @@SPID"))
+                conn.cursor().execute("SET LOCK_TIMEOUT 1234")
+        with pool.connection() as conn:       # plain work keeps the session: rollback only
+            spids.append(scalar(conn, "SELECT @@SPID"))
+        with pool.connection() as conn:
+            spids.append(scalar(conn, "SELECT @@SPID"))
             assert scalar(conn, "SELECT @@LOCK_TIMEOUT") == -1
-            level = scalar(
-                conn,
-                "SELECT transaction_isolation_level FROM sys.dm_exec_sessions "
-                "WHERE session_id = @@SPID",
-            )
-            assert level == 2  # READ COMMITTED
+        stats = pool.get_stats()
+    said = [r for r in caplog.records if "sp_reset_connection" in r.getMessage()
+            and r.levelno >= logging.INFO]
+    assert len(said) == 1 and said[0].levelno == logging.INFO
+    assert len(set(spids[:3])) == 3 and spids[3] == spids[4]
+    assert stats["connections_discarded"] == 3
+    assert stats["requests_errors"] == 0
+
+
+def test_a_commit_never_costs_the_connection(real_server: RealServer, table_name: str) -> None:
+    """run_transaction's COMMIT, then pymssql's rollback() to reopen its transaction: on
+    Babelfish that rollback raises 3903 in other words; it is still a no-op."""
+    admin = real_server.connect()
+    admin.cursor().execute(f"CREATE TABLE dbo.{table_name} (id INT PRIMARY KEY)")
+    admin.close()
+
+    def unit(conn: Any, i: int) -> None:
+        conn.cursor().execute(f"INSERT INTO dbo.{table_name} VALUES (%d)", (i,))
+
+    with make_pool(real_server, "mp-commit", max_size=1) as pool:
+        with pool.connection() as conn:
+            spid = scalar(conn, "SELECT @@SPID")
+        for i in range(10):
+            pool.run_transaction(unit, i)
+        with pool.connection() as conn:
+            assert scalar(conn, "SELECT @@SPID") == spid
+            assert scalar(conn, f"SELECT COUNT(*) FROM dbo.{table_name}") == 10
+            assert scalar(conn, "SELECT @@TRANCOUNT") == 1   # pymssql's invariant kept
+            conn.cursor().execute("COMMIT TRAN")
+            conn.rollback()                     # nothing to roll back: not an error
+            assert scalar(conn, "SELECT @@TRANCOUNT") == 1
+        stats = pool.get_stats()
+    assert stats["connections_num"] == 1 and stats["connections_discarded"] == 0
 
 
 def test_killed_idle_session_is_replaced_transparently(real_server: RealServer) -> None:
