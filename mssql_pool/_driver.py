@@ -1,9 +1,10 @@
 """The one module that knows the shapes of driver exceptions.
 
-pymssql reports the same kind of failure in several shapes (FACTS.md, "How pymssql
-reports errors"); python-tds and raw sockets add their own. :func:`extract` turns any
-of them into a :class:`RawError`: the SQL Server / DB-Library numbers involved, the
-highest severity, a short text, and hints about the state of the connection.
+pymssql reports the same kind of failure in several shapes (listed below, and in
+docs/retries.md, "pymssql's shapes and quirks"); python-tds and raw sockets add their
+own. :func:`extract` turns any of them into a :class:`RawError`: the SQL Server /
+DB-Library numbers involved, the highest severity, a short text, and hints about the
+state of the connection.
 Everything else in mssql_pool works with :mod:`mssql_pool.classify`'s view instead.
 
 Shapes handled:
@@ -331,8 +332,9 @@ def extract(exc: BaseException) -> RawError:
     primary: int | None = None
     for i, e in enumerate(chain):
         if connect and _MSSQL is not None and isinstance(e, _MSSQL.MSSQLDatabaseException):
-            # The exception under a failed connect() carries the stale module-global
-            # number and severity (FACTS.md): the text read above is all we trust.
+            # The exception under a failed connect() carries the module-global number and
+            # severity, which pymssql's clr_err() never resets, so they may be an earlier
+            # failure's: the text read above is all we trust.
             continue
         raw = _from_one(e)
         if raw is None:
