@@ -72,3 +72,28 @@ def test_the_repository_refers_to_no_notes_outside_it() -> None:
     if found.returncode not in (0, 1):
         pytest.skip(f"not a git checkout: {found.stderr.strip()}")
     assert found.stdout == "", found.stdout
+
+
+def _imports_inside_functions(path: Path) -> list[str]:
+    import ast
+
+    found: list[str] = []
+    for func in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(func):
+            if isinstance(node, ast.ImportFrom) and (node.level or "mssql_pool" in (
+                    node.module or "")):
+                found.append(f"{path.name}:{node.lineno} from {'.' * node.level}"
+                             f"{node.module or ''}")
+    return found
+
+
+def test_the_test_server_has_no_import_cycles_hidden_in_functions() -> None:
+    """The engine's parts import each other at the top (result types live in the leaf
+    ``_results``), so an import cycle cannot hide in a function; only the package's lazy
+    ``TdsServer`` (``__init__``) imports inside a function."""
+    testing = ROOT / "mssql_pool" / "testing"
+    found = [hit for path in sorted(testing.glob("*.py"))
+             for hit in _imports_inside_functions(path)]
+    assert found == ["__init__.py:23 from ."], found

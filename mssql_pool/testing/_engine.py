@@ -25,6 +25,17 @@ from typing import Any
 from . import _locks, _plans, _procs, _types
 from . import _protocol as P
 from ._faults import error_text
+from ._results import (
+    Done,
+    Env,
+    Info,
+    Out,
+    ReturnFromProcedure,
+    ReturnStatus,
+    Rows,
+    SqlError,
+    Waiter,
+)
 from ._tsql import Block, IfStmt, Simple, SqlSyntaxError, Tok, TryCatch, tokenize, unquote
 
 log = logging.getLogger("mssql_pool.testing.engine")
@@ -57,28 +68,6 @@ _OPTION_BITS = {
 # errors that end only the statement (the batch goes on), as SQL Server's do
 STATEMENT_ERRORS = frozenset({245, 515, 547, 1222, 2601, 2627, 3701, 3902, 3903, 6104, 6106,
                               8134})
-
-class SqlError(Exception):
-    """An error to report to the client: number, severity, text."""
-
-    def __init__(self, number: int, text: str | None = None, severity: int | None = None,
-                 state: int = 1, **fields: object) -> None:
-        from ._faults import default_severity
-
-        self.number = number
-        self.severity = default_severity(number) if severity is None else severity
-        self.text = text if text is not None else error_text(number, **fields)
-        self.state = state
-        super().__init__(f"{number}: {self.text}")
-
-
-class Interrupted(Exception):
-    """An attention or a KILL cut the request short."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason  # "attention" or "kill"
-
 
 # ------------------------------------------------------------------------- sqlite typing
 
@@ -225,43 +214,6 @@ def literal(v: Any) -> str:
     return "'" + str(v).replace("'", "''") + "'"
 
 
-# ------------------------------------------------------------------------- outputs
-
-
-@dataclass
-class Rows:
-    columns: list[P.Column]
-    rows: list[tuple[Any, ...]]
-
-
-@dataclass
-class Done:
-    count: int | None  # None: no row count
-
-
-@dataclass
-class Info:
-    number: int
-    text: str
-    severity: int = 0
-    state: int = 1
-
-
-@dataclass
-class Env:
-    kind: int
-    new: str | bytes
-    old: str | bytes
-
-
-@dataclass
-class ReturnStatus:
-    value: int
-
-
-Out = Rows | Done | Info | Env | ReturnStatus | SqlError
-
-
 # ------------------------------------------------------------------------- server-wide
 
 
@@ -314,9 +266,6 @@ class Engine:
 
 
 # ------------------------------------------------------------------------- per session
-
-Waiter = Callable[[float], None]  # sleeps, raising Interrupted when cut short
-
 
 @dataclass
 class SessionState:
@@ -581,7 +530,7 @@ class Executor:
         except SqlError as exc:
             self._on_error(exc)
             out.append(exc)
-        except _Return:
+        except ReturnFromProcedure:
             pass
         return out
 
@@ -697,7 +646,7 @@ class Executor:
             if not self.engine.kill(spid):
                 raise SqlError(6106, f"Process ID {spid} is not an active process ID.", 16)
         elif head == "RETURN":  # the value is a procedure's return status
-            raise _Return(self._scalar(toks[1:]) if len(toks) > 1 else 0)
+            raise ReturnFromProcedure(self._scalar(toks[1:]) if len(toks) > 1 else 0)
         elif head == "CREATE" and len(w) > 1 and w[1] == "DATABASE":
             self.engine.add_database(unquote(toks[2]))
         elif head == "WHILE":
@@ -1551,10 +1500,6 @@ def _printf(fmt: str, args: list[Any]) -> str:
             return "(null)"
 
     return re.sub(r"%%|%[-+ #0]*\d*(?:\.\d+)?(?:I64)?[dsiuxXo]", sub, fmt)
-
-
-class _Return(Exception):
-    pass
 
 
 # -------------------------------------------------------------- catalog builders

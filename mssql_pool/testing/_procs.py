@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _types
+from ._results import Done, Out, ReturnFromProcedure, ReturnStatus, SqlError, Waiter
 from ._tsql import SqlSyntaxError, Tok, parse, tokenize, unquote
 
 if TYPE_CHECKING:
-    from ._engine import Engine, Executor, Out, SqlError, Waiter
+    from ._engine import Engine, Executor
 
 _DEFINE = re.compile(r"^\s*(?:CREATE\s+(?:OR\s+ALTER\s+)?|ALTER\s+)PROC(?:EDURE)?\b", re.I)
 _DROP = re.compile(r"^\s*DROP\s+PROC(?:EDURE)?\b", re.I)
@@ -72,8 +73,6 @@ def _name(toks: list[Tok], i: int) -> tuple[str, int]:
 
 def run_definition(ex: Executor, sql: str) -> list[Out]:
     """CREATE / ALTER / DROP PROCEDURE as a whole batch."""
-    from ._engine import Done, SqlError
-
     try:
         toks = tokenize(sql)
     except SqlSyntaxError as exc:
@@ -113,8 +112,6 @@ def run_definition(ex: Executor, sql: str) -> list[Out]:
 def _drop(toks: list[Tok], i: int, procs: dict[tuple[str, str], Procedure],
           db: str) -> list[Out]:
     """DROP PROCEDURE [IF EXISTS] name; ``i`` is just after PROCEDURE."""
-    from ._engine import Done, SqlError
-
     if_exists = i + 1 < len(toks) and toks[i].up == "IF" and toks[i + 1].up == "EXISTS"
     if if_exists:
         i += 2
@@ -131,8 +128,6 @@ def _drop(toks: list[Tok], i: int, procs: dict[tuple[str, str], Procedure],
 
 def _params(ex: Executor, head: list[Tok]) -> list[Param] | SqlError:
     """The parameter list of CREATE PROCEDURE, or the syntax error in it."""
-    from ._engine import SqlError
-
     params: list[Param] = []
     for part in _types.split_top(head):
         if not part:
@@ -155,8 +150,6 @@ def _params(ex: Executor, head: list[Tok]) -> list[Param] | SqlError:
 def call(ex: Executor, name: str, args: list[tuple[str | None, Any]], out: list[Out],
          wait: Waiter) -> bool:
     """Run a user procedure; False when there is none of that name."""
-    from ._engine import ReturnStatus, SqlError, _Return
-
     short = name.split(".")[-1].strip("[]").lower()
     with _lock:
         proc = _procs(ex.engine).get((ex.state.database.lower(), short))
@@ -190,7 +183,7 @@ def call(ex: Executor, name: str, args: list[tuple[str | None, Any]], out: list[
     status = 0
     try:
         ex._run_list(parse(proc.body), out, wait)
-    except _Return as ret:
+    except ReturnFromProcedure as ret:
         status = int(ret.args[0] or 0) if ret.args else 0
     finally:
         ex.state.variables = saved_vars

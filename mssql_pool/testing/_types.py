@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _protocol as P
-from ._tsql import Tok, unquote
+from ._tsql import Tok, tokenize, unquote
 
 if TYPE_CHECKING:
     from ._engine import Executor
@@ -656,8 +656,6 @@ def declare_params(ex: Executor, decl: Any) -> None:
 
 @functools.lru_cache(maxsize=512)
 def _params_of(decl: str) -> tuple[tuple[str, SqlType | None], ...]:
-    from ._tsql import tokenize
-
     try:
         return _declared(tokenize(decl))
     except Exception:  # noqa: BLE001 - a malformed declaration only loses the typing
