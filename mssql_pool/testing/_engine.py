@@ -9,7 +9,6 @@ level (variables, ``@@`` values, ``#temp`` names, ``dbo.`` qualifiers, ``N''``, 
 from __future__ import annotations
 
 import datetime as _dt
-import decimal
 import functools
 import logging
 import os
@@ -24,6 +23,8 @@ from typing import Any
 
 from . import _locks, _plans, _procs, _types
 from . import _protocol as P
+from ._catalog import CATALOG
+from ._columns import infer_columns, literal, register_converters
 from ._faults import error_text
 from ._results import (
     Done,
@@ -69,151 +70,6 @@ _OPTION_BITS = {
 STATEMENT_ERRORS = frozenset({245, 515, 547, 1222, 2601, 2627, 3701, 3902, 3903, 6104, 6106,
                               8134})
 
-# ------------------------------------------------------------------------- sqlite typing
-
-
-class _DateTime2(_dt.datetime):
-    pass
-
-
-def _conv_datetime(cls: type[_dt.datetime]) -> Callable[[bytes], Any]:
-    def conv(raw: bytes) -> Any:
-        s = raw.decode()
-        try:
-            v = _dt.datetime.fromisoformat(s.replace("Z", ""))
-        except ValueError:
-            return s
-        return cls(v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond)
-
-    return conv
-
-
-def _conv_date(raw: bytes) -> Any:
-    try:
-        return _dt.datetime.fromisoformat(raw.decode()).date()
-    except ValueError:
-        return raw.decode()
-
-
-def _conv_decimal(raw: bytes) -> Any:
-    try:
-        return decimal.Decimal(raw.decode())
-    except decimal.InvalidOperation:
-        return raw.decode()
-
-
-def _conv_bit(raw: bytes) -> Any:
-    s = raw.decode()
-    return s not in ("0", "0.0", "") if s.lstrip("-").replace(".", "").isdigit() else s
-
-
-def _conv_binary(raw: bytes) -> bytes:
-    # blobs arrive unchanged; text stored into a binary column converts like varchar does
-    try:
-        return raw.decode("utf-8").encode("latin-1")
-    except (UnicodeDecodeError, UnicodeEncodeError):
-        return raw
-
-
-_registered = False
-
-
-def _register_converters() -> None:
-    global _registered
-    if _registered:
-        return
-    sqlite3.register_converter("BIT", _conv_bit)
-    for name in ("DECIMAL", "NUMERIC", "MONEY", "SMALLMONEY"):
-        sqlite3.register_converter(name, _conv_decimal)
-    for name in ("DATETIME", "SMALLDATETIME"):
-        sqlite3.register_converter(name, _conv_datetime(_dt.datetime))
-    sqlite3.register_converter("DATETIME2", _conv_datetime(_DateTime2))
-    sqlite3.register_converter("DATE", _conv_date)
-    for name in ("VARBINARY", "BINARY", "IMAGE", "ROWVERSION"):
-        sqlite3.register_converter(name, _conv_binary)
-    _registered = True
-
-
-def infer_columns(names: list[str], rows: list[tuple[Any, ...]]) -> list[P.Column]:
-    cols: list[P.Column] = []
-    for i, name in enumerate(names):
-        kind = ""
-        size = 2
-        scale = 0
-        for r in rows:
-            v = r[i]
-            if v is None:
-                continue
-            if isinstance(v, bool):
-                k = P.K_BIT
-            elif isinstance(v, int):
-                k = P.K_INT if -(2**31) <= v < 2**31 else P.K_BIGINT
-                if kind == P.K_BIGINT or (kind == P.K_INT and k == P.K_BIGINT):
-                    k = P.K_BIGINT
-            elif isinstance(v, float):
-                k = P.K_FLOAT
-            elif isinstance(v, decimal.Decimal):
-                k = P.K_DECIMAL
-                exp = v.as_tuple().exponent
-                if isinstance(exp, int):
-                    scale = max(scale, -exp)
-            elif isinstance(v, _DateTime2):
-                k = P.K_DATETIME2
-            elif isinstance(v, _dt.datetime):
-                k = P.K_DATETIME
-            elif isinstance(v, _dt.date):
-                k = P.K_DATE
-            elif isinstance(v, bytes):
-                k = P.K_VARBINARY
-                size = max(size, len(v))
-            elif isinstance(v, str) and _DT_TEXT.match(v):
-                k = P.K_DATETIME
-            else:
-                k = P.K_NVARCHAR
-                size = max(size, 2 * len(str(v)))
-            if kind and kind != k and {kind, k} != {P.K_INT, P.K_BIGINT}:
-                kind = P.K_NVARCHAR if P.K_NVARCHAR in (kind, k) else P.K_FLOAT
-            else:
-                kind = k
-        kind = kind or P.K_INT
-        if kind == P.K_NVARCHAR:
-            size = -1 if size > 8000 else 8000
-        elif kind == P.K_VARBINARY:
-            size = -1 if size > 8000 else 8000
-        if kind in (P.K_DATETIME, P.K_DATETIME2):
-            for r_i, r in enumerate(rows):
-                v = r[i]
-                if isinstance(v, str):
-                    rows[r_i] = r[:i] + (_dt.datetime.fromisoformat(v[:26]),) + r[i + 1 :]
-                    r = rows[r_i]
-        cols.append(P.Column(_column_name(name), kind, size=size, precision=38,
-                             scale=min(scale, 38)))
-    return cols
-
-
-_PLAIN_NAME = re.compile(r"^[^\W\d][\w$#@]*$")
-
-
-def _column_name(name: str) -> str:
-    return name if _PLAIN_NAME.match(name) else ""
-
-
-def literal(v: Any) -> str:
-    if v is None:
-        return "NULL"
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if isinstance(v, (int, float, decimal.Decimal)):
-        return str(v)
-    if isinstance(v, bytes):
-        return "0x" + v.hex()
-    if isinstance(v, _dt.datetime):
-        return "'" + v.isoformat(sep=" ") + "'"
-    if isinstance(v, _dt.date):
-        return "'" + v.isoformat() + "'"
-    return "'" + str(v).replace("'", "''") + "'"
-
-
 # ------------------------------------------------------------------------- server-wide
 
 
@@ -222,7 +78,7 @@ class Engine:
 
     def __init__(self, data_dir: str, databases: Iterable[str], server_name: str,
                  lock_wait: float = 10.0) -> None:
-        _register_converters()
+        register_converters()
         self.data_dir = data_dir
         self.server_name = server_name
         self.lock_wait = lock_wait
@@ -1266,7 +1122,7 @@ class Executor:
             return
         con = self.conn
         for view in set(re.findall(r"\b(sys|information_schema)\.\"?(\w+)", low)):
-            builder = _CATALOG.get(view)
+            builder = CATALOG.get(view)
             if builder is None:
                 continue
             columns, rows = builder(self)
@@ -1428,9 +1284,6 @@ def _values_alias(toks: list[Tok]) -> list[Tok]:
     return out
 
 
-_DT_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,7})?$")
-
-
 def _selects_into(toks: list[Tok]) -> bool:
     return toks[0].up == "SELECT" and any(t.up == "INTO" for t in toks)
 
@@ -1500,155 +1353,6 @@ def _printf(fmt: str, args: list[Any]) -> str:
             return "(null)"
 
     return re.sub(r"%%|%[-+ #0]*\d*(?:\.\d+)?(?:I64)?[dsiuxXo]", sub, fmt)
-
-
-# -------------------------------------------------------------- catalog builders
-
-Catalog = tuple[list[str], list[tuple[Any, ...]]]
-
-
-def _cat_sessions(ex: Executor) -> Catalog:
-    cols = ["session_id", "login_name", "host_name", "program_name", "status", "database_id",
-            "transaction_isolation_level", "login_time", "is_user_process", "context_info",
-            "open_transaction_count", "original_login_name", "language", "lock_timeout",
-            "text_size", "quoted_identifier", "arithabort", "ansi_nulls", "ansi_warnings",
-            "ansi_padding", "concat_null_yields_null"]
-    rows = []
-    for s in ex.engine.sessions_provider():
-        state: SessionState | None = s.get("_state")
-        if state is None:
-            continue
-        o = state.options
-        rows.append((state.spid, state.user, state.hostname, state.appname,
-                     "running" if s.get("in_request") else "sleeping",
-                     ex.engine.database_id(state.database), state.isolation,
-                     state.login_time.isoformat(sep=" "), 1, state.context_info,
-                     state.trancount, state.user, state.language, state.lock_timeout,
-                     state.textsize, int(o.get("QUOTED_IDENTIFIER", False)),
-                     int(o.get("ARITHABORT", False)), int(o.get("ANSI_NULLS", False)),
-                     int(o.get("ANSI_WARNINGS", False)), int(o.get("ANSI_PADDING", False)),
-                     int(o.get("CONCAT_NULL_YIELDS_NULL", False))))
-    return cols, rows
-
-
-def _cat_databases(ex: Executor) -> Catalog:
-    cols = ["name", "database_id", "compatibility_level", "state", "state_desc",
-            "snapshot_isolation_state", "is_read_committed_snapshot_on", "collation_name",
-            "user_access_desc", "is_read_only"]
-    rows = [(name, i + 1, 160, 0, "ONLINE", 0, 0, "SQL_Latin1_General_CP1_CI_AS", "MULTI_USER", 0)
-            for i, name in enumerate(ex.engine.databases())]
-    return cols, rows
-
-
-def _cat_tables(ex: Executor) -> Catalog:
-    cols = ["name", "object_id", "schema_id", "type", "type_desc", "create_date",
-            "modify_date", "is_ms_shipped", "principal_id", "parent_object_id"]
-    rows = [(name, oid, 1, "U", "USER_TABLE", "2024-01-01 00:00:00", "2024-01-01 00:00:00", 0,
-             None, 0) for oid, name, _sql, _t in ex._tables()]
-    return cols, rows
-
-
-def _cat_objects(ex: Executor) -> Catalog:
-    cols, rows = _cat_tables(ex)
-    for rowid, name in ex.conn.execute(
-            "SELECT rowid, name FROM main.sqlite_master WHERE type='view'"):
-        rows.append((name, int(rowid) + 1000, 1, "V", "VIEW", "2024-01-01 00:00:00",
-                     "2024-01-01 00:00:00", 0, None, 0))
-    return cols, rows
-
-
-def _cat_schemas(ex: Executor) -> Catalog:
-    return ["name", "schema_id", "principal_id"], [
-        ("dbo", 1, 1), ("guest", 2, 2), ("INFORMATION_SCHEMA", 3, 3), ("sys", 4, 4)]
-
-
-def _cat_system_views(ex: Executor) -> Catalog:
-    names = ["dm_exec_sessions", "databases", "tables", "objects", "schemas", "columns",
-             "system_views", "dm_exec_requests", "dm_tran_session_transactions"]
-    return ["name", "object_id", "schema_id", "type", "type_desc"], [
-        (n, -100 - i, 4, "V", "VIEW") for i, n in enumerate(names)]
-
-
-def _cat_requests(ex: Executor) -> Catalog:
-    cols = ["session_id", "request_id", "status", "command", "database_id", "blocking_session_id",
-            "wait_type", "wait_time", "open_transaction_count", "transaction_isolation_level"]
-    rows = [(s["spid"], 0, "running", "SELECT", 1, 0, None, 0, 0, 2)
-            for s in ex.engine.sessions_provider() if s.get("in_request")]
-    return cols, rows
-
-
-def _decl_info(decl: str) -> tuple[str, int | None, int | None, int | None]:
-    m = re.match(r"\s*(\w+)\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?", decl or "")
-    if not m:
-        return ("sql_variant", None, None, None)
-    name = m.group(1).lower()
-    a = int(m.group(2)) if m.group(2) else None
-    b = int(m.group(3)) if m.group(3) else None
-    if name == "integer":
-        name = "int"
-    if name in ("nvarchar", "varchar", "nchar", "char", "varbinary", "binary"):
-        return (name, a if a is not None else -1, None, None)
-    if name in ("decimal", "numeric"):
-        return (name, None, a or 18, b or 0)
-    return (name, None, None, None)
-
-
-def _columns_of(ex: Executor) -> list[tuple[int, str, int, str, bool, Any, bool]]:
-    out = []
-    for oid, name, _sql, _t in ex._tables():
-        for cid, cname, ctype, notnull, default, pk in ex.conn.execute(
-                f'PRAGMA main.table_info("{name}")'):
-            out.append((oid, name, int(cid) + 1, cname, bool(notnull), default,
-                        bool(pk) and (ctype or "").upper() == "INTEGER", ctype))
-    return out  # type: ignore[return-value]
-
-
-def _cat_columns(ex: Executor) -> Catalog:
-    cols = ["object_id", "name", "column_id", "system_type_id", "user_type_id", "max_length",
-            "precision", "scale", "is_nullable", "is_identity", "is_computed",
-            "collation_name"]
-    rows = []
-    for oid, _t, cid, cname, notnull, _d, ident, ctype in _columns_of(ex):  # type: ignore[misc]
-        tname, ln, prec, scale = _decl_info(ctype)
-        rows.append((oid, cname, cid, 0, 0, ln or 0, prec or 0, scale or 0, int(not notnull),
-                     int(ident), 0, None))
-    return cols, rows
-
-
-def _cat_is_tables(ex: Executor) -> Catalog:
-    cols = ["TABLE_CATALOG", "TABLE_SCHEMA", "TABLE_NAME", "TABLE_TYPE"]
-    rows = [(ex.state.database, "dbo", name, "BASE TABLE") for _o, name, _s, _t in ex._tables()]
-    for (name,) in ex.conn.execute("SELECT name FROM main.sqlite_master WHERE type='view'"):
-        rows.append((ex.state.database, "dbo", name, "VIEW"))
-    return cols, rows
-
-
-def _cat_is_columns(ex: Executor) -> Catalog:
-    cols = ["TABLE_CATALOG", "TABLE_SCHEMA", "TABLE_NAME", "COLUMN_NAME", "ORDINAL_POSITION",
-            "COLUMN_DEFAULT", "IS_NULLABLE", "DATA_TYPE", "CHARACTER_MAXIMUM_LENGTH",
-            "NUMERIC_PRECISION", "NUMERIC_SCALE", "DATETIME_PRECISION", "COLLATION_NAME"]
-    rows = []
-    for _oid, tname, cid, cname, notnull, default, _i, ctype in _columns_of(ex):  # type: ignore[misc]
-        dtype, ln, prec, scale = _decl_info(ctype)
-        rows.append((ex.state.database, "dbo", tname, cname, cid, default,
-                     "NO" if notnull else "YES", dtype, ln, prec, scale, None,
-                     "SQL_Latin1_General_CP1_CI_AS" if ln is not None else None))
-    return cols, rows
-
-
-_CATALOG: dict[tuple[str, str], Callable[[Executor], Catalog]] = {
-    ("sys", "dm_exec_sessions"): _cat_sessions,
-    ("sys", "databases"): _cat_databases,
-    ("sys", "tables"): _cat_tables,
-    ("sys", "objects"): _cat_objects,
-    ("sys", "all_objects"): _cat_objects,
-    ("sys", "schemas"): _cat_schemas,
-    ("sys", "system_views"): _cat_system_views,
-    ("sys", "dm_exec_requests"): _cat_requests,
-    ("sys", "columns"): _cat_columns,
-    ("information_schema", "tables"): _cat_is_tables,
-    ("information_schema", "columns"): _cat_is_columns,
-}
 
 
 def monotonic() -> float:

@@ -6,7 +6,7 @@ real server would report for each result column, from (in order of precedence):
 * the select list: ``CAST(e AS T)``, ``CONVERT(T, e)``, a typed variable (``DECLARE`` or a
   ``sp_executesql`` parameter declaration), a numeric or string literal;
 * the declared type of a table column the select list names (``PRAGMA table_info``);
-* the Python values themselves (:func:`._engine.infer_columns`).
+* the Python values themselves (:func:`._columns.infer_columns`).
 
 Values are then coerced to that type (``Decimal`` quantized to the scale, ``char(n)`` padded,
 ISO text parsed into dates...) and the wire encoders registered here in
