@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import _fast
 from . import _protocol as P
-from ._engine import VERSION, Executor, SessionState
+from ._engine import Executor, SessionState
 from ._faults import Fault, default_severity, error_text
+from ._options import VERSION
 from ._results import Done, Env, Info, Interrupted, Out, ReturnStatus, Rows, SqlError
 
 if TYPE_CHECKING:

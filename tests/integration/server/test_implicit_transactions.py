@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from tds_client import scalar
 
 from mssql_pool.testing import TdsServer
-from mssql_pool.testing._engine import opens_implicit
+from mssql_pool.testing._translate import opens_implicit
 from mssql_pool.testing._tsql import tokenize
 
 pytestmark = pytest.mark.timeout(90)

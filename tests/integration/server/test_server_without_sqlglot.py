@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pymssql
 import pytest
 
-from mssql_pool.testing import TdsServer, _engine
+from mssql_pool.testing import TdsServer, _translate
 
 HINT = "sqlglot is not installed"
 
@@ -24,9 +24,9 @@ HINT = "sqlglot is not installed"
 @pytest.fixture
 def no_sqlglot(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setitem(sys.modules, "sqlglot", None)
-    _engine.to_sqlite.cache_clear()      # translations made with sqlglot must not be reused
+    _translate.to_sqlite.cache_clear()      # translations made with sqlglot must not be reused
     yield
-    _engine.to_sqlite.cache_clear()      # nor untranslated results after it
+    _translate.to_sqlite.cache_clear()      # nor untranslated results after it
 
 
 def _table() -> str:
