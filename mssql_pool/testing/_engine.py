@@ -422,16 +422,24 @@ class Executor:
     def _run_simple(self, s: Simple, out: list[Out], wait: Waiter) -> None:
         toks = s.toks
         w = [t.up for t in toks]
-        head = w[0]
         st = self.state
         if st.trancount == 0 and st.options.get("IMPLICIT_TRANSACTIONS") and opens_implicit(toks):
             self.begin(out)  # the unseen BEGIN TRAN of implicit transaction mode
-        if head == "SET":
-            self._set(toks, out)
-        elif head == "DECLARE":
-            self._declare(toks)
-            _types.declare(self, toks)
-        elif head == "BEGIN" and len(w) > 1 and w[1] in ("TRAN", "TRANSACTION", "DISTRIBUTED"):
+        if (self._transaction_statement(toks, w, out)
+                or self._session_statement(toks, w, out)
+                or self._flow_statement(toks, w, out, wait)):
+            return
+        if self._is_bare_call(toks):
+            # A procedure called without EXEC (SQL Server allows it as a batch's first
+            # statement).
+            self._exec([Tok("word", "EXEC", toks[0].start, toks[0].start), *toks], out, wait)
+        else:
+            self._sql(toks, out, wait)
+
+    def _transaction_statement(self, toks: list[Tok], w: list[str], out: list[Out]) -> bool:
+        """BEGIN TRAN, COMMIT, ROLLBACK [name], SAVE TRAN; False for anything else."""
+        head = w[0]
+        if head == "BEGIN" and len(w) > 1 and w[1] in ("TRAN", "TRANSACTION", "DISTRIBUTED"):
             self.begin(out)
         elif head == "COMMIT":
             self.commit(out)
@@ -446,18 +454,23 @@ class Executor:
             else:
                 self.rollback(out)
         elif head == "SAVE":
-            if st.trancount <= 0:
+            if self.state.trancount <= 0:
                 raise SqlError(628, "Cannot issue SAVE TRANSACTION when there is no active "
                                "transaction.", 16)
             self.locks.savepoint(unquote(toks[-1]))
-        elif head == "PRINT":
-            out.append(Info(0, str(self._scalar(toks[1:])), 0))
-        elif head == "RAISERROR":
-            self._raiserror(toks, out)
-        elif head == "THROW":
-            self._throw(toks)
-        elif head == "WAITFOR":
-            self._waitfor(toks, wait)
+        else:
+            return False
+        return True
+
+    def _session_statement(self, toks: list[Tok], w: list[str], out: list[Out]) -> bool:
+        """SET, DECLARE, USE, EXECUTE AS, SETUSER, REVERT, KILL, CREATE DATABASE."""
+        head = w[0]
+        st = self.state
+        if head == "SET":
+            self._set(toks, out)
+        elif head == "DECLARE":
+            self._declare(toks)
+            _types.declare(self, toks)
         elif head == "USE":
             self._use(unquote(toks[1]) if len(toks) > 1 else "", out)
         elif head in ("EXEC", "EXECUTE") and len(w) > 1 and w[1] == "AS":
@@ -470,26 +483,39 @@ class Executor:
         elif head == "REVERT":
             if st.impersonation:
                 st.impersonation.pop()
-        elif head in ("EXEC", "EXECUTE"):
-            self._exec(toks, out, wait)
         elif head == "KILL":
             spid = int(self._scalar(toks[1:]) or 0)
             if spid == st.spid:
                 raise SqlError(6104, "Cannot use KILL to kill your own process.", 16)
             if not self.engine.kill(spid):
                 raise SqlError(6106, f"Process ID {spid} is not an active process ID.", 16)
-        elif head == "RETURN":  # the value is a procedure's return status
-            raise ReturnFromProcedure(self._scalar(toks[1:]) if len(toks) > 1 else 0)
         elif head == "CREATE" and len(w) > 1 and w[1] == "DATABASE":
             self.engine.add_database(unquote(toks[2]))
+        else:
+            return False
+        return True
+
+    def _flow_statement(self, toks: list[Tok], w: list[str], out: list[Out],
+                        wait: Waiter) -> bool:
+        """PRINT, RAISERROR, THROW, WAITFOR, EXEC, RETURN (and WHILE, refused)."""
+        head = w[0]
+        if head == "PRINT":
+            out.append(Info(0, str(self._scalar(toks[1:])), 0))
+        elif head == "RAISERROR":
+            self._raiserror(toks, out)
+        elif head == "THROW":
+            self._throw(toks)
+        elif head == "WAITFOR":
+            self._waitfor(toks, wait)
+        elif head in ("EXEC", "EXECUTE"):
+            self._exec(toks, out, wait)
+        elif head == "RETURN":  # the value is a procedure's return status
+            raise ReturnFromProcedure(self._scalar(toks[1:]) if len(toks) > 1 else 0)
         elif head == "WHILE":
             raise SqlError(102, near="WHILE")
-        elif self._is_bare_call(toks):
-            # A procedure called without EXEC (SQL Server allows it as a batch's first
-            # statement).
-            self._exec([Tok("word", "EXEC", toks[0].start, toks[0].start), *toks], out, wait)
         else:
-            self._sql(toks, out, wait)
+            return False
+        return True
 
     def _is_bare_call(self, toks: list[Tok]) -> bool:
         if toks[0].kind not in ("word", "br", "dq"):

@@ -102,6 +102,28 @@ def map_error(ex: Executor, exc: sqlite3.Error, sql: str) -> SqlError:
     if ex._divided_by_zero:
         ex._divided_by_zero = False
         return SqlError(8134)
+    error = _unknown_name(msg) or _constraint(ex, msg)
+    if error is not None:
+        return error
+    if "database is locked" in msg or "database table is locked" in msg:
+        return SqlError(1222)
+    m = re.search(r"table (\S+) already exists", msg)
+    if m:
+        return SqlError(2714, name=m.group(1).strip('"'))
+    m = re.search(r'near "([^"]*)": syntax error', msg)
+    if m:
+        err = SqlError(102, near=m.group(1))
+        if not translation_available():
+            err = SqlError(102, f"{err.text} ({NO_TRANSLATION}.)", err.severity)
+        return err
+    if "incomplete input" in msg:      # the statement ends too early: "SELECT 1 +"
+        return SqlError(102, near=sql.split()[-1][:30] if sql.split() else "")
+    log.debug("sqlite error %s for %r", msg, sql)
+    return SqlError(50000, f"The TDS test server could not run this statement: {msg}", 16)
+
+
+def _unknown_name(msg: str) -> SqlError | None:
+    """208, 207, 195: a table, column or function SQLite does not know."""
     m = re.search(r"no such table: (?:\w+\.)?(\S+)", msg)
     if m:
         name = m.group(1)
@@ -117,11 +139,11 @@ def map_error(ex: Executor, exc: sqlite3.Error, sql: str) -> SqlError:
         if not translation_available():
             text += f" ({NO_TRANSLATION}.)"
         return SqlError(195, text, 15)
-    if "database is locked" in msg or "database table is locked" in msg:
-        return SqlError(1222)
-    m = re.search(r"table (\S+) already exists", msg)
-    if m:
-        return SqlError(2714, name=m.group(1).strip('"'))
+    return None
+
+
+def _constraint(ex: Executor, msg: str) -> SqlError | None:
+    """2627, 2601, 515, 547: a key, NOT NULL or foreign key constraint SQLite enforced."""
     m = re.search(r"UNIQUE constraint failed: (\w+)\.(\w+)", msg)
     if m:
         table, col = m.group(1), m.group(2)
@@ -133,16 +155,7 @@ def map_error(ex: Executor, exc: sqlite3.Error, sql: str) -> SqlError:
         return SqlError(515, name=m.group(2), table=f"{ex.state.database}.dbo.{m.group(1)}")
     if "FOREIGN KEY constraint failed" in msg:
         return SqlError(547, name="FK", database=ex.state.database, table="?")
-    m = re.search(r'near "([^"]*)": syntax error', msg)
-    if m:
-        err = SqlError(102, near=m.group(1))
-        if not translation_available():
-            err = SqlError(102, f"{err.text} ({NO_TRANSLATION}.)", err.severity)
-        return err
-    if "incomplete input" in msg:      # the statement ends too early: "SELECT 1 +"
-        return SqlError(102, near=sql.split()[-1][:30] if sql.split() else "")
-    log.debug("sqlite error %s for %r", msg, sql)
-    return SqlError(50000, f"The TDS test server could not run this statement: {msg}", 16)
+    return None
 
 
 def translate_expr(ex: Executor, toks: list[Tok]) -> str:
@@ -226,23 +239,7 @@ def create_table(ex: Executor, toks: list[Tok]) -> str:
         elif t.text == ")":
             depth -= 1
         if u == "IDENTITY":
-            # the column type becomes INTEGER so that SQLite makes it the rowid
-            k = len(out) - 1
-            while k >= 0 and out[k].kind == "word" and out[k].up in ("NOT", "NULL"):
-                k -= 1
-            # walk back over "(p, s)" of the type
-            if k >= 0 and out[k].text == ")":
-                while k >= 0 and out[k].text != "(":
-                    k -= 1
-                k -= 1
-            if k >= 0 and out[k].kind == "word":
-                out[k] = Tok("word", "INTEGER", out[k].start, out[k].end)
-                # remove (p, s) after the type name
-                if k + 1 < len(out) and out[k + 1].text == "(":
-                    e = k + 1
-                    while e < len(out) and out[e].text != ")":
-                        e += 1
-                    del out[k + 1 : e + 1]
+            _identity_as_rowid(out)
             if i + 1 < n and toks[i + 1].text == "(":
                 while i < n and toks[i].text != ")":
                     i += 1
@@ -270,6 +267,27 @@ def create_table(ex: Executor, toks: list[Tok]) -> str:
     sql = re.sub(r"\bnewid\s*\(\s*\)", "(lower(hex(randomblob(16))))", sql,
                  flags=re.IGNORECASE)
     return sql
+
+
+def _identity_as_rowid(out: list[Tok]) -> None:
+    """The column just written (``out``) is an IDENTITY: its type becomes INTEGER, without
+    ``(p, s)``, so that SQLite makes it the rowid."""
+    k = len(out) - 1
+    while k >= 0 and out[k].kind == "word" and out[k].up in ("NOT", "NULL"):
+        k -= 1
+    # walk back over "(p, s)" of the type
+    if k >= 0 and out[k].text == ")":
+        while k >= 0 and out[k].text != "(":
+            k -= 1
+        k -= 1
+    if k >= 0 and out[k].kind == "word":
+        out[k] = Tok("word", "INTEGER", out[k].start, out[k].end)
+        # remove (p, s) after the type name
+        if k + 1 < len(out) and out[k + 1].text == "(":
+            e = k + 1
+            while e < len(out) and out[e].text != ")":
+                e += 1
+            del out[k + 1 : e + 1]
 
 
 def rewrite(ex: Executor, toks: list[Tok], keep_types: bool = False) -> str:

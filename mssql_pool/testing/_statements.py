@@ -63,15 +63,7 @@ def set_statement(ex: Executor, toks: list[Tok], out: list[Out]) -> None:
     st = ex.state
     w = [t.up for t in toks]
     if len(toks) >= 3 and toks[1].kind == "var":
-        name = toks[1].text.lower()
-        if name not in st.variables:
-            raise SqlError(137, f'Must declare the scalar variable "{toks[1].text}".', 15)
-        op = toks[2].text
-        value = ex._scalar(toks[3:])
-        if op in ("+=", "-=", "*=", "/="):
-            value = ex._scalar(tokenize(f"{literal(st.variables[name])} {op[0]} "
-                                          f"{literal(value)}"))
-        st.variables[name] = value
+        _set_variable(ex, toks)
         return
     if w[1:4] == ["TRANSACTION", "ISOLATION", "LEVEL"]:
         level = " ".join(w[4:])
@@ -97,18 +89,36 @@ def set_statement(ex: Executor, toks: list[Tok], out: list[Out]) -> None:
         st.language = unquote(toks[2])
         return
     if w[-1] in ("ON", "OFF") and len(w) >= 3:
-        value = w[-1] == "ON"
-        for opt in w[1:-1]:
-            if opt != ",":
-                st.options[opt] = value
-                if opt == "ANSI_DEFAULTS":
-                    for o in ("ANSI_NULLS", "ANSI_NULL_DFLT_ON", "ANSI_PADDING",
-                              "ANSI_WARNINGS", "QUOTED_IDENTIFIER", "CURSOR_CLOSE_ON_COMMIT",
-                              "IMPLICIT_TRANSACTIONS"):
-                        st.options[o] = value
+        _set_switches(ex, w[1:-1], w[-1] == "ON")
         return
     # other SET options (DATEFORMAT, DATEFIRST, DEADLOCK_PRIORITY, ROWCOUNT...) are kept
     st.options[w[1]] = True
+
+
+def _set_variable(ex: Executor, toks: list[Tok]) -> None:
+    """SET @v = expr (or +=, -=, *=, /=)."""
+    st = ex.state
+    name = toks[1].text.lower()
+    if name not in st.variables:
+        raise SqlError(137, f'Must declare the scalar variable "{toks[1].text}".', 15)
+    op = toks[2].text
+    value = ex._scalar(toks[3:])
+    if op in ("+=", "-=", "*=", "/="):
+        value = ex._scalar(tokenize(f"{literal(st.variables[name])} {op[0]} "
+                                      f"{literal(value)}"))
+    st.variables[name] = value
+
+
+def _set_switches(ex: Executor, names: list[str], value: bool) -> None:
+    """SET opt[, opt...] ON|OFF; ANSI_DEFAULTS switches its group with it."""
+    for opt in names:
+        if opt != ",":
+            ex.state.options[opt] = value
+            if opt == "ANSI_DEFAULTS":
+                for o in ("ANSI_NULLS", "ANSI_NULL_DFLT_ON", "ANSI_PADDING",
+                          "ANSI_WARNINGS", "QUOTED_IDENTIFIER", "CURSOR_CLOSE_ON_COMMIT",
+                          "IMPLICIT_TRANSACTIONS"):
+                    ex.state.options[o] = value
 
 
 def declare(ex: Executor, toks: list[Tok]) -> None:
