@@ -52,12 +52,19 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["WORK", "SESSION", "DISCARD", "TXN", "scan", "tokens", "describe"]
+__all__ = [
+    "WORK", "SESSION", "DISCARD", "TXN", "HELD", "PENDING", "FAILED", "scan", "tokens",
+    "describe", "pure_read", "statement_flags",
+]
 
 WORK = 1       #: statements ran
 SESSION = 2    #: session state changed: needs a full reset
 DISCARD = 4    #: state no reset can clear: close the connection
 TXN = 8        #: transaction control ran or may have run: the transaction count is unknown
+HELD = 16      #: not a pure read (:func:`pure_read`): may hold locks or rows in the transaction
+# Set by the proxy (connection.py), never by the scan:
+PENDING = 32   #: a result set was not read to its end: the statement may still be running
+FAILED = 64    #: a statement failed: the transaction may be gone or doomed
 
 _TOKEN = re.compile(
     r"""
@@ -383,5 +390,107 @@ def scan(sql: object) -> int:
 def describe(flags: int) -> str:
     """``"WORK|TXN"`` and the like, for messages and test failures."""
     names = [name for bit, name in ((WORK, "WORK"), (TXN, "TXN"), (SESSION, "SESSION"),
-                                    (DISCARD, "DISCARD")) if flags & bit]
+                                    (DISCARD, "DISCARD"), (HELD, "HELD"),
+                                    (PENDING, "PENDING"), (FAILED, "FAILED")) if flags & bit]
     return "|".join(names) or "0"
+
+
+# --------------------------------------------------------------------------- pure reads
+
+# Words that make a SELECT batch more than one statement that only reads: other statements
+# (every statement keyword but CASE's END and ELSE),
+# SELECT ... INTO, locking hints and isolation hints that keep locks past the statement,
+# FOR UPDATE (caught by "update"), remote sources (a local transaction that reaches a linked
+# server is promoted to a distributed one), sequences (NEXT VALUE FOR).
+_NOT_PURE = frozenset("""
+    into updlock holdlock xlock tablock tablockx paglock serializable repeatableread
+    openquery openrowset opendatasource next
+""".split()) | (_STATEMENT_WORDS - {"select", "with", "values", "end", "else"})
+_SET_OPERATORS = frozenset({"union", "all", "except", "intersect"})
+
+
+def _pure_read_tokens(toks: Sequence[Token]) -> bool:
+    n = len(toks)
+    while n and toks[n - 1] == (OP, ";"):
+        n -= 1                      # a trailing ";" ends the one statement
+    if not n or toks[0][0] != WORD or toks[0][1] not in ("select", "with"):
+        return False
+    depth = 0
+    selects = 0
+    dots = 0                        # dots in the current chain of names (a.b.c.d: 3)
+    prev: Token | None = None
+    for tok in toks[:n]:
+        kind, value = tok
+        if tok == (OP, "."):
+            dots += 1
+            if dots >= 3:
+                return False        # a four-part name: a linked server
+        elif not (prev == (OP, ".") and _is_name(tok)):
+            dots = 0
+        if kind == OP:
+            if value == "(":
+                depth += 1
+            elif value == ")":
+                depth -= 1
+            elif value == ";":
+                return False        # a second statement
+        elif kind == TEMP:
+            return False
+        elif kind == WORD or kind == NAME:
+            if value.startswith(("sp_", "xp_")):
+                return False
+            if kind == WORD:
+                if value in _NOT_PURE:
+                    return False
+                if value == "select" and depth == 0 and not (
+                        prev is not None and prev[0] == WORD and prev[1] in _SET_OPERATORS):
+                    selects += 1
+                    if selects > 1:
+                        return False   # SELECT 1 SELECT 2: two statements
+        prev = tok
+    return depth == 0 and selects == 1
+
+
+_read_cache: dict[str, bool] = {}
+
+
+def pure_read(sql: object) -> bool:
+    """Whether ``sql`` is one SELECT statement that only reads, under the isolation level
+    the session has: nothing but ``SELECT`` (or ``WITH ... SELECT``, ``UNION`` and the
+    other set operators), no ``INTO``, no locking hint that keeps locks past the statement
+    (``UPDLOCK``, ``HOLDLOCK``, ``XLOCK``, ``TABLOCK(X)``, ``PAGLOCK``, ``SERIALIZABLE``,
+    ``REPEATABLEREAD``), no ``FOR UPDATE``, no procedure (``EXEC``, ``sp_``/``xp_`` names),
+    no remote source (``OPENQUERY``, ``OPENROWSET``, ``OPENDATASOURCE``, four-part names),
+    no ``NEXT VALUE FOR``, no ``#temp`` object, no second statement.
+
+    Conservative: "False" costs a round trip, a wrong "True" could leave something in an
+    open transaction. Results are cached per statement text (bounded)."""
+    cached: bool | None = _read_cache.get(sql)  # type: ignore[call-overload]
+    if cached is not None:
+        return cached
+    text = sql if isinstance(sql, str) else (
+        bytes(sql).decode("utf-8", "replace") if isinstance(sql, (bytes, bytearray))
+        else str(sql))
+    result = not scan(text) & ~WORK and _pure_read_tokens(tokens(text))
+    if isinstance(sql, str):
+        if len(_read_cache) >= _CACHE_MAX:
+            _read_cache.clear()
+        _read_cache[sql] = result
+    return result
+
+
+_stmt_cache: dict[str, int] = {}
+
+
+def statement_flags(sql: object) -> int:
+    """:func:`scan`'s bits plus :data:`HELD` unless ``sql`` is a :func:`pure_read`: what
+    the pool's proxy records for a statement. Cached per statement text (bounded)."""
+    cached: int | None = _stmt_cache.get(sql)  # type: ignore[call-overload]
+    if cached is not None:
+        return cached
+    flags = scan(sql) | (0 if pure_read(sql) else HELD)
+    if isinstance(sql, str):
+        if len(_stmt_cache) >= _CACHE_MAX:
+            _stmt_cache.clear()
+        _stmt_cache[sql] = flags
+    return flags

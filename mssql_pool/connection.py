@@ -9,12 +9,17 @@ The proxy behaves as a DB-API connection:
 
 * ``cursor()`` returns a :class:`PooledCursor` that passes everything to the driver's
   cursor and records what ran (the reset bits of :mod:`mssql_pool.reset`: work done,
-  session state changed) with a cached text scan: a dict lookup per known statement;
-* ``commit()`` / ``rollback()`` pass through and clear the "work done" bit, unless a
-  statement controlled transactions itself (``TXN``: BEGIN/COMMIT/ROLLBACK/SAVE TRAN, a
-  procedure, dynamic SQL, anything reached through ``__getattr__``): the transaction
-  count is then unknown (a nested BEGIN TRAN, or autocommit mode where these calls do
-  nothing) and the reset on return rolls back whatever is open;
+  session state changed) with a cached text scan: a dict lookup per known statement. A
+  statement that leaves nothing behind on its connection (:func:`quiet_mask`: a pure read
+  on SQL Server, any statement without transaction control under autocommit) is recorded
+  only until its result set has been read to the end;
+* ``commit()`` / ``rollback()`` are pymssql's in one round trip each (``COMMIT TRAN;BEGIN
+  TRAN``, ``IF @@TRANCOUNT > 0 ROLLBACK TRAN;BEGIN TRAN``; the driver's own in autocommit
+  mode and on other drivers) and clear the "work done" bit, unless a statement controlled
+  transactions itself (``TXN``: BEGIN/COMMIT/ROLLBACK/SAVE TRAN, a procedure, dynamic SQL,
+  anything reached through ``__getattr__``): the transaction count is then unknown after
+  a commit (a nested BEGIN TRAN, or autocommit mode where these calls do nothing) and the
+  reset on return rolls back whatever is open;
 * ``autocommit(status)`` and ``autocommit_state`` pass through (pymssql); toggling it is
   a session change, undone on return;
 * ``close()`` returns the connection to the pool (not a real close; idempotent);
@@ -33,16 +38,17 @@ and every connection the pool opened before the error as suspect (checked on nex
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._driver import rollback as driver_rollback
-from ._scan import _cache as _scan_cache
-from ._scan import scan as scan_sql
+from ._scan import FAILED, HELD, PENDING, statement_flags
+from ._scan import _stmt_cache as _scan_cache
 from .classify import mark_driver_error
 from .errors import PoolError
 from .health import may_replay
-from .reset import SESSION, TXN, WORK
+from .reset import SESSION, TXN, WORK, rollback_work
 
 if TYPE_CHECKING:
     from .endpoints import Landing
@@ -51,6 +57,14 @@ if TYPE_CHECKING:
 __all__ = ["ConnState", "ConnectionRecord", "PooledConnection", "PooledCursor"]
 
 NO_REPLAY = -1.0   # ConnectionRecord.replay_timeout when a failed first statement is not replayed
+
+_tokens = itertools.count(1)   # statements whose rows may be pending (ConnectionRecord.reading)
+
+#: The bits a commit or rollback that the server confirmed at the baseline clears.
+SETTLED = WORK | TXN | HELD | PENDING | FAILED
+
+#: pymssql's commit() in one batch instead of two (it sends COMMIT TRAN, then BEGIN TRAN).
+COMMIT_REOPEN = "COMMIT TRAN;BEGIN TRAN"
 
 
 class ConnState(enum.Enum):
@@ -68,7 +82,7 @@ class ConnectionRecord:
         "raw", "seq", "generation", "created_at", "expires_at", "returned_at", "checkout_at",
         "state", "flags", "dead", "_info", "autocommit", "stack", "leak_warned", "pid",
         "pinged_at", "conn_properties", "landing", "replay_timeout",
-        "trusted",
+        "trusted", "free", "learn", "reading",
     )
 
     def __init__(self, raw: Any, seq: int, generation: int, now: float, expires_at: float,
@@ -96,6 +110,12 @@ class ConnectionRecord:
         # The caller's checkout timeout (None: the pool's) while this checkout ran no check
         # and no commit/rollback: its first statement may be replayed (health.may_replay).
         self.replay_timeout: float | None = NO_REPLAY
+        # The statement bits that leave nothing behind on this connection (None: not yet
+        # worked out; see quiet_mask), whether the reset's next rollback should also ask
+        # which engine this is, and the cursor whose result set is still being read.
+        self.free: int | None = None
+        self.learn = False
+        self.reading = 0                  # token of the statement whose rows are pending
 
     @property
     def info(self) -> dict[str, Any]:
@@ -113,7 +133,61 @@ def _driver_error(pool: ConnectionPool, rec: ConnectionRecord, exc: BaseExceptio
     layer never takes the application's own exceptions for the server's) and shown to the
     pool, which discards the connection on a disconnect."""
     mark_driver_error(exc)
+    rec.flags |= WORK | FAILED
     pool._on_error(rec, exc)
+
+
+def _pymssql_eager(raw: Any) -> Any:
+    """pymssql's ``execute_non_query`` when ``raw`` is a pymssql connection in its default
+    mode (autocommit off: its own BEGIN TRAN is open); None otherwise."""
+    execute = getattr(getattr(raw, "_conn", None), "execute_non_query", None)
+    if execute is None or getattr(raw, "autocommit_state", True):
+        return None
+    return execute
+
+
+def quiet_mask(rec: ConnectionRecord, pool: ConnectionPool) -> int:
+    """Work out (once per connection) which statement bits leave nothing behind, so that
+    the proxy need not record them: their connection goes back without a round trip.
+
+    Only for pymssql under ``reset="auto"``, with no ``configure`` callback and no
+    ``conn_properties`` that speak of the isolation level or implicit transactions (the
+    session's baseline is then known: READ COMMITTED, no implicit transactions):
+
+    * autocommit on: every statement without transaction control (TXN), session change or
+      undoable state ends with its own transaction: ``WORK | HELD``;
+    * autocommit off (pymssql's BEGIN TRAN open): a pure read (:func:`mssql_pool._scan.
+      pure_read`) leaves nothing in the open transaction only on an engine that releases
+      read locks at the end of the statement under READ COMMITTED: SQL Server and Azure
+      SQL. The mask stays 0 until the next rollback this connection needs anyway asks
+      ``@@VERSION`` in the same batch (:func:`mssql_pool.reset.rollback_work`); Babelfish
+      (PostgreSQL keeps a read's ACCESS SHARE lock to the end of the transaction) and
+      anything else keep 0.
+    """
+    mask = 0
+    cfg = pool.config
+    props = (rec.conn_properties or "").lower()
+    if type(rec.raw).__module__.startswith("pymssql") and cfg.reset == "auto" \
+            and cfg.configure is None and "isolation" not in props \
+            and "implicit_transactions" not in props:
+        if rec.autocommit:
+            mask = WORK | HELD
+        elif rec.autocommit is False:
+            rec.learn = True
+    rec.free = mask
+    return mask
+
+
+def _commit_error(exc: Exception) -> Exception:
+    """What pymssql's ``commit()`` raises when COMMIT TRAN fails."""
+    import pymssql
+
+    if isinstance(exc, pymssql.Error):
+        return exc
+    detail = exc.args[0] if exc.args else exc
+    error = pymssql.OperationalError(f"Cannot commit transaction: {detail}")
+    error.__cause__ = error.__context__ = exc   # where the number is, as with pymssql
+    return error
 
 
 def _closed_error() -> PoolError:
@@ -150,11 +224,14 @@ class PooledConnection:
             _driver_error(self._pool, rec, exc)
             raise
 
-    def _end_transaction(self, method: str) -> None:
+    def _live(self) -> ConnectionRecord:
         rec = self._rec
         if rec is None:
             raise _closed_error()
         rec.replay_timeout = NO_REPLAY     # a later statement is not the checkout's first
+        return rec
+
+    def _driver_call(self, rec: ConnectionRecord, method: str) -> None:
         try:
             if method == "rollback":
                 driver_rollback(self.raw)   # 3903 in any engine's wording is a no-op
@@ -163,18 +240,62 @@ class PooledConnection:
         except Exception as exc:
             _driver_error(self._pool, rec, exc)
             raise
-        if not rec.flags & TXN:
-            # Only now is the transaction count known to be back at its baseline: a
-            # statement that controlled transactions itself (nested BEGIN TRAN, a
+
+    def _ended(self, rec: ConnectionRecord, known: bool) -> None:
+        """A commit or rollback returned. ``known``: it ran on the server (not pymssql's
+        no-op in autocommit mode whose session baseline is not known)."""
+        if rec.flags & TXN or not known:
+            # A statement that controlled transactions itself (nested BEGIN TRAN, a
             # procedure, BEGIN TRAN in autocommit mode, where these calls do nothing)
             # leaves the count unknown until the reset on return asks the server.
-            rec.flags &= ~WORK
+            rec.flags &= ~PENDING
+        else:
+            rec.flags &= ~SETTLED
 
     def commit(self) -> None:
-        self._end_transaction("commit")
+        """pymssql's ``commit()`` in one round trip (``COMMIT TRAN;BEGIN TRAN``), raising
+        what it raises (``OperationalError("Cannot commit transaction: ...")``); in
+        autocommit mode and on other drivers, the driver's own ``commit()``."""
+        rec = self._live()
+        execute = _pymssql_eager(self.raw)
+        if execute is None:
+            self._driver_call(rec, "commit")
+            self._ended(rec, known=self._autocommit_known(rec))
+            return
+        try:
+            execute(COMMIT_REOPEN)
+        except Exception as exc:
+            error = _commit_error(exc)
+            _driver_error(self._pool, rec, error)
+            if error is exc:
+                raise
+            raise error from exc
+        self._ended(rec, known=True)
 
     def rollback(self) -> None:
-        self._end_transaction("rollback")
+        """pymssql's ``rollback()`` in one round trip (``IF @@TRANCOUNT > 0 ROLLBACK
+        TRAN;BEGIN TRAN``, which ends a nested BEGIN TRAN too); in autocommit mode and on
+        other drivers, the driver's own ``rollback()``."""
+        rec = self._live()
+        if _pymssql_eager(self.raw) is None:
+            self._driver_call(rec, "rollback")
+            self._ended(rec, known=self._autocommit_known(rec))
+            return
+        try:
+            rollback_work(self.raw, rec)
+        except Exception as exc:
+            _driver_error(self._pool, rec, exc)
+            raise
+        rec.flags &= ~SETTLED          # IF @@TRANCOUNT > 0 ROLLBACK asked the server
+
+    def _autocommit_known(self, rec: ConnectionRecord) -> bool:
+        """False for pymssql in autocommit mode whose baseline is not known (a
+        ``configure`` callback or ``conn_properties`` may have turned implicit transactions
+        on, and then its no-op commit()/rollback() would leave one open)."""
+        if not type(self.raw).__module__.startswith("pymssql"):
+            return True
+        free = rec.free if rec.free is not None else quiet_mask(rec, self._pool)
+        return bool(free & HELD)
 
     def autocommit(self, status: bool) -> None:
         """pymssql's ``autocommit(status)``; the pool restores the original mode on return."""
@@ -207,7 +328,7 @@ class PooledConnection:
     def mark_session_changed(self) -> None:
         """Ask for a full session reset on return (after using ``raw`` directly)."""
         if self._rec is not None:
-            self._rec.flags |= SESSION | WORK | TXN
+            self._rec.flags |= SESSION | WORK | TXN | HELD
 
     def _settled(self) -> None:
         """Internal (transaction.py): the server just confirmed the transaction count is
@@ -215,7 +336,7 @@ class PooledConnection:
         transaction): nothing is left for the reset on return to roll back."""
         rec = self._rec
         if rec is not None:
-            rec.flags &= ~(WORK | TXN)
+            rec.flags &= ~SETTLED
 
     @property
     def closed(self) -> bool:
@@ -260,7 +381,7 @@ class PooledConnection:
         rec = self._rec
         if rec is None:
             raise _closed_error()
-        rec.flags |= WORK | TXN
+        rec.flags |= WORK | TXN | HELD
         return getattr(self.raw, name)
 
     def __del__(self) -> None:
@@ -278,13 +399,14 @@ class PooledConnection:
 class PooledCursor:
     """A driver cursor that tells its record what ran. Everything else passes through."""
 
-    __slots__ = ("_cur", "_rec", "_conn", "_args")
+    __slots__ = ("_cur", "_rec", "_conn", "_args", "_token")
     _args: tuple[tuple[Any, ...], dict[str, Any]]   # set only when cursor() had arguments
 
     def __init__(self, cur: Any, rec: ConnectionRecord, conn: PooledConnection) -> None:
         self._cur = cur
         self._rec = rec
         self._conn = conn
+        self._token = 0
 
     @property
     def connection(self) -> PooledConnection:
@@ -293,12 +415,26 @@ class PooledCursor:
     def execute(self, operation: Any, params: Any = None) -> Any:
         rec = self._rec
         flags = _scan_cache.get(operation)  # the common case without a function call
+        if flags is None:
+            flags = statement_flags(operation)
         before = rec.flags
-        rec.flags = before | (scan_sql(operation) if flags is None else flags)
+        free = rec.free
+        if free is None:
+            free = quiet_mask(rec, self._conn._pool)
+        quiet = not flags & ~free
+        if quiet:
+            # Leaves nothing behind once its results are read (quiet_mask): recorded only
+            # as PENDING until then.
+            rec.flags = before | PENDING
+            rec.reading = self._token = next(_tokens)
+        else:
+            rec.flags = before | flags
+            rec.reading = 0
         try:
             if params is None:
-                return self._cur.execute(operation)
-            return self._cur.execute(operation, params)
+                result = self._cur.execute(operation)
+            else:
+                result = self._cur.execute(operation, params)
         except Exception as exc:
             mark_driver_error(exc)
             if before or rec.replay_timeout == NO_REPLAY or self._conn._rec is not rec \
@@ -306,7 +442,20 @@ class PooledCursor:
                 _driver_error(self._conn._pool, rec, exc)
                 raise
             error = exc
+        else:
+            if quiet:
+                rec.replay_timeout = NO_REPLAY   # the next statement is not the first
+                if self._cur.description is None:
+                    self._read_out()
+            return result
         return self._replay(error, operation, params)
+
+    def _read_out(self) -> None:
+        """This cursor's result set was read to its end (the statement has finished)."""
+        rec = self._rec
+        if self._token and rec.reading == self._token:
+            rec.reading = 0
+            rec.flags &= ~PENDING
 
     def _replay(self, error: Exception, operation: Any, params: Any) -> Any:
         """The checkout's first statement found its connection dead (see
@@ -327,7 +476,7 @@ class PooledCursor:
             _driver_error(conn._pool, new, exc)
             raise
         stale, self._cur, self._rec = self._cur, cur, new
-        new.flags |= flags
+        new.flags |= flags | WORK | HELD   # recorded in full on the replacement
         try:
             stale.close()
         except Exception:
@@ -342,7 +491,8 @@ class PooledCursor:
 
     def executemany(self, operation: Any, seq_of_params: Sequence[Any]) -> Any:
         rec = self._rec
-        rec.flags |= scan_sql(operation)
+        rec.flags |= statement_flags(operation) | HELD   # never quiet
+        rec.reading = 0
         try:
             return self._cur.executemany(operation, seq_of_params)
         except Exception as exc:
@@ -351,7 +501,8 @@ class PooledCursor:
 
     def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
         rec = self._rec
-        rec.flags |= scan_sql(procname) | TXN     # a procedure may leave a transaction open
+        rec.flags |= statement_flags(procname) | TXN | HELD   # a procedure may leave a
+        rec.reading = 0                                     # transaction open
         try:
             return self._cur.callproc(procname, parameters)
         except Exception as exc:
@@ -367,23 +518,38 @@ class PooledCursor:
 
     def fetchone(self) -> Any:
         try:
-            return self._cur.fetchone()
+            row = self._cur.fetchone()
         except Exception as exc:
             _driver_error(self._conn._pool, self._rec, exc)
             raise
+        if row is None:
+            self._read_out()
+        return row
 
     def fetchmany(self, size: int | None = None) -> Any:
-        return self._call("fetchmany") if size is None else self._call("fetchmany", size)
+        if size is None:
+            rows = self._call("fetchmany")
+            size = getattr(self._cur, "arraysize", 1)
+        else:
+            rows = self._call("fetchmany", size)
+        if size > 0 and len(rows) < size:
+            self._read_out()
+        return rows
 
     def fetchall(self) -> Any:
         try:
-            return self._cur.fetchall()
+            rows = self._cur.fetchall()
         except Exception as exc:
             _driver_error(self._conn._pool, self._rec, exc)
             raise
+        self._read_out()
+        return rows
 
     def nextset(self) -> Any:
-        return self._call("nextset")
+        more = self._call("nextset")
+        if not more:
+            self._read_out()
+        return more
 
     def close(self) -> None:
         try:

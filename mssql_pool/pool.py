@@ -493,7 +493,7 @@ class ConnectionPool:
     def _do_reset(self, rec: ConnectionRecord, decision: int) -> None:
         raw = rec.raw
         if decision == ROLLBACK:
-            rollback_work(raw)
+            rollback_work(raw, rec)
         elif decision == FULL:
             full_reset(raw, autocommit=rec.autocommit, conn_properties=rec.conn_properties,
                        configure=self.config.configure)

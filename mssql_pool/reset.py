@@ -10,6 +10,14 @@ what happened               reset="auto" (default)
 nothing executed since the  nothing: no round trip
 last commit/rollback, and
 no transaction control
+(statements that leave
+nothing behind are not
+recorded: pure reads read
+to the end on SQL Server,
+any statement without
+transaction control under
+autocommit; see
+connection.quiet_mask)
 statements executed, or     rollback, one round trip (:func:`rollback_work`): ``IF @@TRANCOUNT >
 transactions controlled     0 ROLLBACK TRAN`` asks the server, so a hand-written BEGIN TRAN (in
 (BEGIN/COMMIT/ROLLBACK/     autocommit mode, or nested under pymssql's own) is ended even when
@@ -70,12 +78,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ._driver import reset_unsupported
-from ._scan import DISCARD, SESSION, TXN, WORK, scan
+from ._scan import DISCARD, FAILED, HELD, PENDING, SESSION, TXN, WORK, scan
 
 __all__ = [
     "WORK", "SESSION", "DISCARD", "TXN", "scan_sql", "PYMSSQL_BASELINE", "full_reset",
     "rollback_work", "plan", "NONE", "ROLLBACK", "FULL", "CALLBACK", "ResetUnsupported",
-    "NO_FULL_RESET",
+    "NO_FULL_RESET", "HELD", "PENDING", "FAILED", "LEARN_BATCH",
 ]
 
 NONE, ROLLBACK, FULL, CALLBACK = 0, 1, 2, 3
@@ -112,18 +120,38 @@ def plan(flags: int, mode: str | Callable[[Any], object]) -> int | str:
 ROLLBACK_BATCH = "IF @@TRANCOUNT > 0 ROLLBACK TRAN"
 
 
-def rollback_work(raw: Any) -> None:
+#: The rollback batch that also asks which engine this is (once per connection).
+LEARN_BATCH = ROLLBACK_BATCH + ";BEGIN TRAN;SELECT @@VERSION"
+
+
+def rollback_work(raw: Any, rec: Any = None) -> None:
     """Roll back whatever the borrower left open and restore the driver's transaction state.
 
     pymssql: one batch, ``IF @@TRANCOUNT > 0 ROLLBACK TRAN`` plus ``BEGIN TRAN`` when
     autocommit is off (pymssql keeps a transaction open in that mode). Other drivers:
     ``raw.rollback()``.
+
+    ``rec`` is the connection's record. When it asks to learn the engine
+    (:func:`mssql_pool.connection.quiet_mask`), the same batch ends with
+    ``SELECT @@VERSION``: on SQL Server and Azure SQL (``Microsoft SQL ...``) a pure read
+    leaves nothing in pymssql's open transaction under READ COMMITTED, so from then on the
+    proxy no longer records one (:data:`WORK` becomes a quiet bit for this connection).
     """
     execute_non_query = getattr(getattr(raw, "_conn", None), "execute_non_query", None)
     if execute_non_query is None:
         raw.rollback()
     elif raw.autocommit_state:
         execute_non_query(ROLLBACK_BATCH)
+    elif rec is not None and rec.learn:
+        cur = raw.cursor(as_dict=False)
+        try:
+            cur.execute(LEARN_BATCH)
+            rows = cur.fetchall()
+        finally:
+            cur.close()
+        version = str(rows[0][0]) if rows and rows[0] else ""
+        rec.learn = False
+        rec.free = WORK if version.startswith("Microsoft SQL") else 0
     else:
         execute_non_query(ROLLBACK_BATCH + ";BEGIN TRAN")
 

@@ -48,11 +48,11 @@ from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
 from ._dsn import parse_conninfo, redact
 from .config import PoolConfig
-from .connection import PooledConnection
+from .connection import SETTLED, PooledConnection, _driver_error
 from .errors import ConfigError
 from .errors import PoolTimeout as _PoolTimeout
 from .pool import ConnectionPool
-from .reset import SESSION, TXN, WORK, rollback_work, scan_sql
+from .reset import SESSION, rollback_work, scan_sql
 from .retry import RetryPolicy
 from .transaction import run_transaction as _run_transaction
 
@@ -88,13 +88,16 @@ def _engine_timeout(exc: _PoolTimeout) -> PoolTimeout:
 
 
 class _EngineConnection(PooledConnection):
-    """The pooled connection as SQLAlchemy holds it: ``rollback()`` in one round trip,
-    ``commit()`` that knows when it committed.
+    """The pooled connection as SQLAlchemy holds it: ``rollback()`` that costs nothing when
+    nothing needs undoing, errors as DB-API errors.
 
-    SQLAlchemy rolls back when a ``Connection`` or ``Session`` ends a transaction. pymssql's
-    own ``rollback()`` costs two round trips (ROLLBACK TRAN, then BEGIN TRAN); this sends
-    the batch the pool's reset sends (:func:`mssql_pool.reset.rollback_work`), so a unit
-    through the engine costs what it costs through the pool directly. Errors come out as
+    SQLAlchemy rolls back whenever a ``Connection`` or ``Session`` ends a transaction,
+    including one that only read. pymssql's own ``rollback()`` costs two round trips
+    (ROLLBACK TRAN, then BEGIN TRAN); here it is the batch the pool's reset sends
+    (:func:`mssql_pool.reset.rollback_work`), and no batch at all when the proxy recorded
+    nothing since the last commit or rollback (pure reads on a connection where they
+    leave nothing behind: :func:`mssql_pool.connection.quiet_mask`). ``commit()`` is the
+    proxy's: ``COMMIT TRAN;BEGIN TRAN`` in one batch. Errors come out as
     ``pymssql.OperationalError`` (SQLAlchemy wraps and classifies those) and reach the
     pool's disconnect handling, as with every other call on the proxy. In autocommit
     mode both are pymssql's own (no-ops).
@@ -119,43 +122,22 @@ class _EngineConnection(PooledConnection):
         if rec is None or getattr(raw, "autocommit_state", True):
             super().rollback()     # closed proxy (raises) or autocommit (pymssql: no-op)
             return
+        _no_replay(self)           # as after pymssql's own rollback() on the proxy
+        if not rec.flags and rec.free:
+            return                 # nothing recorded needs undoing (see the docstring)
         try:
-            rollback_work(raw)
+            rollback_work(raw, rec)
         except Exception as exc:
-            self._pool._on_error(rec, exc)
+            _driver_error(self._pool, rec, exc)
             raise _as_dbapi_error(exc) from exc
-        rec.flags &= ~(WORK | TXN)   # IF @@TRANCOUNT > 0 ROLLBACK asked the server
-        _no_replay(self)     # as after pymssql's own rollback() on the proxy
+        rec.flags &= ~SETTLED      # IF @@TRANCOUNT > 0 ROLLBACK asked the server
 
     def commit(self) -> None:
-        """pymssql's ``commit()`` (COMMIT TRAN, then BEGIN TRAN), with the two told apart.
-
-        Only a failed ``COMMIT TRAN`` is raised. If re-opening pymssql's transaction fails
-        afterwards, the unit *is* committed: the connection is discarded on return and
-        the commit reports success (pymssql would raise, and a lost connection there would
-        look like an unknown outcome to :func:`run_transaction`).
-        """
-        rec = self._rec
-        raw = self.raw
-        execute = getattr(getattr(raw, "_conn", None), "execute_non_query", None)
-        if rec is None or execute is None or getattr(raw, "autocommit_state", True):
-            super().commit()
-            return
-        try:
-            execute("COMMIT TRAN")
-        except Exception as exc:
-            self._pool._on_error(rec, exc)
-            raise _as_dbapi_error(exc) from exc
-        if not rec.flags & TXN:      # else a nested BEGIN TRAN may still be open
-            rec.flags &= ~WORK
+        """The proxy's ``commit()``: one batch, ``COMMIT TRAN;BEGIN TRAN``, raising
+        ``OperationalError("Cannot commit transaction: ...")`` as pymssql does. A
+        connection lost with it in flight is an unknown outcome, as with pymssql's own."""
+        super().commit()
         _no_replay(self)
-        try:
-            execute("BEGIN TRAN")
-        except Exception as exc:
-            self._pool._on_error(rec, exc)
-            logger.warning("committed, but re-opening pymssql's transaction failed (%s); "
-                           "discarding the connection", redact(exc))
-            self.invalidate("BEGIN TRAN after COMMIT failed")
 
 
 class _CapturingCursor:
@@ -324,6 +306,7 @@ class MssqlPoolAdapter(Pool):
         if log and rec is not None:
             proxy.info[_BASELINE_KEY] = log
             rec.flags &= ~SESSION
+            rec.free, rec.learn = 0, False   # its baseline (isolation level?) is not known
             _no_replay(proxy)
         return record
 

@@ -26,8 +26,8 @@ becomes one hop to a worker thread, where the pool's blocking proxy runs it on p
   connection (``connect`` fires once per connection, ``record.info`` persists), no
   pre-ping and no reset-on-return of SQLAlchemy's (the pool checks and resets, only as
   far as needed), invalidation discards the connection, ``dispose()`` drains.
-  ``commit()``/``rollback()`` are the sync engine's (one round trip each, a commit that
-  knows when it committed).
+  ``commit()``/``rollback()`` are the sync engine's (one round trip each; a rollback with
+  nothing recorded to undo sends nothing).
 
 Needs SQLAlchemy with its asyncio extra (greenlet): ``pip install mssql_pool[asyncio]``.
 """

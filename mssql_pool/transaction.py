@@ -28,9 +28,11 @@ count and the work would be rolled back later) or ended the transaction itself r
 work that is not durable. Only a failure of that batch is ambiguous, and whether it is
 ambiguous is decided by the built-in rules (:func:`commit_outcome_unknown`), never by the
 caller's classifier. In pymssql's default mode (an implicit ``BEGIN TRAN`` always open)
-its transaction is then re-opened with ``rollback()`` (``ROLLBACK TRAN``, a harmless 3903
-that pymssql ignores, then ``BEGIN TRAN``), so a connection lost at that point is known to
-have committed; with ``autocommit=True`` run_transaction opens the transaction itself.
+the batch is :data:`COMMIT_REOPEN_BATCH`, which also re-opens that transaction (``IF
+@@TRANCOUNT = 0 BEGIN TRAN``) before reporting the count: the whole unit costs its
+statements plus this one round trip, and a connection lost before its reply is an unknown
+outcome, exactly as with a bare COMMIT. With ``autocommit=True`` run_transaction opens the
+transaction itself.
 
 Whose error: only an exception that comes from the driver or the pool
 (:func:`mssql_pool.classify.from_driver`) is classified and possibly retried. The
@@ -74,6 +76,7 @@ __all__ = [
     "TRANSACTION_POLICY",
     "ISOLATION_LEVELS",
     "COMMIT_BATCH",
+    "COMMIT_REOPEN_BATCH",
     "commit_outcome_unknown",
 ]
 
@@ -186,13 +189,19 @@ def commit_outcome_unknown(exc: BaseException) -> bool:
 #: only one open, and reports the count it found (one round trip, like a bare COMMIT).
 COMMIT_BATCH = "DECLARE @n INT = @@TRANCOUNT; IF @n = 1 COMMIT TRAN; SELECT @n"
 
+#: :data:`COMMIT_BATCH` in pymssql's default mode: the same batch also re-opens the
+#: transaction pymssql keeps open (when none is left), so the unit costs no further trip.
+COMMIT_REOPEN_BATCH = ("DECLARE @n INT = @@TRANCOUNT; IF @n = 1 COMMIT TRAN; "
+                       "IF @@TRANCOUNT = 0 BEGIN TRAN; SELECT @n")
 
-def _commit_checked(conn: Any) -> int:
-    """Send :data:`COMMIT_BATCH`; the transaction count found before it (1: committed)."""
+
+def _commit_checked(conn: Any, batch: str = COMMIT_BATCH) -> int:
+    """Send ``batch``; the transaction count found before it (1: committed)."""
     cur = conn.cursor()
     try:
-        cur.execute(COMMIT_BATCH)
-        row = cur.fetchone()
+        cur.execute(batch)
+        rows = cur.fetchall()          # to the end: nothing is left pending on the wire
+        row = rows[0] if rows else None
     finally:
         try:
             cur.close()
@@ -226,7 +235,7 @@ def _commit(conn: Any, classifier: Classifier) -> None:
             raise _CommitOutcome(exc, commit_outcome_unknown(exc)) from exc
         return
     try:
-        found = _commit_checked(conn)
+        found = _commit_checked(conn, COMMIT_BATCH if mode else COMMIT_REOPEN_BATCH)
     except UnbalancedTransactionError:
         raise
     except Exception as exc:
@@ -247,21 +256,8 @@ def _commit(conn: Any, classifier: Classifier) -> None:
                 "not run again; leave COMMIT/ROLLBACK to run_transaction."
             )
         raise UnbalancedTransactionError(message, trancount=found)
-    if mode is False:
-        # The unit is committed. pymssql's invariant wants a transaction open again:
-        # rollback() sends ROLLBACK TRAN (no transaction: error 3903, which pymssql
-        # ignores) and then BEGIN TRAN, and tells the pool's proxy the connection holds
-        # no work, so its return costs nothing. A failure here only costs the connection.
-        try:
-            driver_rollback(conn)
-        except Exception as exc:
-            logger.warning(
-                "transaction committed, but re-opening pymssql's transaction failed (%s); "
-                "discarding the connection",
-                classifier.classify(exc).describe(),
-            )
-            _invalidate(conn, "BEGIN TRAN after COMMIT failed")
-            return
+    # Committed. In pymssql's default mode the same batch re-opened its transaction; the
+    # pool's proxy is told the connection holds no work, so its return costs nothing.
     _settled(conn)
 
 

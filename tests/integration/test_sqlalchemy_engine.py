@@ -286,7 +286,7 @@ def test_a_select_unit_costs_what_it_costs_through_the_pool_directly(
         stock.dispose()
         stock_ping.dispose()
     assert ours < queue_pool < queue_pool_ping
-    assert ours == 2                      # the SELECT, and one rollback batch
+    assert ours == 1                      # the SELECT: a pure read needs no rollback
 
 
 def test_returning_an_unused_connection_costs_nothing(

@@ -9,7 +9,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mssql_pool._scan import DISCARD, SESSION, TXN, WORK, _tokens_slow, describe, scan, tokens
+from mssql_pool._scan import (
+    DISCARD,
+    HELD,
+    SESSION,
+    TXN,
+    WORK,
+    _tokens_slow,
+    describe,
+    pure_read,
+    scan,
+    statement_flags,
+    tokens,
+)
+from mssql_pool._scan import OP as OP_KIND
+from mssql_pool._scan import WORD as WORD_KIND
 
 # A statement is a list of pieces: ("kw", word) keywords (any case), ("id", name)
 # identifiers (bare, [bracketed] or "quoted"), ("lit", text) literals and punctuation
@@ -251,3 +265,100 @@ def test_both_tokenizers_agree(sql: str) -> None:
     low = sql.lower()
     if "/*" not in low:
         assert tokens(sql) == _tokens_slow(low)
+
+
+# --------------------------------------------------------------------------- pure reads
+
+PURE_READS = [
+    "SELECT 1",
+    "SELECT id, v FROM t WHERE id = 4",
+    "select id from t where id = 4;",
+    "SELECT a.x, b.y FROM dbo.a AS a JOIN db.dbo.b AS b ON a.id = b.id",
+    "SELECT * FROM t WITH (NOLOCK) WHERE x IN (SELECT y FROM u)",
+    "SELECT * FROM t WITH (READPAST, ROWLOCK)",
+    "WITH c AS (SELECT 1 AS a) SELECT a FROM c",
+    "SELECT a FROM t UNION ALL SELECT b FROM u EXCEPT SELECT c FROM w",
+    "SELECT CASE WHEN x > 1 THEN 'a' ELSE 'b' END FROM t",
+    "SELECT TOP 10 * FROM t ORDER BY id OFFSET 0 ROWS",
+    "/* comment; UPDATE t */ SELECT 1 -- DELETE FROM t\n",
+    "SELECT 'UPDATE t SET x = 1; EXEC p' AS text",
+    "SELECT rt_item.id, rt_item.v FROM rt_item WHERE rt_item.id = 4",
+    "SELECT @@VERSION",
+    "SELECT * FROM t FOR XML PATH",
+]
+
+
+@pytest.mark.parametrize("sql", PURE_READS)
+def test_pure_reads(sql: str) -> None:
+    assert pure_read(sql), sql
+    assert statement_flags(sql) == WORK
+
+
+#: What may keep something in an open transaction after a read: each is put into a pure
+#: read by the generated test below, which must then never be taken for one.
+HOLDERS = [
+    ("hint", "WITH (UPDLOCK)"), ("hint", "WITH (HOLDLOCK)"), ("hint", "WITH (XLOCK)"),
+    ("hint", "WITH (TABLOCK)"), ("hint", "WITH (TABLOCKX)"), ("hint", "WITH (PAGLOCK)"),
+    ("hint", "WITH (SERIALIZABLE)"), ("hint", "WITH (REPEATABLEREAD)"),
+    ("hint", "(NOLOCK, UPDLOCK)"),
+    ("tail", "FOR UPDATE"), ("tail", "FOR UPDATE OF v"),
+    ("tail", "; SELECT 2"), ("tail", " SELECT 2"), ("tail", "; UPDATE t SET v = 1"),
+    ("tail", " OPTION (TABLE HINT(t, UPDLOCK))"),
+    ("tail", " EXEC p"), ("tail", "; COMMIT"), ("tail", " BEGIN TRAN"),
+    ("list", "NEXT VALUE FOR s"), ("list", "dbo.sp_x()"), ("list", "(SELECT 1 FROM #t)"),
+    ("into", "INTO t2"), ("into", "INTO #t2"),
+    ("from", "srv.db.dbo.t"), ("from", "[srv].[db].[dbo].[t]"), ("from", "srv...t"),
+    ("from", "OPENQUERY(srv, 'SELECT 1')"), ("from", "OPENROWSET('a', 'b', 'c')"),
+    ("from", "OPENDATASOURCE('a', 'b').db.dbo.t"),
+]
+
+
+@st.composite
+def held_read(draw: Any) -> str:
+    where, text = draw(st.sampled_from(HOLDERS))
+    columns = draw(st.sampled_from(["*", "id, v", "t.id", "COUNT(*)"]))
+    select = draw(st.sampled_from(["SELECT", "select", "SeLeCt"]))
+    table = "t" if where != "from" else text
+    sep = draw(st.sampled_from([" ", "\n", " /* c */ ", "  "]))
+    parts = [select, columns]
+    if where == "list":
+        parts.append(", " + text)
+    if where == "into":
+        parts.append(text)
+    parts += ["FROM", table]
+    if where == "hint":
+        parts.append(text)
+    parts.append(draw(st.sampled_from(["", "WHERE id = 1", "WHERE id IN (SELECT 1)"])))
+    if where == "tail":
+        parts.append(text)
+    sql = sep.join(p for p in parts if p)
+    if draw(st.booleans()):
+        sql = "WITH c AS (SELECT 1 AS a) " + sql
+    return sql
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(held_read())
+def test_a_read_that_may_hold_something_is_never_pure(sql: str) -> None:
+    assert not pure_read(sql), sql
+    assert statement_flags(sql) & HELD, sql
+
+
+@settings(max_examples=200, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(state_changing().map(lambda c: c[0]), first_only().map(lambda c: c[0])))
+def test_a_state_change_is_never_a_pure_read(sql: str) -> None:
+    assert not pure_read(sql), sql
+
+
+@settings(max_examples=100, derandomize=True, deadline=None)
+@given(plain())
+def test_only_single_selects_of_plain_work_are_pure(sql: str) -> None:
+    toks = tokens(sql)
+    while toks and toks[-1][1] == ";":
+        toks.pop()
+    words = {value for kind, value in toks if kind == WORD_KIND}
+    if pure_read(sql):
+        assert toks[0][1] in ("select", "with"), sql
+        assert (OP_KIND, ";") not in toks, sql
+        assert not words & {"insert", "update", "delete", "merge", "declare", "set"}, sql

@@ -150,46 +150,37 @@ def test_rollback_is_one_round_trip_and_clears_the_work(
     assert pool.get_stats()["resets_rollback"] == 0
 
 
-def test_commit_reports_success_once_commit_tran_succeeded(
+def test_commit_is_one_batch_and_leaves_nothing_to_reset(
         db: FakeDB, make_pool: Callable[..., Any]) -> None:
     pool = make_pool()
     adapter = MssqlPoolAdapter(pool)
     conn = adapter.connect()
     conn.cursor().execute("UPDATE t SET x = 1")
-    before = len(db.statements)
+    before = db.round_trips
     conn.commit()
-    assert [sql for _, sql in db.statements[before:]] == ["COMMIT TRAN", "BEGIN TRAN"]
+    assert db.round_trips == before + 1
+    assert db.statements[-1][1] == "COMMIT TRAN;BEGIN TRAN"
     conn.close()
+    assert db.round_trips == before + 1
     assert pool.get_stats()["resets_none"] == 1
-    # BEGIN TRAN fails after the COMMIT went through: committed, the connection discarded
-    conn = adapter.connect()
-    conn.cursor().execute("UPDATE t SET x = 2")
-    inner = conn.dbapi_connection.raw._conn
-    real = inner.execute_non_query
-
-    def begin_fails(sql: str) -> None:
-        if sql == "BEGIN TRAN":
-            db.kill(conn.dbapi_connection)
-        real(sql)
-
-    inner.execute_non_query = begin_fails
-    conn.commit()                                   # no error: the unit is committed
-    conn.close()
-    stats = pool.get_stats()
-    assert stats["connections_discarded"] == 1 and stats["pool_size"] == 0
 
 
-def test_a_failed_commit_is_a_dbapi_error(db: FakeDB, make_pool: Callable[..., Any]) -> None:
+def test_a_failed_commit_is_pymssqls_commit_error(
+        db: FakeDB, make_pool: Callable[..., Any]) -> None:
     import pymssql
 
-    adapter = MssqlPoolAdapter(make_pool())
+    pool = make_pool()
+    adapter = MssqlPoolAdapter(pool)
     conn = adapter.connect()
     conn.cursor().execute("UPDATE t SET x = 1")
     db.kill(conn.dbapi_connection)
     with pytest.raises(pymssql.OperationalError) as info:
         conn.commit()
-    assert info.value.args[0] == 20047
+    assert str(info.value.args[0]).startswith("Cannot commit transaction: ")
+    assert info.value.__context__ is not None and info.value.__context__.args[0] == 20047
     conn.close()
+    stats = pool.get_stats()
+    assert stats["connections_lost"] == 1 and stats["pool_size"] == 0
 
 
 def test_a_failed_rollback_is_a_dbapi_error_and_marks_the_connection_dead(

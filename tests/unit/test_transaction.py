@@ -24,6 +24,7 @@ from mssql_pool.errors import (
 from mssql_pool.retry import FixedBackoff, RetryPolicy
 from mssql_pool.transaction import (
     COMMIT_BATCH,
+    COMMIT_REOPEN_BATCH,
     TRANSACTION_POLICY,
     run,
     run_transaction,
@@ -66,6 +67,9 @@ class FakeCursor:
     def fetchone(self) -> Any:
         return self.conn.last_row
 
+    def fetchall(self) -> list[Any]:
+        return [] if self.conn.last_row is None else [self.conn.last_row]
+
     def close(self) -> None:
         pass
 
@@ -97,10 +101,12 @@ class FakeConn:
         self.server.statements.append(sql)
         if sql == "COMMIT TRAN":
             self._commit()
-        elif sql == COMMIT_BATCH:
+        elif sql in (COMMIT_BATCH, COMMIT_REOPEN_BATCH):
             found = self.trancount
             if found == 1:
                 self._commit()
+            if sql == COMMIT_REOPEN_BATCH and self.trancount == 0:
+                self.trancount = 1       # IF @@TRANCOUNT = 0 BEGIN TRAN
             self.last_row = (found,)
         elif sql == "BEGIN TRAN":
             self.trancount += 1
@@ -217,11 +223,13 @@ def test_commits_once_and_returns(pool: FakePool) -> None:
     assert pool.invalidated == []
 
 
-def test_pymssql_commit_is_split_from_the_next_begin() -> None:
+def test_pymssql_commit_reopens_its_transaction_in_the_same_batch() -> None:
     pool = FakePool(FakeServer(), pymssql_like=True)
     run_transaction(pool, work, "u1", policy=fast_policy())
-    assert pool.server.statements == ["WORK", COMMIT_BATCH]
-    assert pool.handed_out[0].raw.rollbacks == 1  # pymssql's BEGIN TRAN re-opened
+    assert pool.server.statements == ["WORK", COMMIT_REOPEN_BATCH]   # no trip after it
+    raw = pool.handed_out[0].raw
+    assert raw.rollbacks == 0 and raw.trancount == 1   # pymssql's BEGIN TRAN re-opened
+    assert pool.server.ledger == ["u1"]
 
 
 def test_pymssql_autocommit_mode_opens_its_own_transaction() -> None:
@@ -397,12 +405,15 @@ def test_verify_retried_on_retryable_error_then_unknown(pool: FakePool) -> None:
     assert "verify" in str(ei.value)
 
 
-def test_commit_known_when_begin_after_commit_fails() -> None:
+def test_a_connection_lost_after_the_commit_applied_is_an_unknown_outcome() -> None:
+    # COMMIT and the BEGIN TRAN that re-opens pymssql's transaction are one batch: a
+    # connection lost before its reply cannot tell "committed" from "not committed".
     pool = FakePool(FakeServer(), pymssql_like=True)
-    pool.server.fault("rollback", dead())
-    assert run_transaction(pool, work, "u1", policy=fast_policy()) == "done u1"
+    pool.server.fault("commit_after", dead())
+    with pytest.raises(CommitUnknownError):
+        run_transaction(pool, work, "u1", policy=fast_policy())
     assert pool.server.ledger == ["u1"]
-    assert pool.handed_out[0].invalidated  # pymssql's invariant is broken: discard
+    assert pool.handed_out[0].invalidated
 
 
 # --------------------------------------------------------------------------- decorator, run
