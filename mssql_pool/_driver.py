@@ -362,18 +362,8 @@ def extract(exc: BaseException) -> RawError:
             primary = numbers[0]
     if severity is None and not connect and driver:
         severity = _severity_in_text(text)
-    # Shape-level hints: sockets and "not connected" messages.
-    for e in chain:
-        if isinstance(e, TimeoutError) and not _is_our_error(e):
-            timeout = True
-        elif isinstance(e, OSError) and not _is_our_error(e):
-            dead = True
-        if _PYMSSQL is not None and isinstance(e, _PYMSSQL.InterfaceError):
-            dead = dead or bool(_DEAD_TEXT_RE.search(_to_text(e)))
-    if driver and _DEAD_TEXT_RE.search(text):
-        dead = True
-    if driver and _TIMEOUT_TEXT_RE.search(text):
-        timeout = True
+    hinted_dead, hinted_timeout = _shape_hints(chain, text, driver)
+    dead, timeout = dead or hinted_dead, timeout or hinted_timeout
     nums = _dedupe(numbers)
     meant = babelfish_numbers(nums, text, connect)
     if meant:
@@ -392,6 +382,24 @@ def extract(exc: BaseException) -> RawError:
         timeout=timeout,
         connect=connect,
     )
+
+
+def _shape_hints(chain: list[BaseException], text: str, driver: bool) -> tuple[bool, bool]:
+    """(dead, timeout) from the shapes alone: socket errors, pymssql's "not connected"
+    InterfaceError, and a driver's dead-connection or timeout wording."""
+    dead = timeout = False
+    for e in chain:
+        if isinstance(e, TimeoutError) and not _is_our_error(e):
+            timeout = True
+        elif isinstance(e, OSError) and not _is_our_error(e):
+            dead = True
+        if _PYMSSQL is not None and isinstance(e, _PYMSSQL.InterfaceError):
+            dead = dead or bool(_DEAD_TEXT_RE.search(_to_text(e)))
+    if driver and _DEAD_TEXT_RE.search(text):
+        dead = True
+    if driver and _TIMEOUT_TEXT_RE.search(text):
+        timeout = True
+    return dead, timeout
 
 
 def _is_our_error(exc: BaseException) -> bool:
