@@ -240,6 +240,35 @@ def shares(counts: list[int]) -> tuple[float, float, int]:
 
 
 # ----------------------------------------------------------------------------- main
+def single(workload: Callable[[Subject, int], float], title: str, subjects: dict[str, Subject],
+           names: list[str], rounds: int, n_pairs: int, rng: random.Random) -> None:
+    """One single-thread workload over every pool, in shuffled order, with paired ratios
+    of mssql_pool against the floor, QueuePool and (``--before``) an earlier copy."""
+    per: dict[str, list[float]] = {n: [] for n in names}
+    ratios: dict[str, list[float]] = {"floor": [], "qp": [], "before": []}
+    for name in names:               # warm-up
+        workload(subjects[name], n_pairs // 5)
+    for _ in range(rounds):
+        order = names[:]
+        rng.shuffle(order)
+        got = {name: workload(subjects[name], n_pairs) for name in order}
+        for name in names:
+            per[name].append(got[name])
+        for other, paired in ratios.items():
+            if "mssql_pool" in got and other in got:
+                paired.append(got["mssql_pool"] / got[other])
+    print(f"\n## {title} (single thread, median of {rounds} rounds x {n_pairs})")
+    print(f"{'pool':<12}{'ns/op':>10}{'x floor':>10}")
+    floor = statistics.median(per["floor"]) if "floor" in per else None
+    for name in names:
+        med = statistics.median(per[name])
+        rel = f"{med / floor:10.2f}" if floor else ""
+        print(f"{name:<12}{med:10.0f}{rel}")
+    for other, paired in ratios.items():
+        if paired:
+            print(f"paired ratio mssql_pool/{other}: {statistics.median(paired):.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short run (under 2 minutes)")
@@ -266,41 +295,9 @@ def main() -> None:
     subjects = {name: FACTORIES[name](db) for name in names}
     bench_start = time.perf_counter()
 
-    def single(workload: Callable[[Subject, int], float], title: str) -> None:
-        per: dict[str, list[float]] = {n: [] for n in names}
-        ratios_floor: list[float] = []
-        ratios_qp: list[float] = []
-        ratios_before: list[float] = []
-        for name in names:               # warm-up
-            workload(subjects[name], n_pairs // 5)
-        for _ in range(rounds):
-            order = names[:]
-            rng.shuffle(order)
-            got = {name: workload(subjects[name], n_pairs) for name in order}
-            for name in names:
-                per[name].append(got[name])
-            if "mssql_pool" in got and "floor" in got:
-                ratios_floor.append(got["mssql_pool"] / got["floor"])
-            if "mssql_pool" in got and "qp" in got:
-                ratios_qp.append(got["mssql_pool"] / got["qp"])
-            if "mssql_pool" in got and "before" in got:
-                ratios_before.append(got["mssql_pool"] / got["before"])
-        print(f"\n## {title} (single thread, median of {rounds} rounds x {n_pairs})")
-        print(f"{'pool':<12}{'ns/op':>10}{'x floor':>10}")
-        floor = statistics.median(per["floor"]) if "floor" in per else None
-        for name in names:
-            med = statistics.median(per[name])
-            rel = f"{med / floor:10.2f}" if floor else ""
-            print(f"{name:<12}{med:10.0f}{rel}")
-        if ratios_floor:
-            print(f"paired ratio mssql_pool/floor: {statistics.median(ratios_floor):.2f}")
-        if ratios_qp:
-            print(f"paired ratio mssql_pool/qp:    {statistics.median(ratios_qp):.3f}")
-        if ratios_before:
-            print(f"paired ratio mssql_pool/before: {statistics.median(ratios_before):.3f}")
-
-    single(pair_loop, "checkout+checkin pair")
-    single(execute_loop, "checkout + cursor().execute('SELECT 1') + checkin")
+    for workload, title in ((pair_loop, "checkout+checkin pair"),
+                            (execute_loop, "checkout + cursor().execute('SELECT 1') + checkin")):
+        single(workload, title, subjects, names, rounds, n_pairs, rng)
 
     print(f"\n## threads on a pool of {POOL_SIZE}: checkout+checkin pairs for {duration} s each")
     print(f"{'pool':<12}{'threads':>8}{'ns/pair':>10}{'min/mean':>10}{'max/mean':>10}"

@@ -307,6 +307,69 @@ def seed(server: TdsServer) -> None:
     eng.dispose()
 
 
+def trips_table(server: TdsServer, contenders: dict[str, Any], units: list[Any],
+                cols: list[str]) -> list[str]:
+    """The exact round trips per unit and contender, as a markdown table."""
+    trips: dict[tuple[str, str], Fraction] = {}
+    for unit in units:
+        for name in cols:
+            if name in unit.who:
+                trips[unit.name, name] = exact_trips(server, contenders[name], unit)
+    lines = ["| unit | " + " | ".join(cols) + " | the limit |",
+             "| --- |" + " ---: |" * (len(cols) + 1)]
+    for unit in units:
+        cells = [fmt_trips(trips[unit.name, n]) if (unit.name, n) in trips else "-"
+                 for n in cols]
+        lines.append(f"| `{unit.name}`: {unit.what} | " + " | ".join(cells)
+                     + f" | {unit.limit} |")
+    return lines
+
+
+def rates_table(server: TdsServer, contenders: dict[str, Any], units: list[Any],
+                cols: list[str], args: argparse.Namespace, rng: random.Random) -> list[str]:
+    """Units per second (and round trips per unit) per thread count: the median of
+    ``args.rounds`` runs in shuffled order; each row is printed as it is measured."""
+    table = ["", "| unit | threads | " + " | ".join(cols) + " |",
+             "| --- | ---: |" + " ---: |" * len(cols)]
+    print(table[1], flush=True)
+    for unit in units:
+        for threads in args.threads:
+            rates: dict[str, list[float]] = {n: [] for n in cols}
+            rts: dict[str, list[float]] = {n: [] for n in cols}
+            for _ in range(args.rounds):
+                order = [n for n in cols if n in unit.who]
+                rng.shuffle(order)
+                for name in order:
+                    rate, rt = run_for(server, contenders[name], unit, threads, args.seconds)
+                    rates[name].append(rate)
+                    rts[name].append(rt)
+            cells = [f"{statistics.median(rates[n]):.0f} ({statistics.median(rts[n]):.2f})"
+                     if rates[n] else "-" for n in cols]
+            row = f"| `{unit.name}` | {threads} | " + " | ".join(cells) + " |"
+            table.append(row)
+            print(row, flush=True)
+    return table
+
+
+def trace_lines(server: TdsServer, units: list[Any], names: list[str]) -> list[str]:
+    """What one unit sends, request by request, seen by a tapping TCP proxy."""
+    lines: list[str] = []
+    with TcpProxy((server.host, server.port), tap=True) as proxy:
+        traced = make_contenders(proxy.host, proxy.port, server, names)
+        try:
+            for unit in units:
+                for name in names:
+                    if name in unit.who and name in traced:
+                        reqs = trace_one(proxy, traced[name], unit)
+                        shown = "; ".join(f"`{' '.join(str(r).split())}`" for r in reqs)
+                        lines.append(f"* `{unit.name}`, {name} ({len(reqs)}): {shown}")
+                        print(lines[-1], flush=True)
+        finally:
+            for c in traced.values():
+                c.close()
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--latency", type=float, default=0.001, help="server reply delay, s")
@@ -343,63 +406,17 @@ def main(argv: list[str] | None = None) -> int:
         seed(server)
         contenders = make_contenders(server.host, server.port, server, names)
         try:
-            # exact round trips per unit
-            trips: dict[tuple[str, str], Fraction] = {}
-            for unit in units:
-                for name in names:
-                    if name in unit.who and name in contenders:
-                        trips[unit.name, name] = exact_trips(server, contenders[name], unit)
             cols = [n for n in names if n in contenders]
-            lines += ["| unit | " + " | ".join(cols) + " | the limit |",
-                      "| --- |" + " ---: |" * (len(cols) + 1)]
-            for unit in units:
-                cells = [fmt_trips(trips[unit.name, n]) if (unit.name, n) in trips else "-"
-                         for n in cols]
-                lines.append(f"| `{unit.name}`: {unit.what} | " + " | ".join(cells)
-                             + f" | {unit.limit} |")
+            lines += trips_table(server, contenders, units, cols)
             print("\n".join(lines), flush=True)
-            # units per second
-            table = ["", "| unit | threads | " + " | ".join(cols) + " |",
-                     "| --- | ---: |" + " ---: |" * len(cols)]
-            print(table[1], flush=True)
-            for unit in units:
-                for threads in args.threads:
-                    rates: dict[str, list[float]] = {n: [] for n in cols}
-                    rts: dict[str, list[float]] = {n: [] for n in cols}
-                    for _ in range(args.rounds):
-                        order = [n for n in cols if n in unit.who]
-                        rng.shuffle(order)
-                        for name in order:
-                            rate, rt = run_for(server, contenders[name], unit, threads,
-                                               args.seconds)
-                            rates[name].append(rate)
-                            rts[name].append(rt)
-                    cells = [f"{statistics.median(rates[n]):.0f} ({statistics.median(rts[n]):.2f})"
-                             if rates[n] else "-" for n in cols]
-                    row = f"| `{unit.name}` | {threads} | " + " | ".join(cells) + " |"
-                    table.append(row)
-                    print(row, flush=True)
-            lines += table
+            lines += rates_table(server, contenders, units, cols, args, rng)
             lines += ["", "Cells: units/s (round trips per unit during that run)."]
         finally:
             for c in contenders.values():
                 c.close()
         if args.trace:
             lines += ["", "What one unit sends (after warm-up), request by request:", ""]
-            with TcpProxy((server.host, server.port), tap=True) as proxy:
-                traced = make_contenders(proxy.host, proxy.port, server, names)
-                try:
-                    for unit in units:
-                        for name in names:
-                            if name in unit.who and name in traced:
-                                reqs = trace_one(proxy, traced[name], unit)
-                                shown = "; ".join(f"`{' '.join(str(r).split())}`"
-                                                  for r in reqs)
-                                lines.append(f"* `{unit.name}`, {name} ({len(reqs)}): {shown}")
-                                print(lines[-1], flush=True)
-                finally:
-                    for c in traced.values():
-                        c.close()
+            lines += trace_lines(server, units, names)
     out = args.out or os.path.join(tempfile.gettempdir(), "mssql_pool_round_trips.md")
     with open(out, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")

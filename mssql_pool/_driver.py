@@ -1,9 +1,10 @@
 """The one module that knows the shapes of driver exceptions.
 
-pymssql reports the same kind of failure in several shapes (FACTS.md, "How pymssql
-reports errors"); python-tds and raw sockets add their own. :func:`extract` turns any
-of them into a :class:`RawError`: the SQL Server / DB-Library numbers involved, the
-highest severity, a short text, and hints about the state of the connection.
+pymssql reports the same kind of failure in several shapes (listed below, and in
+docs/retries.md, "pymssql's shapes and quirks"); python-tds and raw sockets add their
+own. :func:`extract` turns any of them into a :class:`RawError`: the SQL Server /
+DB-Library numbers involved, the highest severity, a short text, and hints about the
+state of the connection.
 Everything else in mssql_pool works with :mod:`mssql_pool.classify`'s view instead.
 
 Shapes handled:
@@ -331,8 +332,9 @@ def extract(exc: BaseException) -> RawError:
     primary: int | None = None
     for i, e in enumerate(chain):
         if connect and _MSSQL is not None and isinstance(e, _MSSQL.MSSQLDatabaseException):
-            # The exception under a failed connect() carries the stale module-global
-            # number and severity (FACTS.md): the text read above is all we trust.
+            # The exception under a failed connect() carries the module-global number and
+            # severity, which pymssql's clr_err() never resets, so they may be an earlier
+            # failure's: the text read above is all we trust.
             continue
         raw = _from_one(e)
         if raw is None:
@@ -360,18 +362,8 @@ def extract(exc: BaseException) -> RawError:
             primary = numbers[0]
     if severity is None and not connect and driver:
         severity = _severity_in_text(text)
-    # Shape-level hints: sockets and "not connected" messages.
-    for e in chain:
-        if isinstance(e, TimeoutError) and not _is_our_error(e):
-            timeout = True
-        elif isinstance(e, OSError) and not _is_our_error(e):
-            dead = True
-        if _PYMSSQL is not None and isinstance(e, _PYMSSQL.InterfaceError):
-            dead = dead or bool(_DEAD_TEXT_RE.search(_to_text(e)))
-    if driver and _DEAD_TEXT_RE.search(text):
-        dead = True
-    if driver and _TIMEOUT_TEXT_RE.search(text):
-        timeout = True
+    hinted_dead, hinted_timeout = _shape_hints(chain, text, driver)
+    dead, timeout = dead or hinted_dead, timeout or hinted_timeout
     nums = _dedupe(numbers)
     meant = babelfish_numbers(nums, text, connect)
     if meant:
@@ -390,6 +382,24 @@ def extract(exc: BaseException) -> RawError:
         timeout=timeout,
         connect=connect,
     )
+
+
+def _shape_hints(chain: list[BaseException], text: str, driver: bool) -> tuple[bool, bool]:
+    """(dead, timeout) from the shapes alone: socket errors, pymssql's "not connected"
+    InterfaceError, and a driver's dead-connection or timeout wording."""
+    dead = timeout = False
+    for e in chain:
+        if isinstance(e, TimeoutError) and not _is_our_error(e):
+            timeout = True
+        elif isinstance(e, OSError) and not _is_our_error(e):
+            dead = True
+        if _PYMSSQL is not None and isinstance(e, _PYMSSQL.InterfaceError):
+            dead = dead or bool(_DEAD_TEXT_RE.search(_to_text(e)))
+    if driver and _DEAD_TEXT_RE.search(text):
+        dead = True
+    if driver and _TIMEOUT_TEXT_RE.search(text):
+        timeout = True
+    return dead, timeout
 
 
 def _is_our_error(exc: BaseException) -> bool:

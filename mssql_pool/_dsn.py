@@ -148,59 +148,59 @@ def _check_value(key: str, value: Any) -> Any:
     if value is None and key not in ("server",):
         return None
     if key in _STR_KEYS:
-        if not isinstance(value, str):
-            raise ConfigError(name, f"must be a string, got {type(value).__name__}")
-        if key == "password":
-            return value   # any text at all; never echoed
-        if len(value) > _LONG:
-            raise ConfigError(name, f"is {len(value)} characters long; at most {_LONG}")
-        if key == "server":
-            if not value.strip() or _CONTROL.search(value) or any(c.isspace() for c in value):
-                raise ConfigError(name, "must be a host name or address without spaces "
-                                        "or control characters")
-        elif _CONTROL.search(value):
-            raise ConfigError(name, "must not contain control characters")
-        return value
-    if key == "port":
-        port = value
-        if isinstance(value, str) and value.strip().isdigit():
-            port = int(value)
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-            raise ConfigError(name, f"must be a TCP port 1-65535, got {_show(value)}")
-        return value
-    if key in _INT_KEYS:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                isinstance(value, float) and not math.isfinite(value)):
-            raise ConfigError(name, f"must be a whole number, got {_show(value)}")
-        low = 1 if key == "arraysize" else 0
-        if value < low or value > 2_147_483:
-            raise ConfigError(name, f"must be between {low} and 2147483, got {_show(value)}")
-        return value
-    if key in _BOOL_KEYS:
+        _check_text(key, name, value)
+    elif key == "port":
+        _check_port(name, value)
+    elif key in _INT_KEYS:
+        _check_whole_number(key, name, value)
+    elif key in _BOOL_KEYS:
         if not isinstance(value, bool):
             raise ConfigError(name, f"must be True or False, got {_show(value)}")
-        return value
-    if key == "tds_version":
-        if value not in TDS_VERSIONS:
-            raise ConfigError(name, f"must be one of {', '.join(TDS_VERSIONS)}, "
-                                    f"got {_show(value)}")
-        return value
-    if key == "encryption":
-        if value not in ENCRYPTION_MODES:
-            raise ConfigError(name, f"must be one of {', '.join(ENCRYPTION_MODES)}, "
-                                    f"got {_show(value)}")
-        return value
-    if key == "charset":
+    elif key in ("tds_version", "encryption"):
+        choices = TDS_VERSIONS if key == "tds_version" else ENCRYPTION_MODES
+        if value not in choices:
+            raise ConfigError(name, f"must be one of {', '.join(choices)}, got {_show(value)}")
+    elif key == "charset":
         if not isinstance(value, str) or not _known_charset(value):
             raise ConfigError(name, f"not a known character set: {_show(value)} "
                                     f"(e.g. UTF-8, CP1252, ISO-8859-1)")
-        return value
-    # conn_properties: SQL text or a list of statements
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Iterable) and all(isinstance(v, str) for v in value):
-        return value
-    raise ConfigError(name, "must be SQL text or a list of SQL statements")
+    elif not isinstance(value, str) and not (
+            isinstance(value, Iterable) and all(isinstance(v, str) for v in value)):
+        # conn_properties: SQL text or a list of statements
+        raise ConfigError(name, "must be SQL text or a list of SQL statements")
+    return value
+
+
+def _check_text(key: str, name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(name, f"must be a string, got {type(value).__name__}")
+    if key == "password":
+        return   # any text at all; never echoed
+    if len(value) > _LONG:
+        raise ConfigError(name, f"is {len(value)} characters long; at most {_LONG}")
+    if key == "server":
+        if not value.strip() or _CONTROL.search(value) or any(c.isspace() for c in value):
+            raise ConfigError(name, "must be a host name or address without spaces "
+                                    "or control characters")
+    elif _CONTROL.search(value):
+        raise ConfigError(name, "must not contain control characters")
+
+
+def _check_port(name: str, value: Any) -> None:
+    port = value
+    if isinstance(value, str) and value.strip().isdigit():
+        port = int(value)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(name, f"must be a TCP port 1-65535, got {_show(value)}")
+
+
+def _check_whole_number(key: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        raise ConfigError(name, f"must be a whole number, got {_show(value)}")
+    low = 1 if key == "arraysize" else 0
+    if value < low or value > 2_147_483:
+        raise ConfigError(name, f"must be between {low} and 2147483, got {_show(value)}")
 
 
 def _known_charset(name: str) -> bool:
@@ -319,24 +319,28 @@ def _parse_url(url: str) -> dict[str, Any]:
                                                f"{_show(database)}")
     if database:
         kwargs["database"] = database
-    if query:
-        for pair in query.split("&"):
-            if not pair:
-                continue
-            key_text, eq, value_text = pair.partition("=")
-            key = unquote(key_text.replace("+", " "))
-            if key == "host":
-                key = "server"
-            if key in kwargs:
-                raise ConfigError(_param(key), "given twice")
-            if key not in CONNECT_KEYS:
-                raise ConfigError(_param(key), f"unknown URL query parameter; known: "
-                                               f"{', '.join(sorted(CONNECT_KEYS))}")
-            value = unquote(value_text.replace("+", " ")) if eq else ""
-            kwargs[key] = _convert(key, value)
+    _read_query(query, kwargs)
     for key, value in list(kwargs.items()):
         kwargs[key] = _check_value(key, value)
     return kwargs
+
+
+def _read_query(query: str, kwargs: dict[str, Any]) -> None:
+    """The URL's ``?key=value&...`` into ``kwargs`` (converted, not yet checked)."""
+    for pair in query.split("&"):
+        if not pair:
+            continue
+        key_text, eq, value_text = pair.partition("=")
+        key = unquote(key_text.replace("+", " "))
+        if key == "host":
+            key = "server"
+        if key in kwargs:
+            raise ConfigError(_param(key), "given twice")
+        if key not in CONNECT_KEYS:
+            raise ConfigError(_param(key), f"unknown URL query parameter; known: "
+                                           f"{', '.join(sorted(CONNECT_KEYS))}")
+        value = unquote(value_text.replace("+", " ")) if eq else ""
+        kwargs[key] = _convert(key, value)
 
 
 def _valid_escapes(text: str) -> bool:
@@ -356,6 +360,32 @@ def _split_hostport(hostport: str, shown: str) -> tuple[str, str | None]:
     if not colon:
         return hostport, None
     return host, port
+
+
+def _odbc_braced(text: str, i: int, index: int) -> tuple[str, int]:
+    """The ``{...}`` value of pair ``index`` starting at ``text[i]`` (``}}`` is a ``}``):
+    the value, and where the pair ends (at its ``;`` or the end of the text)."""
+    n = len(text)
+    j, chars = i + 1, []
+    while True:
+        if j >= n:
+            raise ConfigError("conninfo", f"pair {index}: a '{{' value is not closed "
+                                          f"by '}}'; {_ODBC_HINT}")
+        if text[j] == "}":
+            if j + 1 < n and text[j + 1] == "}":
+                chars.append("}")
+                j += 2
+                continue
+            break
+        chars.append(text[j])
+        j += 1
+    i = j + 1
+    while i < n and text[i] in " \t":
+        i += 1
+    if i < n and text[i] != ";":
+        raise ConfigError("conninfo", f"pair {index}: text after a '}}' that closes a "
+                                      f"value; {_ODBC_HINT}")
+    return "".join(chars), i
 
 
 def _parse_odbc(text: str) -> dict[str, Any]:
@@ -379,26 +409,7 @@ def _parse_odbc(text: str) -> dict[str, Any]:
         while i < n and text[i] in " \t":
             i += 1
         if i < n and text[i] == "{":
-            j, chars = i + 1, []
-            while True:
-                if j >= n:
-                    raise ConfigError("conninfo", f"pair {index}: a '{{' value is not closed "
-                                                  f"by '}}'; {_ODBC_HINT}")
-                if text[j] == "}":
-                    if j + 1 < n and text[j + 1] == "}":
-                        chars.append("}")
-                        j += 2
-                        continue
-                    break
-                chars.append(text[j])
-                j += 1
-            value = "".join(chars)
-            i = j + 1
-            while i < n and text[i] in " \t":
-                i += 1
-            if i < n and text[i] != ";":
-                raise ConfigError("conninfo", f"pair {index}: text after a '}}' that closes a "
-                                              f"value; {_ODBC_HINT}")
+            value, i = _odbc_braced(text, i, index)
         else:
             end = text.find(";", i)
             end = n if end == -1 else end

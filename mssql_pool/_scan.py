@@ -50,7 +50,7 @@ statement text (bounded).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = [
     "WORK", "SESSION", "DISCARD", "TXN", "HELD", "PENDING", "FAILED", "scan", "tokens",
@@ -289,69 +289,117 @@ def _first_argument(args: list[list[Token]]) -> list[Token]:
 _MAX_DEPTH = 8
 
 
-def _scan_tokens(toks: Sequence[Token], depth: int = 0) -> int:
-    if depth > _MAX_DEPTH:
-        return SESSION | TXN
-    flags = WORK
+def _bare_procedure_call(toks: Sequence[Token]) -> bool:
+    """A batch whose first statement is a bare name: a procedure call without EXEC."""
     n = len(toks)
-    # A batch whose first statement is a bare name: a procedure call without EXEC.
     first = 0
     while first < n and toks[first] == (OP, ";"):
         first += 1
-    if first < n and (toks[first][0] == NAME or (toks[first][0] == WORD
-                                                 and toks[first][1] not in _STATEMENT_WORDS)):
-        if not (first + 1 < n and toks[first + 1] == (OP, ":")):   # a label
-            flags |= TXN
+    if first >= n:
+        return False
+    kind, value = toks[first]
+    if not (kind == NAME or (kind == WORD and value not in _STATEMENT_WORDS)):
+        return False
+    return not (first + 1 < n and toks[first + 1] == (OP, ":"))   # a label
+
+
+def _at(toks: Sequence[Token], i: int) -> Token | None:
+    return toks[i] if 0 <= i < len(toks) else None
+
+
+def _set_rule(toks: Sequence[Token], i: int, depth: int) -> int:
+    """SET option ... changes the session; SET @v = ... and UPDATE's SET col = do not."""
+    nxt, after = _at(toks, i + 1), _at(toks, i + 2)
+    if nxt is not None and _is_name(nxt) and (
+            after is None or after[0] != OP or after[1] not in _ASSIGN):
+        return SESSION
+    return 0
+
+
+def _use_rule(toks: Sequence[Token], i: int, depth: int) -> int:
+    nxt, prev = _at(toks, i + 1), _at(toks, i - 1)
+    if nxt is not None and (_is_name(nxt) or nxt[0] == STR) \
+            and not (prev is not None and prev[0] == OP and prev[1] in "(,"):
+        return SESSION
+    return 0
+
+
+def _exec_rule(toks: Sequence[Token], i: int, depth: int) -> int:
+    nxt, prev = _at(toks, i + 1), _at(toks, i - 1)
+    if nxt is None:
+        return 0
+    if nxt == (WORD, "as"):       # EXECUTE AS (not WITH EXECUTE AS in a definition)
+        return DISCARD if prev != (WORD, "with") and prev != (OP, ",") else 0
+    if nxt == (OP, "("):
+        return _dynamic_text(_parenthesised(toks, i + 1), depth)
+    if nxt[0] == STR:
+        return _dynamic_text([nxt], depth)
+    if nxt[0] == VAR and _at(toks, i + 2) == (OP, "="):
+        return TXN                # EXEC @rc = proc: the name follows
+    if nxt[0] == VAR:
+        return TXN | SESSION      # EXEC @name: a procedure we cannot name
+    return TXN
+
+
+def _tran_rule(toks: Sequence[Token], i: int, depth: int) -> int:
+    nxt = _at(toks, i + 1)
+    return TXN if nxt is not None and nxt[0] == WORD and nxt[1] in _TRAN_WORDS else 0
+
+
+def _open_rule(toks: Sequence[Token], i: int, depth: int) -> int:
+    nxt = _at(toks, i + 1)      # an opened key stays open for the session
+    return SESSION if nxt is not None and nxt[1] in ("symmetric", "master") else 0
+
+
+def _always(flags: int) -> Callable[[Sequence[Token], int, int], int]:
+    return lambda toks, i, depth: flags
+
+
+#: What each statement word implies, given the tokens around it.
+_WORD_RULES: dict[str, Callable[[Sequence[Token], int, int], int]] = {
+    "set": _set_rule,
+    "use": _use_rule,
+    "exec": _exec_rule,
+    "execute": _exec_rule,
+    "commit": _always(TXN),
+    "rollback": _always(TXN),
+    "begin": _tran_rule,
+    "save": _tran_rule,
+    "setuser": _always(DISCARD),
+    "revert": _always(SESSION),
+    "context_info": _always(SESSION),
+    "cursor": _always(SESSION),
+    "dbcc": _always(SESSION),
+    "open": _open_rule,
+}
+
+
+def _procedure_rule(toks: Sequence[Token], i: int, depth: int) -> int:
+    """A system procedure named anywhere (``sp_...``, as a word or a bracketed name)."""
+    value = toks[i][1]
+    if value in _DISCARD_PROCS:
+        return DISCARD
+    if value == "sp_set_session_context":
+        return _session_context_flags(_arguments(toks, i + 1))
+    if value == "sp_executesql":
+        return _dynamic_text(_first_argument(_arguments(toks, i + 1)), depth)
+    return 0
+
+
+def _scan_tokens(toks: Sequence[Token], depth: int = 0) -> int:
+    if depth > _MAX_DEPTH:
+        return SESSION | TXN
+    flags = WORK | (TXN if _bare_procedure_call(toks) else 0)
     for i, (kind, value) in enumerate(toks):
         if kind == TEMP:
             flags |= SESSION
-        elif kind == WORD:
-            nxt = toks[i + 1] if i + 1 < n else None
-            prev = toks[i - 1] if i > 0 else None
-            if value == "set":
-                if nxt is not None and _is_name(nxt):
-                    after = toks[i + 2] if i + 2 < n else None
-                    if after is None or after[0] != OP or after[1] not in _ASSIGN:
-                        flags |= SESSION
-            elif value == "use":
-                if nxt is not None and (_is_name(nxt) or nxt[0] == STR) \
-                        and not (prev is not None and prev[0] == OP and prev[1] in "(,"):
-                    flags |= SESSION
-            elif value in ("exec", "execute"):
-                if nxt is None:
-                    continue
-                if nxt == (WORD, "as"):
-                    if prev != (WORD, "with") and prev != (OP, ","):
-                        flags |= DISCARD
-                elif nxt == (OP, "("):
-                    flags |= _dynamic_text(_parenthesised(toks, i + 1), depth)
-                elif nxt[0] == STR:
-                    flags |= _dynamic_text([nxt], depth)
-                else:
-                    flags |= TXN
-                    if nxt[0] == VAR and i + 2 < n and toks[i + 2] == (OP, "="):
-                        continue   # EXEC @rc = proc: the name follows
-                    if nxt[0] == VAR:
-                        flags |= SESSION   # EXEC @name: a procedure we cannot name
-            elif value in ("commit", "rollback"):
-                flags |= TXN
-            elif value in ("begin", "save"):
-                if nxt is not None and nxt[0] == WORD and nxt[1] in _TRAN_WORDS:
-                    flags |= TXN
-            elif value in ("setuser", "revert"):
-                flags |= DISCARD if value == "setuser" else SESSION
-            elif value == "context_info" or value == "cursor" or value == "dbcc":
-                flags |= SESSION
-            elif value == "open" and nxt is not None and nxt[1] in ("symmetric", "master"):
-                flags |= SESSION   # an opened key stays open for the session
-        if kind == WORD or kind == NAME:
-            if value.startswith("sp_"):
-                if value in _DISCARD_PROCS:
-                    flags |= DISCARD
-                elif value == "sp_set_session_context":
-                    flags |= _session_context_flags(_arguments(toks, i + 1))
-                elif value == "sp_executesql":
-                    flags |= _dynamic_text(_first_argument(_arguments(toks, i + 1)), depth)
+            continue
+        if kind == WORD:
+            rule = _WORD_RULES.get(value)
+            if rule is not None:
+                flags |= rule(toks, i, depth)
+        if (kind == WORD or kind == NAME) and value.startswith("sp_"):
+            flags |= _procedure_rule(toks, i, depth)
     return flags
 
 
@@ -409,44 +457,50 @@ _NOT_PURE = frozenset("""
 _SET_OPERATORS = frozenset({"union", "all", "except", "intersect"})
 
 
+def _has_four_part_name(toks: Sequence[Token]) -> bool:
+    """A chain of names with three dots (``server.db.schema.table``): a linked server."""
+    dots = 0
+    prev: Token | None = None
+    for tok in toks:
+        if tok == (OP, "."):
+            dots += 1
+            if dots >= 3:
+                return True
+        elif not (prev == (OP, ".") and _is_name(tok)):
+            dots = 0
+        prev = tok
+    return False
+
+
+def _impure_name(kind: int, value: str) -> bool:
+    """A word or name that makes a batch more than a read: a procedure, a statement
+    keyword, a locking hint, a remote source (see :data:`_NOT_PURE`)."""
+    if kind != WORD and kind != NAME:
+        return False
+    return value.startswith(("sp_", "xp_")) or (kind == WORD and value in _NOT_PURE)
+
+
 def _pure_read_tokens(toks: Sequence[Token]) -> bool:
     n = len(toks)
     while n and toks[n - 1] == (OP, ";"):
         n -= 1                      # a trailing ";" ends the one statement
     if not n or toks[0][0] != WORD or toks[0][1] not in ("select", "with"):
         return False
+    body = toks[:n]
+    if _has_four_part_name(body):
+        return False
     depth = 0
     selects = 0
-    dots = 0                        # dots in the current chain of names (a.b.c.d: 3)
     prev: Token | None = None
-    for tok in toks[:n]:
+    for tok in body:
         kind, value = tok
-        if tok == (OP, "."):
-            dots += 1
-            if dots >= 3:
-                return False        # a four-part name: a linked server
-        elif not (prev == (OP, ".") and _is_name(tok)):
-            dots = 0
+        if kind == TEMP or tok == (OP, ";") or _impure_name(kind, value):
+            return False            # a #temp object, a second statement, more than a read
         if kind == OP:
-            if value == "(":
-                depth += 1
-            elif value == ")":
-                depth -= 1
-            elif value == ";":
-                return False        # a second statement
-        elif kind == TEMP:
-            return False
-        elif kind == WORD or kind == NAME:
-            if value.startswith(("sp_", "xp_")):
-                return False
-            if kind == WORD:
-                if value in _NOT_PURE:
-                    return False
-                if value == "select" and depth == 0 and not (
-                        prev is not None and prev[0] == WORD and prev[1] in _SET_OPERATORS):
-                    selects += 1
-                    if selects > 1:
-                        return False   # SELECT 1 SELECT 2: two statements
+            depth += 1 if value == "(" else -1 if value == ")" else 0
+        elif value == "select" and kind == WORD and depth == 0 and not (
+                prev is not None and prev[0] == WORD and prev[1] in _SET_OPERATORS):
+            selects += 1            # SELECT 1 SELECT 2: two statements
         prev = tok
     return depth == 0 and selects == 1
 

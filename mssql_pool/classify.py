@@ -461,8 +461,9 @@ class Classifier:
             and raw.severity == AUTH_SEVERITY
             and best in (ErrorKind.DISCONNECT, ErrorKind.OTHER)
         ):
-            # A login failure whose server message pymssql dropped (FACTS.md: after one
-            # severe login failure) still shows its class: 14 is "security-related errors"
+            # A login failure whose server message pymssql dropped (it does so after any
+            # earlier login failure of equal or higher severity in the process, which it
+            # never resets) still shows its class: 14 is "security-related errors"
             # (18456 and friends), so it fails fast instead of being retried.
             best, decided = ErrorKind.AUTH, None
         fatal = raw.severity is not None and raw.severity >= FATAL_SEVERITY

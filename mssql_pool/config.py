@@ -242,11 +242,16 @@ def make_config(**opts: Any) -> PoolConfig:
         check_name(name)
     o.update(endpoint_options(o))
     _guard_options(o)
+    _listeners_option(o)
+    return PoolConfig(**o)
+
+
+def _listeners_option(o: dict[str, Any]) -> None:
+    """Validate ``listeners``: callables or ``(fn, kinds)`` pairs, kinds known."""
     if "listeners" in o:
         from .events import listener_pairs
 
         o["listeners"] = listener_pairs(o["listeners"])
-    return PoolConfig(**o)
 
 
 def _guard_options(o: dict[str, Any]) -> None:

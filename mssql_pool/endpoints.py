@@ -31,7 +31,10 @@ each new connection:
      20002. A node that accepts and closes the connection without a word looks exactly
      the same to FreeTDS; the message says that too.
 
-   The login always carries TDS 7.4 and the database name (routing needs both), and
+   With failover partners, several servers or ``read_only=True`` the login must carry
+   TDS 7.4 or later and the database name (routing needs both: ``check_login_kwargs``
+   refuses anything else); a single server is spoken to at the version the user chose
+   (7.4 when none is given), and
    ``read_only=True`` sets the LOGIN7 read-only intent flag (pymssql >= 2.2.8
    ``read_only``; FreeTDS sends ApplicationIntent=ReadOnly), which Always On listeners
    use to route to a readable secondary.
@@ -813,17 +816,8 @@ def endpoint_options(opts: Mapping[str, Any]) -> dict[str, Any]:
     partners = opts.get("failover_partners")
     connect = opts.get("connect")
     for name, value in (("servers", servers), ("failover_partners", partners)):
-        if value is None:
-            continue
-        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-            raise ConfigError(name, f"must be a list of endpoints like ['host2:1433'], "
-                                    f"got {value!r}")
-        eps = tuple(Endpoint.parse(v, name) for v in value)
-        if name == "servers" and not eps:
-            raise ConfigError(name, "must name at least one endpoint")
-        if len(set(eps)) != len(eps):
-            raise ConfigError(name, "lists an endpoint twice")
-        out[name] = eps
+        if value is not None:
+            out[name] = _endpoint_list(name, value)
     if servers is not None and partners is not None:
         raise ConfigError("failover_partners", "give either servers=[...] (every endpoint) or "
                                                "failover_partners=[...] (after conninfo's)")
@@ -835,16 +829,7 @@ def endpoint_options(opts: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError("identify", "must be True, False, None, SQL text or a callable")
     breaker = opts.get("endpoint_breaker", "auto")
     if breaker is not None and breaker != "auto" and not callable(breaker):
-        if not isinstance(breaker, Mapping):
-            raise ConfigError("endpoint_breaker", "must be 'auto', a mapping of "
-                                                  "CircuitBreaker arguments, a callable or None")
-        try:
-            CircuitBreaker(**dict(breaker))
-        except ConfigError as exc:
-            raise exc.nested("endpoint_breaker") from None
-        except TypeError as exc:
-            raise ConfigError("endpoint_breaker", str(exc)) from None
-        out["endpoint_breaker"] = MappingProxyType(dict(breaker))
+        out["endpoint_breaker"] = _breaker_arguments(breaker)
     wants = servers is not None or partners is not None or read_only
     if connect is not None and wants:
         which = "servers" if servers is not None else (
@@ -862,6 +847,33 @@ def endpoint_options(opts: Mapping[str, Any]) -> dict[str, Any]:
                                           "partners, Azure routing and read-only routing need "
                                           "it in the login")
     return out
+
+
+def _endpoint_list(name: str, value: Any) -> tuple[Endpoint, ...]:
+    """``servers=`` or ``failover_partners=``: a list of distinct endpoints."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ConfigError(name, f"must be a list of endpoints like ['host2:1433'], "
+                                f"got {value!r}")
+    eps = tuple(Endpoint.parse(v, name) for v in value)
+    if name == "servers" and not eps:
+        raise ConfigError(name, "must name at least one endpoint")
+    if len(set(eps)) != len(eps):
+        raise ConfigError(name, "lists an endpoint twice")
+    return eps
+
+
+def _breaker_arguments(breaker: Any) -> Mapping[str, Any]:
+    """``endpoint_breaker=`` given as CircuitBreaker arguments: checked by building one."""
+    if not isinstance(breaker, Mapping):
+        raise ConfigError("endpoint_breaker", "must be 'auto', a mapping of "
+                                              "CircuitBreaker arguments, a callable or None")
+    try:
+        CircuitBreaker(**dict(breaker))
+    except ConfigError as exc:
+        raise exc.nested("endpoint_breaker") from None
+    except TypeError as exc:
+        raise ConfigError("endpoint_breaker", str(exc)) from None
+    return MappingProxyType(dict(breaker))
 
 
 def make_endpoints(config: Any) -> Endpoints | None:

@@ -52,8 +52,10 @@ taken before it goes stale (``conn.raw`` is updated).
 ``check(raw_conn)`` that raises (or returns ``False``) on failure, or ``None`` (no check).
 Keepalive pings run the same check (``SELECT 1`` when ``check`` is None).
 
-pymssql has no per-connection timeout (``timeout`` is process-wide, FACTS.md): a check
-on a connection whose peer vanished without a FIN waits for the driver's ``timeout``.
+pymssql has no per-connection timeout: ``timeout`` and ``login_timeout`` are process-wide
+(FreeTDS's dbsettime/dbsetlogintime; the last connection's value applies to every open
+connection, see docs/configuration.md). A check on a connection whose peer vanished
+without a FIN waits for the driver's ``timeout``.
 Use ``keepalive`` and a finite pymssql ``timeout`` if that matters.
 """
 

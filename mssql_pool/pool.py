@@ -353,46 +353,21 @@ class ConnectionPool:
         conn.record = None
         conn.lender = None  # type: ignore[assignment]  # a returned proxy keeps no pool alive
         reason = rec.dead
-        if reason is not None:
-            rec.close_code = "dead"
         done = NONE
         flags = rec.flags
         bus = self.events
-        try:
-            if reason is None and (flags or self._always_reset):
-                decision = plan(flags, self._reset_mode)
-                if isinstance(decision, str):
-                    reason = decision
-                    rec.close_code = "reset_failed"
-                elif decision == FULL and self._no_full_reset:
-                    reason = NO_FULL_RESET
-                    rec.close_code = "reset_failed"
-                elif decision != NONE:
-                    begun = self._clock()
-                    try:
-                        self._do_reset(rec, decision)
-                        done = decision
-                    except ResetUnsupported:
-                        self._found_no_full_reset()
-                        reason = NO_FULL_RESET
-                        rec.close_code = "reset_failed"
-                    except Exception as exc:
-                        self.report_error(rec, exc)
-                        reason = f"its reset failed: {redact(exc)}"
-                        rec.close_code = "reset_failed"
-                        bus.emit(EventKind.RESET, conn_id=rec.seq, spid=rec.spid,
-                                 reset=_RESET_NAMES[decision], error_info=error_info(exc),
-                                 duration=self._clock() - begun)
-                    else:
-                        bus.emit(EventKind.RESET, conn_id=rec.seq, spid=rec.spid,
-                                 reset=_RESET_NAMES[decision], duration=self._clock() - begun)
-        except BaseException:
-            # Interrupted mid-reset: the session is in an unknown state.
-            rec.flags = 0
-            rec.close_code = "reset_failed"
-            self.connector.apply(self.state.release(rec, self._clock(),
-                                                    "interrupted during its reset"))
-            raise
+        if reason is not None:
+            rec.close_code = "dead"
+        elif flags or self._always_reset:
+            try:
+                reason, done = self._reset_for_return(rec, flags)
+            except BaseException:
+                # Interrupted mid-reset: the session is in an unknown state.
+                rec.flags = 0
+                rec.close_code = "reset_failed"
+                self.connector.apply(self.state.release(rec, self._clock(),
+                                                        "interrupted during its reset"))
+                raise
         if flags:
             rec.flags = 0
         now = self._clock()
@@ -403,6 +378,33 @@ class ConnectionPool:
         fx = self._release(rec, now, reason, done)
         if fx is not None:
             self.connector.apply(fx)
+
+    def _reset_for_return(self, rec: ConnectionRecord, flags: int) -> tuple[str | None, int]:
+        """The reset a returned connection needs, run: (why to discard it or None, the
+        reset done). A reset round trip is a ``reset`` event."""
+        decision = plan(flags, self._reset_mode)
+        if isinstance(decision, str) or (decision == FULL and self._no_full_reset):
+            rec.close_code = "reset_failed"
+            return (decision if isinstance(decision, str) else NO_FULL_RESET), NONE
+        if decision == NONE:
+            return None, NONE
+        begun = self._clock()
+        try:
+            self._do_reset(rec, decision)
+        except ResetUnsupported:
+            self._found_no_full_reset()
+            rec.close_code = "reset_failed"
+            return NO_FULL_RESET, NONE
+        except Exception as exc:
+            self.report_error(rec, exc)
+            rec.close_code = "reset_failed"
+            self.events.emit(EventKind.RESET, conn_id=rec.seq, spid=rec.spid,
+                             reset=_RESET_NAMES[decision], error_info=error_info(exc),
+                             duration=self._clock() - begun)
+            return f"its reset failed: {redact(exc)}", NONE
+        self.events.emit(EventKind.RESET, conn_id=rec.seq, spid=rec.spid,
+                         reset=_RESET_NAMES[decision], duration=self._clock() - begun)
+        return None, decision
 
     def _found_no_full_reset(self) -> None:
         """The server has no sp_reset_connection: found out once, said once."""

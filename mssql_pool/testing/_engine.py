@@ -9,8 +9,6 @@ level (variables, ``@@`` values, ``#temp`` names, ``dbo.`` qualifiers, ``N''``, 
 from __future__ import annotations
 
 import datetime as _dt
-import decimal
-import functools
 import logging
 import os
 import re
@@ -22,244 +20,31 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _locks, _plans, _procs, _types
+from . import _locks, _plans, _procs, _sqlite_exec, _statements, _types
 from . import _protocol as P
-from ._faults import error_text
-from ._tsql import Block, IfStmt, Simple, SqlSyntaxError, Tok, TryCatch, tokenize, unquote
+from ._columns import register_converters
+from ._options import (
+    LOGIN_OPTIONS,
+    STATEMENT_ERRORS,
+    VERSION,
+)
+from ._results import (
+    Env,
+    Info,
+    Out,
+    ReturnFromProcedure,
+    SqlError,
+    Waiter,
+)
+from ._translate import (
+    NO_TRANSLATION,
+    opens_implicit,
+    temp_name,
+    translation_available,
+)
+from ._tsql import Block, IfStmt, Simple, SqlSyntaxError, Tok, TryCatch, unquote
 
 log = logging.getLogger("mssql_pool.testing.engine")
-
-VERSION = (16, 0, 4135)
-VERSION_STRING = (
-    "Microsoft SQL Server 2022 (RTM-CU15) (KB5041321) - 16.0.4135.4 (X64) \n"
-    "\tJul 10 2024 14:09:09 \n\tCopyright (C) 2022 Microsoft Corporation\n"
-    "\tDeveloper Edition (64-bit) on Linux (mssql_pool.testing TDS test server) <X64>"
-)
-ISOLATION_NAMES = {
-    1: "READ UNCOMMITTED", 2: "READ COMMITTED", 3: "REPEATABLE READ", 4: "SERIALIZABLE",
-    5: "SNAPSHOT",
-}
-LOGIN_OPTIONS = {
-    "ANSI_NULLS": True, "ANSI_NULL_DFLT_ON": True, "ANSI_PADDING": True, "ANSI_WARNINGS": True,
-    "ARITHABORT": True, "CONCAT_NULL_YIELDS_NULL": True, "QUOTED_IDENTIFIER": True,
-    "CURSOR_CLOSE_ON_COMMIT": False, "IMPLICIT_TRANSACTIONS": False, "NOCOUNT": False,
-    "XACT_ABORT": False, "ARITHIGNORE": False, "NUMERIC_ROUNDABORT": False,
-    "ANSI_DEFAULTS": False, "FMTONLY": False,
-}
-_OPTION_BITS = {
-    "IMPLICIT_TRANSACTIONS": 2, "CURSOR_CLOSE_ON_COMMIT": 4, "ANSI_WARNINGS": 8,
-    "ANSI_PADDING": 16, "ANSI_NULLS": 32, "ARITHABORT": 64, "ARITHIGNORE": 128,
-    "QUOTED_IDENTIFIER": 256, "NOCOUNT": 512, "ANSI_NULL_DFLT_ON": 1024,
-    "CONCAT_NULL_YIELDS_NULL": 4096, "NUMERIC_ROUNDABORT": 8192, "XACT_ABORT": 16384,
-}
-
-
-# errors that end only the statement (the batch goes on), as SQL Server's do
-STATEMENT_ERRORS = frozenset({245, 515, 547, 1222, 2601, 2627, 3701, 3902, 3903, 6104, 6106,
-                              8134})
-
-class SqlError(Exception):
-    """An error to report to the client: number, severity, text."""
-
-    def __init__(self, number: int, text: str | None = None, severity: int | None = None,
-                 state: int = 1, **fields: object) -> None:
-        from ._faults import default_severity
-
-        self.number = number
-        self.severity = default_severity(number) if severity is None else severity
-        self.text = text if text is not None else error_text(number, **fields)
-        self.state = state
-        super().__init__(f"{number}: {self.text}")
-
-
-class Interrupted(Exception):
-    """An attention or a KILL cut the request short."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason  # "attention" or "kill"
-
-
-# ------------------------------------------------------------------------- sqlite typing
-
-
-class _DateTime2(_dt.datetime):
-    pass
-
-
-def _conv_datetime(cls: type[_dt.datetime]) -> Callable[[bytes], Any]:
-    def conv(raw: bytes) -> Any:
-        s = raw.decode()
-        try:
-            v = _dt.datetime.fromisoformat(s.replace("Z", ""))
-        except ValueError:
-            return s
-        return cls(v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond)
-
-    return conv
-
-
-def _conv_date(raw: bytes) -> Any:
-    try:
-        return _dt.datetime.fromisoformat(raw.decode()).date()
-    except ValueError:
-        return raw.decode()
-
-
-def _conv_decimal(raw: bytes) -> Any:
-    try:
-        return decimal.Decimal(raw.decode())
-    except decimal.InvalidOperation:
-        return raw.decode()
-
-
-def _conv_bit(raw: bytes) -> Any:
-    s = raw.decode()
-    return s not in ("0", "0.0", "") if s.lstrip("-").replace(".", "").isdigit() else s
-
-
-def _conv_binary(raw: bytes) -> bytes:
-    # blobs arrive unchanged; text stored into a binary column converts like varchar does
-    try:
-        return raw.decode("utf-8").encode("latin-1")
-    except (UnicodeDecodeError, UnicodeEncodeError):
-        return raw
-
-
-_registered = False
-
-
-def _register_converters() -> None:
-    global _registered
-    if _registered:
-        return
-    sqlite3.register_converter("BIT", _conv_bit)
-    for name in ("DECIMAL", "NUMERIC", "MONEY", "SMALLMONEY"):
-        sqlite3.register_converter(name, _conv_decimal)
-    for name in ("DATETIME", "SMALLDATETIME"):
-        sqlite3.register_converter(name, _conv_datetime(_dt.datetime))
-    sqlite3.register_converter("DATETIME2", _conv_datetime(_DateTime2))
-    sqlite3.register_converter("DATE", _conv_date)
-    for name in ("VARBINARY", "BINARY", "IMAGE", "ROWVERSION"):
-        sqlite3.register_converter(name, _conv_binary)
-    _registered = True
-
-
-def infer_columns(names: list[str], rows: list[tuple[Any, ...]]) -> list[P.Column]:
-    cols: list[P.Column] = []
-    for i, name in enumerate(names):
-        kind = ""
-        size = 2
-        scale = 0
-        for r in rows:
-            v = r[i]
-            if v is None:
-                continue
-            if isinstance(v, bool):
-                k = P.K_BIT
-            elif isinstance(v, int):
-                k = P.K_INT if -(2**31) <= v < 2**31 else P.K_BIGINT
-                if kind == P.K_BIGINT or (kind == P.K_INT and k == P.K_BIGINT):
-                    k = P.K_BIGINT
-            elif isinstance(v, float):
-                k = P.K_FLOAT
-            elif isinstance(v, decimal.Decimal):
-                k = P.K_DECIMAL
-                exp = v.as_tuple().exponent
-                if isinstance(exp, int):
-                    scale = max(scale, -exp)
-            elif isinstance(v, _DateTime2):
-                k = P.K_DATETIME2
-            elif isinstance(v, _dt.datetime):
-                k = P.K_DATETIME
-            elif isinstance(v, _dt.date):
-                k = P.K_DATE
-            elif isinstance(v, bytes):
-                k = P.K_VARBINARY
-                size = max(size, len(v))
-            elif isinstance(v, str) and _DT_TEXT.match(v):
-                k = P.K_DATETIME
-            else:
-                k = P.K_NVARCHAR
-                size = max(size, 2 * len(str(v)))
-            if kind and kind != k and {kind, k} != {P.K_INT, P.K_BIGINT}:
-                kind = P.K_NVARCHAR if P.K_NVARCHAR in (kind, k) else P.K_FLOAT
-            else:
-                kind = k
-        kind = kind or P.K_INT
-        if kind == P.K_NVARCHAR:
-            size = -1 if size > 8000 else 8000
-        elif kind == P.K_VARBINARY:
-            size = -1 if size > 8000 else 8000
-        if kind in (P.K_DATETIME, P.K_DATETIME2):
-            for r_i, r in enumerate(rows):
-                v = r[i]
-                if isinstance(v, str):
-                    rows[r_i] = r[:i] + (_dt.datetime.fromisoformat(v[:26]),) + r[i + 1 :]
-                    r = rows[r_i]
-        cols.append(P.Column(_column_name(name), kind, size=size, precision=38,
-                             scale=min(scale, 38)))
-    return cols
-
-
-_PLAIN_NAME = re.compile(r"^[^\W\d][\w$#@]*$")
-
-
-def _column_name(name: str) -> str:
-    return name if _PLAIN_NAME.match(name) else ""
-
-
-def literal(v: Any) -> str:
-    if v is None:
-        return "NULL"
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if isinstance(v, (int, float, decimal.Decimal)):
-        return str(v)
-    if isinstance(v, bytes):
-        return "0x" + v.hex()
-    if isinstance(v, _dt.datetime):
-        return "'" + v.isoformat(sep=" ") + "'"
-    if isinstance(v, _dt.date):
-        return "'" + v.isoformat() + "'"
-    return "'" + str(v).replace("'", "''") + "'"
-
-
-# ------------------------------------------------------------------------- outputs
-
-
-@dataclass
-class Rows:
-    columns: list[P.Column]
-    rows: list[tuple[Any, ...]]
-
-
-@dataclass
-class Done:
-    count: int | None  # None: no row count
-
-
-@dataclass
-class Info:
-    number: int
-    text: str
-    severity: int = 0
-    state: int = 1
-
-
-@dataclass
-class Env:
-    kind: int
-    new: str | bytes
-    old: str | bytes
-
-
-@dataclass
-class ReturnStatus:
-    value: int
-
-
-Out = Rows | Done | Info | Env | ReturnStatus | SqlError
 
 
 # ------------------------------------------------------------------------- server-wide
@@ -270,7 +55,7 @@ class Engine:
 
     def __init__(self, data_dir: str, databases: Iterable[str], server_name: str,
                  lock_wait: float = 10.0) -> None:
-        _register_converters()
+        register_converters()
         self.data_dir = data_dir
         self.server_name = server_name
         self.lock_wait = lock_wait
@@ -314,9 +99,6 @@ class Engine:
 
 
 # ------------------------------------------------------------------------- per session
-
-Waiter = Callable[[float], None]  # sleeps, raising Interrupted when cut short
-
 
 @dataclass
 class SessionState:
@@ -471,7 +253,7 @@ class Executor:
         if base.startswith("#"):
             row = con.execute(
                 "SELECT rowid FROM sqlite_temp_master WHERE type IN ('table','view') AND "
-                "lower(name) = lower(?)", (_temp_name(base),),
+                "lower(name) = lower(?)", (temp_name(base),),
             ).fetchone()
             return None if row is None else -int(row[0]) - 1000
         row = con.execute(
@@ -581,7 +363,7 @@ class Executor:
         except SqlError as exc:
             self._on_error(exc)
             out.append(exc)
-        except _Return:
+        except ReturnFromProcedure:
             pass
         return out
 
@@ -640,16 +422,24 @@ class Executor:
     def _run_simple(self, s: Simple, out: list[Out], wait: Waiter) -> None:
         toks = s.toks
         w = [t.up for t in toks]
-        head = w[0]
         st = self.state
         if st.trancount == 0 and st.options.get("IMPLICIT_TRANSACTIONS") and opens_implicit(toks):
             self.begin(out)  # the unseen BEGIN TRAN of implicit transaction mode
-        if head == "SET":
-            self._set(toks, out)
-        elif head == "DECLARE":
-            self._declare(toks)
-            _types.declare(self, toks)
-        elif head == "BEGIN" and len(w) > 1 and w[1] in ("TRAN", "TRANSACTION", "DISTRIBUTED"):
+        if (self._transaction_statement(toks, w, out)
+                or self._session_statement(toks, w, out)
+                or self._flow_statement(toks, w, out, wait)):
+            return
+        if self._is_bare_call(toks):
+            # A procedure called without EXEC (SQL Server allows it as a batch's first
+            # statement).
+            self._exec([Tok("word", "EXEC", toks[0].start, toks[0].start), *toks], out, wait)
+        else:
+            self._sql(toks, out, wait)
+
+    def _transaction_statement(self, toks: list[Tok], w: list[str], out: list[Out]) -> bool:
+        """BEGIN TRAN, COMMIT, ROLLBACK [name], SAVE TRAN; False for anything else."""
+        head = w[0]
+        if head == "BEGIN" and len(w) > 1 and w[1] in ("TRAN", "TRANSACTION", "DISTRIBUTED"):
             self.begin(out)
         elif head == "COMMIT":
             self.commit(out)
@@ -664,18 +454,23 @@ class Executor:
             else:
                 self.rollback(out)
         elif head == "SAVE":
-            if st.trancount <= 0:
+            if self.state.trancount <= 0:
                 raise SqlError(628, "Cannot issue SAVE TRANSACTION when there is no active "
                                "transaction.", 16)
             self.locks.savepoint(unquote(toks[-1]))
-        elif head == "PRINT":
-            out.append(Info(0, str(self._scalar(toks[1:])), 0))
-        elif head == "RAISERROR":
-            self._raiserror(toks, out)
-        elif head == "THROW":
-            self._throw(toks)
-        elif head == "WAITFOR":
-            self._waitfor(toks, wait)
+        else:
+            return False
+        return True
+
+    def _session_statement(self, toks: list[Tok], w: list[str], out: list[Out]) -> bool:
+        """SET, DECLARE, USE, EXECUTE AS, SETUSER, REVERT, KILL, CREATE DATABASE."""
+        head = w[0]
+        st = self.state
+        if head == "SET":
+            self._set(toks, out)
+        elif head == "DECLARE":
+            self._declare(toks)
+            _types.declare(self, toks)
         elif head == "USE":
             self._use(unquote(toks[1]) if len(toks) > 1 else "", out)
         elif head in ("EXEC", "EXECUTE") and len(w) > 1 and w[1] == "AS":
@@ -688,26 +483,39 @@ class Executor:
         elif head == "REVERT":
             if st.impersonation:
                 st.impersonation.pop()
-        elif head in ("EXEC", "EXECUTE"):
-            self._exec(toks, out, wait)
         elif head == "KILL":
             spid = int(self._scalar(toks[1:]) or 0)
             if spid == st.spid:
                 raise SqlError(6104, "Cannot use KILL to kill your own process.", 16)
             if not self.engine.kill(spid):
                 raise SqlError(6106, f"Process ID {spid} is not an active process ID.", 16)
-        elif head == "RETURN":  # the value is a procedure's return status
-            raise _Return(self._scalar(toks[1:]) if len(toks) > 1 else 0)
         elif head == "CREATE" and len(w) > 1 and w[1] == "DATABASE":
             self.engine.add_database(unquote(toks[2]))
+        else:
+            return False
+        return True
+
+    def _flow_statement(self, toks: list[Tok], w: list[str], out: list[Out],
+                        wait: Waiter) -> bool:
+        """PRINT, RAISERROR, THROW, WAITFOR, EXEC, RETURN (and WHILE, refused)."""
+        head = w[0]
+        if head == "PRINT":
+            out.append(Info(0, str(self._scalar(toks[1:])), 0))
+        elif head == "RAISERROR":
+            self._raiserror(toks, out)
+        elif head == "THROW":
+            self._throw(toks)
+        elif head == "WAITFOR":
+            self._waitfor(toks, wait)
+        elif head in ("EXEC", "EXECUTE"):
+            self._exec(toks, out, wait)
+        elif head == "RETURN":  # the value is a procedure's return status
+            raise ReturnFromProcedure(self._scalar(toks[1:]) if len(toks) > 1 else 0)
         elif head == "WHILE":
             raise SqlError(102, near="WHILE")
-        elif self._is_bare_call(toks):
-            # A procedure called without EXEC (SQL Server allows it as a batch's first
-            # statement).
-            self._exec([Tok("word", "EXEC", toks[0].start, toks[0].start), *toks], out, wait)
         else:
-            self._sql(toks, out, wait)
+            return False
+        return True
 
     def _is_bare_call(self, toks: list[Tok]) -> bool:
         if toks[0].kind not in ("word", "br", "dq"):
@@ -722,536 +530,84 @@ class Executor:
             (self.state.database.lower(), short) in _procs._procs(self.engine)
 
     def _execute_as(self, toks: list[Tok]) -> None:
-        """EXECUTE AS LOGIN|USER = 'name' (any name is accepted: no principals here)."""
-        w = [t.up for t in toks]
-        if len(toks) < 5 or w[2] not in ("LOGIN", "USER") or toks[3].text != "=":
-            raise SqlError(102, near=toks[2].text if len(toks) > 2 else "AS")
-        self.state.impersonation.append((w[2], str(self._scalar(toks[4:5]))))
+        return _statements.execute_as(self, toks)
 
     def _login_name(self) -> str:
-        for kind, name in reversed(self.state.impersonation):
-            if kind == "LOGIN":
-                return name
-        return self.state.user
+        return _statements.login_name(self)
 
     def _user_name(self) -> str:
-        if self.state.impersonation:
-            return self.state.impersonation[-1][1]
-        return "dbo"
+        return _statements.user_name(self)
 
     def _has_savepoint(self, name: str) -> bool:
         return self.locks.has_savepoint(name)
 
     def _set(self, toks: list[Tok], out: list[Out]) -> None:
-        st = self.state
-        w = [t.up for t in toks]
-        if len(toks) >= 3 and toks[1].kind == "var":
-            name = toks[1].text.lower()
-            if name not in st.variables:
-                raise SqlError(137, f'Must declare the scalar variable "{toks[1].text}".', 15)
-            op = toks[2].text
-            value = self._scalar(toks[3:])
-            if op in ("+=", "-=", "*=", "/="):
-                value = self._scalar(tokenize(f"{literal(st.variables[name])} {op[0]} "
-                                              f"{literal(value)}"))
-            st.variables[name] = value
-            return
-        if w[1:4] == ["TRANSACTION", "ISOLATION", "LEVEL"]:
-            level = " ".join(w[4:])
-            for num, lname in ISOLATION_NAMES.items():
-                if lname == level:
-                    st.isolation = num
-                    return
-            raise SqlError(102, near=level)
-        if w[1] == "LOCK_TIMEOUT":
-            st.lock_timeout = int(self._scalar(toks[2:]))
-            self._apply_lock_timeout()
-            return
-        if w[1] == "TEXTSIZE":
-            st.textsize = int(self._scalar(toks[2:]))
-            return
-        if w[1] == "CONTEXT_INFO":
-            v = self._scalar(toks[2:])
-            if isinstance(v, str):
-                v = v.encode()
-            st.context_info = None if v is None else bytes(v)[:128]
-            return
-        if w[1] == "LANGUAGE":
-            st.language = unquote(toks[2])
-            return
-        if w[-1] in ("ON", "OFF") and len(w) >= 3:
-            value = w[-1] == "ON"
-            for opt in w[1:-1]:
-                if opt != ",":
-                    st.options[opt] = value
-                    if opt == "ANSI_DEFAULTS":
-                        for o in ("ANSI_NULLS", "ANSI_NULL_DFLT_ON", "ANSI_PADDING",
-                                  "ANSI_WARNINGS", "QUOTED_IDENTIFIER", "CURSOR_CLOSE_ON_COMMIT",
-                                  "IMPLICIT_TRANSACTIONS"):
-                            st.options[o] = value
-            return
-        # other SET options (DATEFORMAT, DATEFIRST, DEADLOCK_PRIORITY, ROWCOUNT...) are kept
-        st.options[w[1]] = True
+        return _statements.set_statement(self, toks, out)
 
     def _declare(self, toks: list[Tok]) -> None:
         # DECLARE @a INT = 1, @b NVARCHAR(10)
-        i = 1
-        n = len(toks)
-        while i < n:
-            if toks[i].kind != "var":
-                raise SqlError(102, near=toks[i].text)
-            name = toks[i].text.lower()
-            j = i + 1
-            depth = 0
-            eq = None
-            while j < n and not (depth == 0 and toks[j].text == ","):
-                if toks[j].text == "(":
-                    depth += 1
-                elif toks[j].text == ")":
-                    depth -= 1
-                elif depth == 0 and toks[j].text == "=" and eq is None:
-                    eq = j
-                j += 1
-            self.state.variables[name] = None if eq is None else self._scalar(toks[eq + 1 : j])
-            i = j + 1
+        return _statements.declare(self, toks)
 
     def _args(self, toks: list[Tok]) -> list[Any]:
-        """Comma-separated expressions (outside parentheses) evaluated to values."""
-        return [self._scalar(p) for p in _types.split_top(toks) if p]
+        return _statements.args(self, toks)
 
     def _raiserror(self, toks: list[Tok], out: list[Out]) -> None:
-        inner = toks[1:]
-        with_at = next((i for i, t in enumerate(inner) if t.up == "WITH"), len(inner))
-        inner = inner[:with_at]
-        if inner and inner[0].text == "(" and inner[-1].text == ")":
-            inner = inner[1:-1]
-        args = self._args(inner)
-        if len(args) < 3:
-            raise SqlError(102, near="RAISERROR")
-        msg, severity, state = args[0], int(args[1]), int(args[2])
-        number = 50000
-        if isinstance(msg, int):
-            number = msg
-            text = error_text(msg)
-        else:
-            text = _printf(str(msg), args[3:])
-        if severity <= 10:
-            out.append(Info(number if number != 50000 else 0, text, severity, state))
-            return
-        err = SqlError(number, text, severity, state)
-        self._on_error(err)
-        out.append(err)
+        return _statements.raiserror(self, toks, out)
 
     def _throw(self, toks: list[Tok]) -> None:
-        if len(toks) == 1:
-            if self._catch is None:
-                raise SqlError(10704, "To rethrow an error, a THROW statement must be used "
-                               "inside a CATCH block.", 15)
-            raise self._catch
-        args = self._args(toks[1:])
-        if len(args) != 3:
-            raise SqlError(102, near="THROW")
-        raise SqlError(int(args[0]), str(args[1]), 16, int(args[2]))
+        return _statements.throw(self, toks)
 
     def _waitfor(self, toks: list[Tok], wait: Waiter) -> None:
-        if len(toks) < 3 or toks[1].up not in ("DELAY", "TIME"):
-            raise SqlError(102, near="WAITFOR")
-        value = str(self._scalar(toks[2:]))
-        m = re.match(r"^(\d+):(\d+)(?::(\d+(?:\.\d*)?))?$", value.strip())
-        if not m:
-            raise SqlError(148, f"Incorrect time syntax in time string '{value}' used with "
-                           "WAITFOR.", 15)
-        secs = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3) or 0)
-        if toks[1].up == "TIME":
-            now = _dt.datetime.now()
-            target = now.replace(hour=0, minute=0, second=0, microsecond=0) + _dt.timedelta(
-                seconds=secs)
-            secs = (target - now).total_seconds() % 86400
-        wait(secs)
+        return _statements.waitfor(self, toks, wait)
 
     def _use(self, name: str, out: list[Out]) -> None:
-        real = self.engine.database_name(name)
-        if real is None:
-            raise SqlError(911, database=name)
-        old = self.state.database
-        if self._in_sqlite_tran:
-            # a transaction stays on the database where it began
-            pass
-        self.state.database = real
-        self.conn = self._connect(real)
-        out.append(Env(P.ENV_DATABASE, real, old))
-        out.append(Info(5701, f"Changed database context to '{real}'.", 0, 1))
+        return _statements.use(self, name, out)
 
     # ---------------------------------------------------------------- procedures
 
     def _exec(self, toks: list[Tok], out: list[Out], wait: Waiter) -> None:
-        i = 1
-        if i + 1 < len(toks) and toks[i].kind == "var" and toks[i + 1].text == "=":
-            i += 2  # EXEC @rc = proc
-        if i >= len(toks):
-            raise SqlError(102, near="EXEC")
-        if toks[i].text == "(":
-            # EXEC ('sql')
-            sql = str(self._scalar(toks[i:]))
-            out.extend(self.run_nested(sql, wait))
-            return
-        name = "".join(unquote(t) if t.kind in ("br", "dq") else t.text for t in toks[i:i + 1])
-        j = i + 1
-        while j + 1 < len(toks) and toks[j].text == ".":
-            name += "." + unquote(toks[j + 1])
-            j += 2
-        params: list[tuple[str | None, Any]] = []
-        for p in _types.split_top(toks[j:]):
-            if not p:
-                continue
-            if p[-1].up in ("OUTPUT", "OUT"):
-                p = p[:-1]
-            if len(p) >= 2 and p[0].kind == "var" and p[1].text == "=":
-                params.append((p[0].text, self._scalar(p[2:])))
-            else:
-                params.append((None, self._scalar(p)))
-        self.call(name, params, out, wait)
+        return _statements.exec_statement(self, toks, out, wait)
 
     def call(self, name: str, params: list[tuple[str | None, Any]], out: list[Out],
              wait: Waiter) -> None:
-        short = name.split(".")[-1].lower()
-        if short == "sp_reset_connection":
-            self.reset()
-            out.append(ReturnStatus(0))
-        elif short == "sp_set_session_context":
-            named = {(k or "").lower(): v for k, v in params}
-            pos = [v for k, v in params if k is None]
-            key = named.get("@key", pos[0] if pos else None)
-            value = named.get("@value", pos[1] if len(pos) > 1 else None)
-            read_only = named.get("@read_only", pos[2] if len(pos) > 2 else 0)
-            if key is not None and str(key) in self.state.read_only_keys:
-                raise SqlError(15664, f"Cannot set key '{key}' in the session context. The "
-                               "key has been set as read_only for this session.", 16)
-            if key is not None and read_only:
-                self.state.read_only_keys.add(str(key))
-            if key is None:
-                raise SqlError(201, "Procedure or function 'sp_set_session_context' expects "
-                               "parameter '@key', which was not supplied.", 16)
-            if value is None:
-                self.state.session_context.pop(str(key), None)
-            else:
-                self.state.session_context[str(key)] = value
-            out.append(ReturnStatus(0))
-        elif short == "sp_executesql":
-            if not params:
-                raise SqlError(201, "Procedure or function 'sp_executesql' expects parameter "
-                               "'@statement', which was not supplied.", 16)
-            sql = str(params[0][1])
-            saved = self.state.variables
-            local = dict(saved)
-            for k, v in params[2:]:
-                if k:
-                    local[k.lower()] = v
-            self.state.variables = local
-            _types.declare_params(self, params[1][1] if len(params) > 1 else None)
-            try:
-                out.extend(self.run_nested(sql, wait))
-            finally:
-                self.state.variables = saved
-            out.append(ReturnStatus(0))
-        elif short == "sp_who" or short == "sp_who2":
-            rows = [(s["spid"], s.get("status", "sleeping"), s["user"], s.get("host", ""),
-                     s["database"]) for s in self.engine.sessions_provider()]
-            out.append(Rows(infer_columns(["spid", "status", "loginame", "hostname", "dbname"],
-                                          rows), rows))
-            out.append(ReturnStatus(0))
-        elif not _procs.call(self, name, params, out, wait):
-            raise SqlError(2812, name=name)
+        return _statements.call(self, name, params, out, wait)
 
     def run_nested(self, sql: str, wait: Waiter) -> list[Out]:
-        out: list[Out] = []
-        try:
-            stmts = _plans.parse_cached(sql)
-        except SqlSyntaxError as exc:
-            raise SqlError(102, near=exc.near[:30]) from None
-        self._run_list(stmts, out, wait)
-        return out
+        return _statements.run_nested(self, sql, wait)
 
     # ---------------------------------------------------------------- plain SQL
 
     def _sql(self, toks: list[Tok], out: list[Out], wait: Waiter | None = None) -> None:
-        w0 = toks[0].up
-        plan = _plans.plan(self, toks)  # translation cached by statement text
-        sql, returning, kind = plan.sql, plan.returning, plan.kind
-        writes = w0 not in ("SELECT", "WITH") or returning is not None or _selects_into(toks)
-        names, rows, count = self.locks.run(lambda: self._execute(sql, writes), sql, writes,
-                                            plan.nolock, wait)
-        if kind == "ddl" or (writes and w0 == "SELECT"):
-            self.locks.after_ddl(self.conn, plan.created, plan.temp)
-        st = self.state
-        if kind == "select" or returning:
-            cols, rows = _types.describe(self, plan.shape, names, rows, infer_columns)
-            out.append(Rows(cols, rows))
-            st.rowcount = len(rows)
-            out.append(Done(len(rows)))
-        elif kind == "dml":
-            st.rowcount = count
-            out.append(Done(None if st.options.get("NOCOUNT") else count))
-        else:
-            st.rowcount = 0
-            out.append(Done(None))
-        if w0 == "INSERT":
-            rid = self.conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-            st.identity = rid
-        st.error = 0
+        return _sqlite_exec.sql(self, toks, out, wait)
 
     def _execute(self, sql: str, writes: bool) -> tuple[list[str], list[tuple[Any, ...]], int]:
-        self._refresh_catalog(sql)
-        try:
-            cur = self.conn.execute(sql)
-            rows = cur.fetchall()
-            names = [d[0] for d in cur.description] if cur.description else []
-            count = cur.rowcount
-        except sqlite3.OperationalError as exc:
-            raise self._map_error(exc, sql) from None
-        except sqlite3.IntegrityError as exc:
-            raise self._map_error(exc, sql) from None
-        except sqlite3.Error as exc:
-            raise SqlError(50000, f"{exc}", 16) from None
-        return names, rows, count
+        return _sqlite_exec.execute(self, sql, writes)
 
     def _query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        names, rows, _ = self._execute(sql, False)
-        return names, rows
+        return _sqlite_exec.query(self, sql)
 
     def _run_raw(self, sql: str) -> None:
-        try:
-            self.conn.execute(sql)
-        except sqlite3.OperationalError as exc:
-            raise self._map_error(exc, sql) from None
+        return _sqlite_exec.run_raw(self, sql)
 
     def _map_error(self, exc: sqlite3.Error, sql: str) -> SqlError:
-        msg = str(exc)
-        if self._divided_by_zero:
-            self._divided_by_zero = False
-            return SqlError(8134)
-        m = re.search(r"no such table: (?:\w+\.)?(\S+)", msg)
-        if m:
-            name = m.group(1)
-            if name.startswith(_TEMP_PREFIX):
-                name = "#" + name[len(_TEMP_PREFIX):]
-            return SqlError(208, name=name)
-        m = re.search(r"no such column: (\S+)", msg)
-        if m:
-            return SqlError(207, name=m.group(1).split(".")[-1])
-        m = re.search(r"no such function: (\S+)", msg)
-        if m:
-            text = f"'{m.group(1)}' is not a recognized built-in function name."
-            if not translation_available():
-                text += f" ({NO_TRANSLATION}.)"
-            return SqlError(195, text, 15)
-        if "database is locked" in msg or "database table is locked" in msg:
-            return SqlError(1222)
-        m = re.search(r"table (\S+) already exists", msg)
-        if m:
-            return SqlError(2714, name=m.group(1).strip('"'))
-        m = re.search(r"UNIQUE constraint failed: (\w+)\.(\w+)", msg)
-        if m:
-            table, col = m.group(1), m.group(2)
-            if _pk_column(self.conn, table, col):
-                return SqlError(2627, name=f"PK__{table}", table=f"dbo.{table}", value="(?)")
-            return SqlError(2601, name=f"UQ__{table}__{col}", table=f"dbo.{table}", value="(?)")
-        m = re.search(r"NOT NULL constraint failed: (\w+)\.(\w+)", msg)
-        if m:
-            return SqlError(515, name=m.group(2), table=f"{self.state.database}.dbo.{m.group(1)}")
-        if "FOREIGN KEY constraint failed" in msg:
-            return SqlError(547, name="FK", database=self.state.database, table="?")
-        m = re.search(r'near "([^"]*)": syntax error', msg)
-        if m:
-            err = SqlError(102, near=m.group(1))
-            if not translation_available():
-                err = SqlError(102, f"{err.text} ({NO_TRANSLATION}.)", err.severity)
-            return err
-        if "incomplete input" in msg:      # the statement ends too early: "SELECT 1 +"
-            return SqlError(102, near=sql.split()[-1][:30] if sql.split() else "")
-        log.debug("sqlite error %s for %r", msg, sql)
-        return SqlError(50000, f"The TDS test server could not run this statement: {msg}", 16)
+        return _sqlite_exec.map_error(self, exc, sql)
 
     # ---------------------------------------------------------------- translation
 
     def _translate_expr(self, toks: list[Tok]) -> str:
-        text = self._rewrite(toks)
-        sql = to_sqlite("SELECT " + text)
-        return sql[7:] if sql is not None else text
+        return _sqlite_exec.translate_expr(self, toks)
 
     def _translate(self, toks: list[Tok]) -> tuple[str, str | None, str]:
-        """(sqlite sql, RETURNING clause or None, kind: select/dml/ddl)."""
-        w0 = toks[0].up
-        kind = "select" if w0 in ("SELECT", "WITH") else "dml"
-        if w0 in ("CREATE", "DROP", "ALTER", "TRUNCATE"):
-            kind = "ddl" if w0 != "TRUNCATE" else "dml"
-        if _selects_into(toks):
-            kind = "dml"
-        returning = None
-        if w0 in ("INSERT", "UPDATE", "DELETE", "MERGE"):
-            toks, returning = _extract_output(toks)
-        if w0 == "CREATE" and len(toks) > 2 and toks[1].up == "TABLE":
-            return self._create_table(toks), None, "ddl"
-        if w0 == "CREATE" and any(t.up == "INDEX" for t in toks[1:4]):
-            return self._rewrite(_strip_words(toks, {"CLUSTERED", "NONCLUSTERED"})), None, "ddl"
-        if w0 == "TRUNCATE":
-            return "DELETE FROM " + self._rewrite(toks[2:]), None, "dml"
-        if w0 == "DROP" and len(toks) > 2 and toks[1].up == "TABLE":
-            return self._drop_table(toks), None, "ddl"
-        text = self._rewrite(_values_alias(toks))
-        sql = to_sqlite(text) or text
-        if kind == "dml" and w0 == "SELECT" and _selects_into(toks):
-            target = next((toks[i + 1] for i, t in enumerate(toks[:-1]) if t.up == "INTO"), None)
-            if target is not None and target.kind == "temp":
-                sql = re.sub(r"^CREATE TABLE", "CREATE TEMP TABLE", sql)
-        if returning:
-            sql += " RETURNING " + returning
-        return sql, returning, kind
+        return _sqlite_exec.translate(self, toks)
 
     def _drop_table(self, toks: list[Tok]) -> str:
-        w = [t.up for t in toks]
-        if_exists = w[2:4] == ["IF", "EXISTS"]
-        names = toks[4:] if if_exists else toks[2:]
-        parts: list[list[Tok]] = [[]]
-        for t in names:
-            if t.text == ",":
-                parts.append([])
-            else:
-                parts[-1].append(t)
-        stmts = []
-        for p in parts:
-            name = self._rewrite(p).strip()
-            stmts.append(f"DROP TABLE {'IF EXISTS ' if if_exists else ''}{name}")
-        if len(stmts) > 1:
-            for s in stmts[:-1]:
-                self._run_raw(s)
-        if not if_exists:
-            for p in parts:
-                name = self._rewrite(p).strip()
-                probe = self.conn.execute(
-                    "SELECT 1 FROM sqlite_master WHERE lower(name)=lower(?) UNION ALL "
-                    "SELECT 1 FROM sqlite_temp_master WHERE lower(name)=lower(?)",
-                    (name.strip('"'), name.strip('"')),
-                ).fetchone()
-                if probe is None:
-                    orig = unquote(p[-1]) if p else name
-                    raise SqlError(3701, name=orig)
-        return stmts[-1]
+        return _sqlite_exec.drop_table(self, toks)
 
     def _create_table(self, toks: list[Tok]) -> str:
-        temp = toks[2].kind == "temp"
-        out: list[Tok] = []
-        i = 0
-        n = len(toks)
-        depth = 0
-        while i < n:
-            t = toks[i]
-            u = t.up
-            if t.text == "(":
-                depth += 1
-            elif t.text == ")":
-                depth -= 1
-            if u == "IDENTITY":
-                # the column type becomes INTEGER so that SQLite makes it the rowid
-                k = len(out) - 1
-                while k >= 0 and out[k].kind == "word" and out[k].up in ("NOT", "NULL"):
-                    k -= 1
-                # walk back over "(p, s)" of the type
-                if k >= 0 and out[k].text == ")":
-                    while k >= 0 and out[k].text != "(":
-                        k -= 1
-                    k -= 1
-                if k >= 0 and out[k].kind == "word":
-                    out[k] = Tok("word", "INTEGER", out[k].start, out[k].end)
-                    # remove (p, s) after the type name
-                    if k + 1 < len(out) and out[k + 1].text == "(":
-                        e = k + 1
-                        while e < len(out) and out[e].text != ")":
-                            e += 1
-                        del out[k + 1 : e + 1]
-                if i + 1 < n and toks[i + 1].text == "(":
-                    while i < n and toks[i].text != ")":
-                        i += 1
-                i += 1
-                continue
-            if u in ("CLUSTERED", "NONCLUSTERED"):
-                i += 1
-                continue
-            if u == "MAX" and out and out[-1].text == "(":
-                out.pop()
-                i += 2
-                depth -= 1
-                continue
-            if u == "WITH" and depth == 0:
-                break
-            if u == "ON" and depth == 0:
-                break  # ON [PRIMARY]
-            out.append(t)
-            i += 1
-        sql = self._rewrite(out, keep_types=True)
-        if temp:
-            sql = re.sub(r"^\s*CREATE\s+TABLE", "CREATE TEMP TABLE", sql, flags=re.IGNORECASE)
-        sql = re.sub(r"\bgetdate\s*\(\s*\)|\bsysdatetime\s*\(\s*\)|\bgetutcdate\s*\(\s*\)",
-                     "CURRENT_TIMESTAMP", sql, flags=re.IGNORECASE)
-        sql = re.sub(r"\bnewid\s*\(\s*\)", "(lower(hex(randomblob(16))))", sql,
-                     flags=re.IGNORECASE)
-        return sql
+        return _sqlite_exec.create_table(self, toks)
 
     def _rewrite(self, toks: list[Tok], keep_types: bool = False) -> str:
-        """Token rewrites that make T-SQL text palatable to sqlglot and SQLite."""
-        st = self.state
-        parts: list[str] = []
-        i = 0
-        n = len(toks)
-        dbs = {d.lower() for d in self.engine.databases()}
-        while i < n:
-            t = toks[i]
-            u = t.up
-            nxt = toks[i + 1] if i + 1 < n else None
-            # qualifiers: [db].[dbo].x, db..x, dbo.x
-            if t.kind in ("word", "br") and nxt is not None and nxt.text == ".":
-                name = unquote(t).lower()
-                after = toks[i + 2] if i + 2 < n else None
-                if name == "dbo" and after is not None and after.text != "*":
-                    i += 2
-                    continue
-                if name in dbs and after is not None and (
-                    after.text == "." or unquote(after).lower() == "dbo"
-                ):
-                    i += 2
-                    continue
-            if t.kind == "str":
-                parts.append(t.text[1:] if t.text[0] in "Nn" else t.text)
-            elif t.kind == "sysvar":
-                parts.append(literal(self._sysvar(u.upper())))
-            elif t.kind == "var":
-                key = t.text.lower()
-                if key not in st.variables:
-                    raise SqlError(137, f'Must declare the scalar variable "{t.text}".', 15)
-                parts.append(literal(st.variables[key]))
-            elif t.kind == "temp":
-                parts.append(_temp_name(t.text))
-            elif (
-                t.kind == "word" and nxt is not None and nxt.text == "("
-                and i + 2 < n and toks[i + 2].text == ")" and u in self._niladic
-            ):
-                parts.append(literal(self._niladic[u](self)))
-                i += 3
-                continue
-            elif t.kind == "word" and u in ("CURRENT_USER", "SYSTEM_USER", "SESSION_USER") and (
-                nxt is None or nxt.text != "("
-            ):
-                parts.append(literal("dbo" if u != "SYSTEM_USER" else st.user))
-            elif u == "MAX" and parts and parts[-1] == "(" and nxt is not None and nxt.text == ")":
-                parts.pop()
-                i += 2
-                continue
-            elif t.kind == "hex" and keep_types:
-                parts.append("X'" + t.text[2:] + "'")
-            else:
-                parts.append(t.text)
-            i += 1
-        return " ".join(parts)
+        return _sqlite_exec.rewrite(self, toks, keep_types)
 
     _niladic: dict[str, Callable[[Executor], Any]] = {
         "SCHEMA_NAME": lambda e: "dbo",
@@ -1279,121 +635,15 @@ class Executor:
     }
 
     def _sysvar(self, name: str) -> Any:
-        st = self.state
-        opts = 0
-        for opt, bit in _OPTION_BITS.items():
-            if st.options.get(opt):
-                opts |= bit
-        return {
-            "@@SPID": st.spid,
-            "@@VERSION": VERSION_STRING,
-            "@@TRANCOUNT": st.trancount,
-            "@@ROWCOUNT": st.rowcount,
-            "@@ERROR": st.error,
-            "@@IDENTITY": st.identity,
-            "@@OPTIONS": opts,
-            "@@SERVERNAME": self.engine.server_name,
-            "@@SERVICENAME": "MSSQLSERVER",
-            "@@LANGUAGE": st.language,
-            "@@LANGID": 0,
-            "@@LOCK_TIMEOUT": st.lock_timeout,
-            "@@TEXTSIZE": st.textsize,
-            "@@MAX_PRECISION": 38,
-            "@@DATEFIRST": 7,
-            "@@MICROSOFTVERSION": (VERSION[0] << 24) | VERSION[2],
-            "@@NESTLEVEL": 0,
-            "@@PROCID": 0,
-            "@@DBTS": b"\x00" * 8,
-            "@@CONNECTIONS": 0,
-            "@@MAX_CONNECTIONS": 32767,
-            "@@FETCH_STATUS": -1,
-        }.get(name)
+        return _statements.sysvar(self, name)
 
     # ---------------------------------------------------------------- catalog views
 
     def _refresh_catalog(self, sql: str) -> None:
-        low = sql.lower()
-        if "sys." not in low and "information_schema." not in low:
-            return
-        con = self.conn
-        for view in set(re.findall(r"\b(sys|information_schema)\.\"?(\w+)", low)):
-            builder = _CATALOG.get(view)
-            if builder is None:
-                continue
-            columns, rows = builder(self)
-            qname = f'{view[0]}."{view[1]}"'
-            con.execute(f"DROP TABLE IF EXISTS {qname}")
-            con.execute(f"CREATE TABLE {qname} ({', '.join(columns)})")
-            if rows:
-                marks = ",".join("?" * len(columns))
-                con.executemany(f"INSERT INTO {qname} VALUES ({marks})", rows)
+        return _sqlite_exec.refresh_catalog(self, sql)
 
     def _tables(self) -> list[tuple[int, str, str, bool]]:
-        """(object_id, name, sql, temp) for each table."""
-        out: list[tuple[int, str, str, bool]] = []
-        for rowid, name, sql in self.conn.execute(
-            "SELECT rowid, name, sql FROM main.sqlite_master WHERE type='table' AND name NOT "
-            "LIKE 'sqlite_%'"
-        ):
-            out.append((int(rowid) + 1000, name, sql or "", False))
-        return out
-
-
-_TEMP_PREFIX = "tmp__"
-
-
-NO_TRANSLATION = (
-    "T-SQL translation is off: sqlglot is not installed (pip install 'mssql_pool[testing]'); "
-    "statements run on SQLite as written, so TOP, ISNULL, GETDATE and the like fail"
-)
-"""The WARNING a server logs when it is created without sqlglot (and the hint in errors)."""
-
-
-def translation_available() -> bool:
-    """True when sqlglot can be imported: T-SQL is then translated to SQLite's dialect.
-
-    Without it the server still runs (logins, faults, the pool's own statements, plain SQL
-    that SQLite understands); statements that need translation fail with an error whose
-    text says why.
-    """
-    try:
-        import sqlglot  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-# Statements that open a transaction in implicit transaction mode when none is open
-# (SET IMPLICIT_TRANSACTIONS): SELECT only when it reads a table, ALTER only ALTER TABLE.
-_IMPLICIT_HEADS = frozenset({
-    "CREATE", "DELETE", "DENY", "DROP", "FETCH", "GRANT", "INSERT", "MERGE", "OPEN", "REVOKE",
-    "TRUNCATE", "UPDATE",
-})
-
-
-def _reads_table(toks: list[Tok]) -> bool:
-    """A FROM (or SELECT ... INTO) anywhere in the statement: it touches a table.
-
-    ``SELECT 1``, ``SELECT @@TRANCOUNT`` and ``SELECT GETDATE()`` do not. Neither do an IF
-    condition or a DECLARE's initial value that read a table (Babelfish, seen).
-    """
-    return any(t.kind == "word" and t.up in ("FROM", "INTO") for t in toks)
-
-
-def opens_implicit(toks: list[Tok]) -> bool:
-    """Whether this statement opens a transaction under SET IMPLICIT_TRANSACTIONS ON."""
-    head = toks[0].up if toks else ""
-    if head in _IMPLICIT_HEADS:
-        # CREATE DATABASE cannot run inside a transaction at all
-        return not (head == "CREATE" and len(toks) > 1 and toks[1].up == "DATABASE")
-    if head == "ALTER":
-        return len(toks) > 1 and toks[1].up == "TABLE"
-    if head == "BEGIN":
-        return len(toks) > 1 and toks[1].up in ("TRAN", "TRANSACTION", "DISTRIBUTED")
-    if head in ("SELECT", "WITH"):
-        return _reads_table(toks) or (head == "WITH" and any(
-            t.kind == "word" and t.up in ("INSERT", "UPDATE", "DELETE", "MERGE") for t in toks))
-    return False
+        return _sqlite_exec.tables(self)
 
 
 def _number(value: Any) -> int | float | None:
@@ -1407,303 +657,6 @@ def _number(value: Any) -> int | float | None:
         return int(text) if text.strip().lstrip("+-").isdigit() else float(text)
     except (ValueError, UnicodeDecodeError):
         return None
-
-
-@functools.lru_cache(maxsize=4096)
-def to_sqlite(text: str) -> str | None:
-    """sqlglot's T-SQL -> SQLite translation of rewritten text (cached); None if it fails.
-
-    Every ``/`` becomes ``tsql_div(a, b)`` (installed per connection): SQLite's division by
-    zero gives NULL where SQL Server raises 8134."""
-    try:
-        import sqlglot
-    except ImportError:
-        return None     # the server said so at start (NO_TRANSLATION); run the text as is
-    try:
-        from sqlglot import exp
-
-        out: list[str] = []
-        for tree in sqlglot.parse(text, read="tsql"):
-            if tree is None:
-                out.append("")
-                continue
-            for node in reversed(list(tree.find_all(exp.Div))):   # innermost first
-                node.replace(exp.Anonymous(this="tsql_div",
-                                           expressions=[node.left, node.right]))
-            out.append(tree.sql(dialect="sqlite"))
-        return ";".join(out)
-    except Exception as exc:  # noqa: BLE001 - sqlglot raises many types; run the text as is
-        log.debug("sqlglot could not translate %r: %s", text, exc)
-        return None
-
-
-def _temp_name(text: str) -> str:
-    return _TEMP_PREFIX + text.lstrip("#")
-
-
-def _values_alias(toks: list[Tok]) -> list[Tok]:
-    """``(VALUES ...) AS a(c1, c2)`` -> ``(SELECT column1 AS c1, ... FROM (VALUES ...)) AS a``."""
-    out = list(toks)
-    i = 0
-    while i < len(out):
-        if out[i].text == "(" and i + 1 < len(out) and out[i + 1].up == "VALUES":
-            depth = 0
-            j = i
-            while j < len(out):
-                if out[j].text == "(":
-                    depth += 1
-                elif out[j].text == ")":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                j += 1
-            # j: closing paren of (VALUES ...)
-            k = j + 1
-            if k < len(out) and out[k].up == "AS":
-                k += 1
-            if k + 1 < len(out) and out[k + 1].text == "(":
-                e = k + 2
-                cols: list[str] = []
-                while e < len(out) and out[e].text != ")":
-                    if out[e].text != ",":
-                        cols.append(out[e].text)
-                    e += 1
-                sel = ", ".join(f"column{n + 1} AS {c}" for n, c in enumerate(cols))
-                mk = [Tok("word", x, 0, 0) for x in ("(", "SELECT", sel, "FROM")]
-                new = mk + out[i : j + 1] + [Tok("op", ")", 0, 0), Tok("word", "AS", 0, 0),
-                                              out[k]]
-                out[i : e + 1] = new
-                i += len(new)
-                continue
-        i += 1
-    return out
-
-
-_DT_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,7})?$")
-
-
-def _selects_into(toks: list[Tok]) -> bool:
-    return toks[0].up == "SELECT" and any(t.up == "INTO" for t in toks)
-
-
-def _strip_words(toks: list[Tok], drop: set[str]) -> list[Tok]:
-    return [t for t in toks if t.up not in drop]
-
-
-def _pk_column(con: sqlite3.Connection, table: str, col: str) -> bool:
-    try:
-        for row in con.execute(f'PRAGMA table_info("{table}")'):
-            if row[1] == col:
-                return bool(row[5])
-    except sqlite3.Error:
-        pass
-    return False
-
-
-def _extract_output(toks: list[Tok]) -> tuple[list[Tok], str | None]:
-    """Remove a T-SQL OUTPUT clause; return its column list for a RETURNING clause."""
-    depth = 0
-    start = None
-    for i, t in enumerate(toks):
-        if t.text == "(":
-            depth += 1
-        elif t.text == ")":
-            depth -= 1
-        elif depth == 0 and t.up == "OUTPUT":
-            start = i
-            break
-    if start is None:
-        return toks, None
-    end = start + 1
-    depth = 0
-    stop = {"VALUES", "SELECT", "DEFAULT", "FROM", "WHERE", "INTO", "EXEC", "EXECUTE"}
-    while end < len(toks):
-        t = toks[end]
-        if t.text == "(":
-            depth += 1
-        elif t.text == ")":
-            depth -= 1
-        elif depth == 0 and t.up in stop:
-            break
-        end += 1
-    clause = toks[start + 1 : end]
-    cols: list[str] = []
-    i = 0
-    while i < len(clause):
-        t = clause[i]
-        if t.up in ("INSERTED", "DELETED") and i + 1 < len(clause) and clause[i + 1].text == ".":
-            i += 2
-            continue
-        cols.append(t.text)
-        i += 1
-    return toks[:start] + toks[end:], " ".join(cols)
-
-
-def _printf(fmt: str, args: list[Any]) -> str:
-    it = iter(args)
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "%%":
-            return "%"
-        try:
-            return str(next(it))
-        except StopIteration:
-            return "(null)"
-
-    return re.sub(r"%%|%[-+ #0]*\d*(?:\.\d+)?(?:I64)?[dsiuxXo]", sub, fmt)
-
-
-class _Return(Exception):
-    pass
-
-
-# -------------------------------------------------------------- catalog builders
-
-Catalog = tuple[list[str], list[tuple[Any, ...]]]
-
-
-def _cat_sessions(ex: Executor) -> Catalog:
-    cols = ["session_id", "login_name", "host_name", "program_name", "status", "database_id",
-            "transaction_isolation_level", "login_time", "is_user_process", "context_info",
-            "open_transaction_count", "original_login_name", "language", "lock_timeout",
-            "text_size", "quoted_identifier", "arithabort", "ansi_nulls", "ansi_warnings",
-            "ansi_padding", "concat_null_yields_null"]
-    rows = []
-    for s in ex.engine.sessions_provider():
-        state: SessionState | None = s.get("_state")
-        if state is None:
-            continue
-        o = state.options
-        rows.append((state.spid, state.user, state.hostname, state.appname,
-                     "running" if s.get("in_request") else "sleeping",
-                     ex.engine.database_id(state.database), state.isolation,
-                     state.login_time.isoformat(sep=" "), 1, state.context_info,
-                     state.trancount, state.user, state.language, state.lock_timeout,
-                     state.textsize, int(o.get("QUOTED_IDENTIFIER", False)),
-                     int(o.get("ARITHABORT", False)), int(o.get("ANSI_NULLS", False)),
-                     int(o.get("ANSI_WARNINGS", False)), int(o.get("ANSI_PADDING", False)),
-                     int(o.get("CONCAT_NULL_YIELDS_NULL", False))))
-    return cols, rows
-
-
-def _cat_databases(ex: Executor) -> Catalog:
-    cols = ["name", "database_id", "compatibility_level", "state", "state_desc",
-            "snapshot_isolation_state", "is_read_committed_snapshot_on", "collation_name",
-            "user_access_desc", "is_read_only"]
-    rows = [(name, i + 1, 160, 0, "ONLINE", 0, 0, "SQL_Latin1_General_CP1_CI_AS", "MULTI_USER", 0)
-            for i, name in enumerate(ex.engine.databases())]
-    return cols, rows
-
-
-def _cat_tables(ex: Executor) -> Catalog:
-    cols = ["name", "object_id", "schema_id", "type", "type_desc", "create_date",
-            "modify_date", "is_ms_shipped", "principal_id", "parent_object_id"]
-    rows = [(name, oid, 1, "U", "USER_TABLE", "2024-01-01 00:00:00", "2024-01-01 00:00:00", 0,
-             None, 0) for oid, name, _sql, _t in ex._tables()]
-    return cols, rows
-
-
-def _cat_objects(ex: Executor) -> Catalog:
-    cols, rows = _cat_tables(ex)
-    for rowid, name in ex.conn.execute(
-            "SELECT rowid, name FROM main.sqlite_master WHERE type='view'"):
-        rows.append((name, int(rowid) + 1000, 1, "V", "VIEW", "2024-01-01 00:00:00",
-                     "2024-01-01 00:00:00", 0, None, 0))
-    return cols, rows
-
-
-def _cat_schemas(ex: Executor) -> Catalog:
-    return ["name", "schema_id", "principal_id"], [
-        ("dbo", 1, 1), ("guest", 2, 2), ("INFORMATION_SCHEMA", 3, 3), ("sys", 4, 4)]
-
-
-def _cat_system_views(ex: Executor) -> Catalog:
-    names = ["dm_exec_sessions", "databases", "tables", "objects", "schemas", "columns",
-             "system_views", "dm_exec_requests", "dm_tran_session_transactions"]
-    return ["name", "object_id", "schema_id", "type", "type_desc"], [
-        (n, -100 - i, 4, "V", "VIEW") for i, n in enumerate(names)]
-
-
-def _cat_requests(ex: Executor) -> Catalog:
-    cols = ["session_id", "request_id", "status", "command", "database_id", "blocking_session_id",
-            "wait_type", "wait_time", "open_transaction_count", "transaction_isolation_level"]
-    rows = [(s["spid"], 0, "running", "SELECT", 1, 0, None, 0, 0, 2)
-            for s in ex.engine.sessions_provider() if s.get("in_request")]
-    return cols, rows
-
-
-def _decl_info(decl: str) -> tuple[str, int | None, int | None, int | None]:
-    m = re.match(r"\s*(\w+)\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?", decl or "")
-    if not m:
-        return ("sql_variant", None, None, None)
-    name = m.group(1).lower()
-    a = int(m.group(2)) if m.group(2) else None
-    b = int(m.group(3)) if m.group(3) else None
-    if name == "integer":
-        name = "int"
-    if name in ("nvarchar", "varchar", "nchar", "char", "varbinary", "binary"):
-        return (name, a if a is not None else -1, None, None)
-    if name in ("decimal", "numeric"):
-        return (name, None, a or 18, b or 0)
-    return (name, None, None, None)
-
-
-def _columns_of(ex: Executor) -> list[tuple[int, str, int, str, bool, Any, bool]]:
-    out = []
-    for oid, name, _sql, _t in ex._tables():
-        for cid, cname, ctype, notnull, default, pk in ex.conn.execute(
-                f'PRAGMA main.table_info("{name}")'):
-            out.append((oid, name, int(cid) + 1, cname, bool(notnull), default,
-                        bool(pk) and (ctype or "").upper() == "INTEGER", ctype))
-    return out  # type: ignore[return-value]
-
-
-def _cat_columns(ex: Executor) -> Catalog:
-    cols = ["object_id", "name", "column_id", "system_type_id", "user_type_id", "max_length",
-            "precision", "scale", "is_nullable", "is_identity", "is_computed",
-            "collation_name"]
-    rows = []
-    for oid, _t, cid, cname, notnull, _d, ident, ctype in _columns_of(ex):  # type: ignore[misc]
-        tname, ln, prec, scale = _decl_info(ctype)
-        rows.append((oid, cname, cid, 0, 0, ln or 0, prec or 0, scale or 0, int(not notnull),
-                     int(ident), 0, None))
-    return cols, rows
-
-
-def _cat_is_tables(ex: Executor) -> Catalog:
-    cols = ["TABLE_CATALOG", "TABLE_SCHEMA", "TABLE_NAME", "TABLE_TYPE"]
-    rows = [(ex.state.database, "dbo", name, "BASE TABLE") for _o, name, _s, _t in ex._tables()]
-    for (name,) in ex.conn.execute("SELECT name FROM main.sqlite_master WHERE type='view'"):
-        rows.append((ex.state.database, "dbo", name, "VIEW"))
-    return cols, rows
-
-
-def _cat_is_columns(ex: Executor) -> Catalog:
-    cols = ["TABLE_CATALOG", "TABLE_SCHEMA", "TABLE_NAME", "COLUMN_NAME", "ORDINAL_POSITION",
-            "COLUMN_DEFAULT", "IS_NULLABLE", "DATA_TYPE", "CHARACTER_MAXIMUM_LENGTH",
-            "NUMERIC_PRECISION", "NUMERIC_SCALE", "DATETIME_PRECISION", "COLLATION_NAME"]
-    rows = []
-    for _oid, tname, cid, cname, notnull, default, _i, ctype in _columns_of(ex):  # type: ignore[misc]
-        dtype, ln, prec, scale = _decl_info(ctype)
-        rows.append((ex.state.database, "dbo", tname, cname, cid, default,
-                     "NO" if notnull else "YES", dtype, ln, prec, scale, None,
-                     "SQL_Latin1_General_CP1_CI_AS" if ln is not None else None))
-    return cols, rows
-
-
-_CATALOG: dict[tuple[str, str], Callable[[Executor], Catalog]] = {
-    ("sys", "dm_exec_sessions"): _cat_sessions,
-    ("sys", "databases"): _cat_databases,
-    ("sys", "tables"): _cat_tables,
-    ("sys", "objects"): _cat_objects,
-    ("sys", "all_objects"): _cat_objects,
-    ("sys", "schemas"): _cat_schemas,
-    ("sys", "system_views"): _cat_system_views,
-    ("sys", "dm_exec_requests"): _cat_requests,
-    ("sys", "columns"): _cat_columns,
-    ("information_schema", "tables"): _cat_is_tables,
-    ("information_schema", "columns"): _cat_is_columns,
-}
 
 
 def monotonic() -> float:

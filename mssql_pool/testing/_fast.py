@@ -15,6 +15,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from . import _protocol as P
+from ._results import ReturnStatus
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -71,8 +72,6 @@ def reply(session: Session, ptype: int, status: int, payload: bytes) -> bytes | 
         key = (_RESET_BODY, session.major, False)
         cached = _replies.get(key)
         if cached is None:
-            from ._engine import ReturnStatus
-
             cached = session._encode([ReturnStatus(0)], P.TOK_DONEPROC)
             _remember(key, cached)
         srv._count("rpcs")

@@ -7,6 +7,8 @@ import threading
 import uuid
 from dataclasses import dataclass
 
+from ..errors import ConfigError
+
 # number -> (severity, message template). Templates take keyword fields; missing ones get
 # a neutral filler (see :func:`error_text`).
 MESSAGES: dict[int, tuple[int, str]] = {
@@ -129,8 +131,6 @@ class FaultBook:
 
 
 def compile_match(match: str | None) -> re.Pattern[str] | None:
-    from ..errors import ConfigError
-
     if match is None:
         return None
     try:

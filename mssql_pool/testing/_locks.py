@@ -37,6 +37,9 @@ import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import _types
+from ._results import SqlError, Waiter
+
 if TYPE_CHECKING:
     from ._engine import Engine, Executor
 
@@ -46,7 +49,6 @@ T = TypeVar("T")
 RowKey = tuple[str, str, int]  # (database, table, rowid), names in lower case
 TableKey = tuple[str, str]
 Want = tuple[str, Any]  # ("row", RowKey) or ("table", TableKey)
-Waiter = Callable[[float], None]
 
 POLL = 0.004  # seconds between looks at a lock while waiting (attention is checked too)
 TRIGGER_PREFIX = "__tds_"
@@ -363,8 +365,6 @@ class SessionLocks:
             self._replaying = False
 
     def _wait(self, want: Want, poll: Waiter) -> None:
-        from ._engine import SqlError
-
         try:
             self.manager.wait(self.owner, want, self.ex.state.lock_timeout, poll)
         except LockTimeout:
@@ -376,8 +376,6 @@ class SessionLocks:
 
     def after_ddl(self, con: sqlite3.Connection, created: str | None, temp: bool) -> None:
         """Triggers for new or altered tables; a table created in a transaction is undone."""
-        from . import _types
-
         _types.forget_tables()
         self._triggers(con)
         if created and self.ex.state.trancount > 0:

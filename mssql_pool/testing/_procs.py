@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _types
+from ._results import Done, Out, ReturnFromProcedure, ReturnStatus, SqlError, Waiter
 from ._tsql import SqlSyntaxError, Tok, parse, tokenize, unquote
 
 if TYPE_CHECKING:
-    from ._engine import Engine, Executor, Out, Waiter
+    from ._engine import Engine, Executor
 
 _DEFINE = re.compile(r"^\s*(?:CREATE\s+(?:OR\s+ALTER\s+)?|ALTER\s+)PROC(?:EDURE)?\b", re.I)
 _DROP = re.compile(r"^\s*DROP\s+PROC(?:EDURE)?\b", re.I)
@@ -72,8 +73,6 @@ def _name(toks: list[Tok], i: int) -> tuple[str, int]:
 
 def run_definition(ex: Executor, sql: str) -> list[Out]:
     """CREATE / ALTER / DROP PROCEDURE as a whole batch."""
-    from ._engine import Done, SqlError
-
     try:
         toks = tokenize(sql)
     except SqlSyntaxError as exc:
@@ -82,18 +81,7 @@ def run_definition(ex: Executor, sql: str) -> list[Out]:
     db = ex.state.database.lower()
     i = next(k for k, t in enumerate(toks) if t.up in ("PROC", "PROCEDURE")) + 1
     if toks[0].up == "DROP":
-        if_exists = i + 1 < len(toks) and toks[i].up == "IF" and toks[i + 1].up == "EXISTS"
-        if if_exists:
-            i += 2
-        if i >= len(toks):
-            return [SqlError(102, near="PROCEDURE")]
-        name, _ = _name(toks, i)
-        with _lock:
-            gone = procs.pop((db, name.lower()), None)
-        if gone is None and not if_exists:
-            return [SqlError(3701, f"Cannot drop the procedure '{name}', because it does not "
-                             "exist or you do not have permission.", 11)]
-        return [Done(None)]
+        return _drop(toks, i, procs, db)
     if i >= len(toks):
         return [SqlError(102, near="PROCEDURE")]
     name, i = _name(toks, i)
@@ -103,22 +91,9 @@ def run_definition(ex: Executor, sql: str) -> list[Out]:
     head = toks[i:as_at]
     if head and head[0].text == "(" and head[-1].text == ")":
         head = head[1:-1]
-    params: list[Param] = []
-    for part in _types.split_top(head):
-        if not part:
-            continue
-        if part[0].kind != "var":
-            return [SqlError(102, near=part[0].text)]
-        words = [t.up for t in part]
-        output = "OUTPUT" in words or "OUT" in words
-        body = [t for t in part[1:] if t.up not in ("OUTPUT", "OUT", "READONLY", "AS")]
-        default: Any = _NO_DEFAULT
-        eq = next((k for k, t in enumerate(body) if t.text == "="), None)
-        if eq is not None:
-            default = ex._scalar(body[eq + 1 :])
-            body = body[:eq]
-        params.append(Param(part[0].text.lower(), " ".join(t.text for t in body), default,
-                            output))
+    params = _params(ex, head)
+    if isinstance(params, SqlError):
+        return [params]
     text = sql[toks[as_at].end :]
     try:
         parse(text)
@@ -134,11 +109,47 @@ def run_definition(ex: Executor, sql: str) -> list[Out]:
     return [Done(None)]
 
 
+def _drop(toks: list[Tok], i: int, procs: dict[tuple[str, str], Procedure],
+          db: str) -> list[Out]:
+    """DROP PROCEDURE [IF EXISTS] name; ``i`` is just after PROCEDURE."""
+    if_exists = i + 1 < len(toks) and toks[i].up == "IF" and toks[i + 1].up == "EXISTS"
+    if if_exists:
+        i += 2
+    if i >= len(toks):
+        return [SqlError(102, near="PROCEDURE")]
+    name, _ = _name(toks, i)
+    with _lock:
+        gone = procs.pop((db, name.lower()), None)
+    if gone is None and not if_exists:
+        return [SqlError(3701, f"Cannot drop the procedure '{name}', because it does not "
+                         "exist or you do not have permission.", 11)]
+    return [Done(None)]
+
+
+def _params(ex: Executor, head: list[Tok]) -> list[Param] | SqlError:
+    """The parameter list of CREATE PROCEDURE, or the syntax error in it."""
+    params: list[Param] = []
+    for part in _types.split_top(head):
+        if not part:
+            continue
+        if part[0].kind != "var":
+            return SqlError(102, near=part[0].text)
+        words = [t.up for t in part]
+        output = "OUTPUT" in words or "OUT" in words
+        body = [t for t in part[1:] if t.up not in ("OUTPUT", "OUT", "READONLY", "AS")]
+        default: Any = _NO_DEFAULT
+        eq = next((k for k, t in enumerate(body) if t.text == "="), None)
+        if eq is not None:
+            default = ex._scalar(body[eq + 1 :])
+            body = body[:eq]
+        params.append(Param(part[0].text.lower(), " ".join(t.text for t in body), default,
+                            output))
+    return params
+
+
 def call(ex: Executor, name: str, args: list[tuple[str | None, Any]], out: list[Out],
          wait: Waiter) -> bool:
     """Run a user procedure; False when there is none of that name."""
-    from ._engine import ReturnStatus, SqlError, _Return
-
     short = name.split(".")[-1].strip("[]").lower()
     with _lock:
         proc = _procs(ex.engine).get((ex.state.database.lower(), short))
@@ -172,7 +183,7 @@ def call(ex: Executor, name: str, args: list[tuple[str | None, Any]], out: list[
     status = 0
     try:
         ex._run_list(parse(proc.body), out, wait)
-    except _Return as ret:
+    except ReturnFromProcedure as ret:
         status = int(ret.args[0] or 0) if ret.args else 0
     finally:
         ex.state.variables = saved_vars

@@ -11,7 +11,7 @@ import decimal
 import socket
 import struct
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,15 +222,20 @@ def parse_prelogin(payload: bytes) -> dict[int, bytes]:
         opts[token] = payload[off : off + ln]
 
 
-def build_prelogin_reply(version: tuple[int, int, int]) -> bytes:
-    major, minor, build = version
-    options = [
-        (0x00, struct.pack(">BBHH", major, minor, build, 0)),  # VERSION
-        (0x01, b"\x02"),  # ENCRYPTION: NOT_SUP
-        (0x02, b"\x00"),  # INSTOPT
-        (0x03, b""),  # THREADID
-        (0x04, b"\x00"),  # MARS off (FreeTDS needs the option present)
-    ]
+# PRELOGIN option tokens and the ENCRYPTION option's values
+PRELOGIN_VERSION = 0x00
+PRELOGIN_ENCRYPTION = 0x01
+PRELOGIN_INSTOPT = 0x02
+PRELOGIN_THREADID = 0x03
+PRELOGIN_MARS = 0x04
+ENCRYPT_OFF = 0x00  # only the login packet is encrypted
+ENCRYPT_ON = 0x01
+ENCRYPT_NOT_SUP = 0x02
+ENCRYPT_REQ = 0x03
+
+
+def build_prelogin(options: Sequence[tuple[int, bytes]]) -> bytes:
+    """A PRELOGIN payload: one (token, offset, length) entry per option, 0xFF, the values."""
     head_len = 5 * len(options) + 1
     head = bytearray()
     body = bytearray()
@@ -238,6 +243,30 @@ def build_prelogin_reply(version: tuple[int, int, int]) -> bytes:
         head += struct.pack(">BHH", token, head_len + len(body), len(value))
         body += value
     return bytes(head) + b"\xff" + bytes(body)
+
+
+def build_prelogin_reply(version: tuple[int, int, int]) -> bytes:
+    """The server's answer: its version, no encryption, MARS off."""
+    major, minor, build = version
+    return build_prelogin([
+        (PRELOGIN_VERSION, struct.pack(">BBHH", major, minor, build, 0)),
+        (PRELOGIN_ENCRYPTION, bytes([ENCRYPT_NOT_SUP])),
+        (PRELOGIN_INSTOPT, b"\x00"),
+        (PRELOGIN_THREADID, b""),
+        (PRELOGIN_MARS, b"\x00"),  # FreeTDS needs the option present
+    ])
+
+
+def build_prelogin_request(encryption: int = ENCRYPT_OFF) -> bytes:
+    """A client's PRELOGIN: version 0, ``encryption`` (ENCRYPT_OFF asks for the server's
+    setting without wanting TLS), the default instance, thread id 0, MARS off."""
+    return build_prelogin([
+        (PRELOGIN_VERSION, b"\x00" * 6),
+        (PRELOGIN_ENCRYPTION, bytes([encryption])),
+        (PRELOGIN_INSTOPT, b"\x00"),
+        (PRELOGIN_THREADID, b"\x00" * 4),
+        (PRELOGIN_MARS, b"\x00"),
+    ])
 
 
 # ---------------------------------------------------------------------------------- login7
@@ -448,24 +477,11 @@ class Encoder:
 
     def _typeinfo(self, c: Column) -> bytes:
         k = c.kind
-        if k == K_INT:
-            return b"\x26\x04"
-        if k == K_BIGINT:
-            return b"\x26\x08"
-        if k == K_BIT:
-            return b"\x68\x01"
-        if k == K_FLOAT:
-            return b"\x6d\x08"
+        fixed = _FIXED_TYPEINFO.get(k)
+        if fixed is not None:
+            return fixed
         if k == K_DECIMAL:
             return bytes([0x6A, _decimal_len(c.precision), c.precision, c.scale])
-        if k == K_DATETIME:
-            return b"\x6f\x08"
-        if k == K_DATETIME2:
-            return b"\x2a\x07"
-        if k == K_DATE:
-            return b"\x28"
-        if k == K_GUID:
-            return b"\x24\x10"
         if k == K_NVARCHAR:
             coll = COLLATION if self.major >= 0x71 else b""
             if self._max(c):
@@ -493,47 +509,15 @@ class Encoder:
 
     def value(self, c: Column, v: Any) -> bytes:
         k = c.kind
-        if k in (K_INT, K_BIGINT):
-            if v is None:
-                return b"\x00"
-            if k == K_INT:
-                return b"\x04" + struct.pack("<i", int(v))
-            return b"\x08" + struct.pack("<q", int(v))
-        if k == K_BIT:
-            return b"\x00" if v is None else b"\x01" + (b"\x01" if v else b"\x00")
-        if k == K_FLOAT:
-            return b"\x00" if v is None else b"\x08" + struct.pack("<d", float(v))
-        if k == K_DECIMAL:
-            if v is None:
-                return b"\x00"
-            d = v if isinstance(v, decimal.Decimal) else decimal.Decimal(str(v))
-            n = int(d.scaleb(c.scale, _WIDE).to_integral_value(rounding=decimal.ROUND_HALF_EVEN))
-            ln = _decimal_len(c.precision)
-            return bytes([ln, 0 if n < 0 else 1]) + abs(n).to_bytes(ln - 1, "little")
-        if k == K_DATETIME:
-            if v is None:
-                return b"\x00"
-            return b"\x08" + encode_datetime(v)
-        if k == K_DATETIME2:
-            if v is None:
-                return b"\x00"
-            return b"\x08" + encode_datetime2(v)
-        if k == K_DATE:
-            if v is None:
-                return b"\x00"
-            day: _dt.date = v.date() if isinstance(v, _dt.datetime) else v
-            return b"\x03" + (day.toordinal() - 1).to_bytes(3, "little")
-        if k == K_GUID:
-            return b"\x00" if v is None else b"\x10" + uuid.UUID(str(v)).bytes_le
         if k == K_NVARCHAR:
-            data = None if v is None else ucs2(str(v))
-            return self._var(c, data)
+            return self._var(c, None if v is None else ucs2(str(v)))
         if k == K_VARBINARY:
-            data = None if v is None else bytes(v)
-            return self._var(c, data)
+            return self._var(c, None if v is None else bytes(v))
         if k in EXTRA_KINDS:
             return bytes(EXTRA_KINDS[k][1](self, c, v))
-        raise ValueError(f"unknown column kind {k}")
+        if k not in _FIXED_KINDS:
+            raise ValueError(f"unknown column kind {k}")
+        return b"\x00" if v is None else _fixed_value(c, v)
 
     def _var(self, c: Column, data: bytes | None) -> bytes:
         if not self._max(c):
@@ -550,6 +534,48 @@ class Encoder:
         if data is None:
             return b"\x00"
         return b"\x10" + b"\x00" * 16 + b"\x00" * 8 + struct.pack("<i", len(data)) + data
+
+
+#: TYPE_INFO of the kinds whose description depends on nothing else
+_FIXED_TYPEINFO = {
+    K_INT: b"\x26\x04",
+    K_BIGINT: b"\x26\x08",
+    K_BIT: b"\x68\x01",
+    K_FLOAT: b"\x6d\x08",
+    K_DATETIME: b"\x6f\x08",
+    K_DATETIME2: b"\x2a\x07",
+    K_DATE: b"\x28",
+    K_GUID: b"\x24\x10",
+}
+
+
+_FIXED_KINDS = frozenset(_FIXED_TYPEINFO) | {K_DECIMAL}
+
+
+def _fixed_value(c: Column, v: Any) -> bytes:
+    """A non-NULL value of a kind whose NULL is one zero length byte."""
+    k = c.kind
+    if k == K_INT:
+        return b"\x04" + struct.pack("<i", int(v))
+    if k == K_BIGINT:
+        return b"\x08" + struct.pack("<q", int(v))
+    if k == K_BIT:
+        return b"\x01" + (b"\x01" if v else b"\x00")
+    if k == K_FLOAT:
+        return b"\x08" + struct.pack("<d", float(v))
+    if k == K_DECIMAL:
+        d = v if isinstance(v, decimal.Decimal) else decimal.Decimal(str(v))
+        n = int(d.scaleb(c.scale, _WIDE).to_integral_value(rounding=decimal.ROUND_HALF_EVEN))
+        ln = _decimal_len(c.precision)
+        return bytes([ln, 0 if n < 0 else 1]) + abs(n).to_bytes(ln - 1, "little")
+    if k == K_DATETIME:
+        return b"\x08" + encode_datetime(v)
+    if k == K_DATETIME2:
+        return b"\x08" + encode_datetime2(v)
+    if k == K_DATE:
+        day: _dt.date = v.date() if isinstance(v, _dt.datetime) else v
+        return b"\x03" + (day.toordinal() - 1).to_bytes(3, "little")
+    return b"\x10" + uuid.UUID(str(v)).bytes_le  # K_GUID
 
 
 def encode_datetime(v: Any) -> bytes:
@@ -663,93 +689,126 @@ def _read_plp(r: Reader) -> bytes | None:
         out += r.take(n)
 
 
+_FIXED_LENGTHS = {0x30: 1, 0x32: 1, 0x34: 2, 0x38: 4, 0x7F: 8, 0x3E: 8, 0x3B: 4, 0x3D: 8,
+                  0x3A: 4}
+
+
 def read_typed_value(r: Reader, major: int) -> tuple[int, Any]:
     """TYPE_INFO followed by a value (RPC parameters)."""
     t = r.u8()
-    fixed = {0x30: 1, 0x32: 1, 0x34: 2, 0x38: 4, 0x7F: 8, 0x3E: 8, 0x3B: 4, 0x3D: 8, 0x3A: 4}
     if t == 0x1F:  # NULLTYPE
         return t, None
-    if t in fixed:
-        return t, _decode_fixed(t, r.take(fixed[t]))
-    if t in (0x26, 0x68, 0x6D, 0x6F, 0x24, 0x6E):  # INTN BITN FLTN DATETIMN GUID MONEYN
-        r.u8()
-        n = r.u8()
-        if n == 0:
-            return t, None
-        raw = r.take(n)
-        if t == 0x26:
-            return t, int.from_bytes(raw, "little", signed=True)
-        if t == 0x68:
-            return t, bool(raw[0])
-        if t == 0x6D:
-            return t, struct.unpack("<d" if n == 8 else "<f", raw)[0]
-        if t == 0x24:
-            return t, uuid.UUID(bytes_le=raw)
-        if t == 0x6E:
-            return t, decimal.Decimal(_money(raw)) / 10000
-        return t, _decode_datetime(raw)
-    if t in (0x6A, 0x6C):  # DECIMALN NUMERICN
-        r.u8()
-        r.u8()
-        scale = r.u8()
-        n = r.u8()
-        if n == 0:
-            return t, None
-        raw = r.take(n)
-        mag = int.from_bytes(raw[1:], "little")
-        return t, decimal.Decimal(mag if raw[0] else -mag).scaleb(-scale, _WIDE)
-    if t == 0x28:  # DATEN
-        n = r.u8()
-        if n == 0:
-            return t, None
-        return t, _dt.date.fromordinal(int.from_bytes(r.take(3), "little") + 1)
-    if t in (0x29, 0x2A, 0x2B):  # TIMEN DATETIME2N DATETIMEOFFSETN
-        scale = r.u8()
-        n = r.u8()
-        if n == 0:
-            return t, None
-        raw = r.take(n)
-        tlen = 3 if scale <= 2 else 4 if scale <= 4 else 5
-        ticks = int.from_bytes(raw[:tlen], "little") * 10 ** (7 - scale)
-        tm = _dt.timedelta(microseconds=ticks // 10)
-        if t == 0x29:
-            return t, (_dt.datetime.min + tm).time()
-        day = _dt.date.fromordinal(int.from_bytes(raw[tlen : tlen + 3], "little") + 1)
-        value = _dt.datetime.combine(day, _dt.time()) + tm
-        if t == 0x2B:
-            off = struct.unpack("<h", raw[tlen + 3 : tlen + 5])[0]
-            value = (value + _dt.timedelta(minutes=off)).replace(
-                tzinfo=_dt.timezone(_dt.timedelta(minutes=off))
-            )
-        return t, value
-    if t in (0xE7, 0xEF, 0xA7, 0xAF, 0xA5, 0xAD):  # n/var/char, var/binary
-        maxlen = r.u16()
-        if t in (0xE7, 0xEF, 0xA7, 0xAF) and major >= 0x71:
-            r.take(5)
-        if maxlen == 0xFFFF:
-            data = _read_plp(r)
-        else:
-            n = r.u16()
-            data = None if n == 0xFFFF else r.take(n)
-        if data is None:
-            return t, None
-        if t in (0xE7, 0xEF):
-            return t, data.decode("utf-16-le", "replace")
-        if t in (0xA7, 0xAF):
-            return t, data.decode("latin-1")
-        return t, data
-    if t in (0x63, 0x23, 0x22):  # NTEXT TEXT IMAGE
-        r.u32()
-        if t != 0x22 and major >= 0x71:
-            r.take(5)
-        n = r.u32()
-        if n == 0xFFFFFFFF:
-            return t, None
-        data = r.take(n)
-        if t == 0x63:
-            return t, data.decode("utf-16-le", "replace")
-        return t, data.decode("latin-1") if t == 0x23 else data
-    raise ProtocolError(f"unsupported parameter type {t:#x}")
+    if t in _FIXED_LENGTHS:
+        return t, _decode_fixed(t, r.take(_FIXED_LENGTHS[t]))
+    reader = _VALUE_READERS.get(t)
+    if reader is None:
+        raise ProtocolError(f"unsupported parameter type {t:#x}")
+    return t, reader(r, t, major)
+
+
+def _read_nullable_fixed(r: Reader, t: int, major: int) -> Any:
+    """INTN BITN FLTN DATETIMN GUID MONEYN: a max length, then a length and the bytes."""
+    r.u8()
+    n = r.u8()
+    if n == 0:
+        return None
+    raw = r.take(n)
+    if t == 0x26:
+        return int.from_bytes(raw, "little", signed=True)
+    if t == 0x68:
+        return bool(raw[0])
+    if t == 0x6D:
+        return struct.unpack("<d" if n == 8 else "<f", raw)[0]
+    if t == 0x24:
+        return uuid.UUID(bytes_le=raw)
+    if t == 0x6E:
+        return decimal.Decimal(_money(raw)) / 10000
+    return _decode_datetime(raw)
+
+
+def _read_decimal(r: Reader, t: int, major: int) -> Any:
+    """DECIMALN NUMERICN: max length, precision, scale, then a sign byte and the magnitude."""
+    r.u8()
+    r.u8()
+    scale = r.u8()
+    n = r.u8()
+    if n == 0:
+        return None
+    raw = r.take(n)
+    mag = int.from_bytes(raw[1:], "little")
+    return decimal.Decimal(mag if raw[0] else -mag).scaleb(-scale, _WIDE)
+
+
+def _read_date(r: Reader, t: int, major: int) -> Any:
+    n = r.u8()
+    if n == 0:
+        return None
+    return _dt.date.fromordinal(int.from_bytes(r.take(3), "little") + 1)
+
+
+def _read_time_family(r: Reader, t: int, major: int) -> Any:
+    """TIMEN DATETIME2N DATETIMEOFFSETN: a scale, then time ticks, a date, an offset."""
+    scale = r.u8()
+    n = r.u8()
+    if n == 0:
+        return None
+    raw = r.take(n)
+    tlen = 3 if scale <= 2 else 4 if scale <= 4 else 5
+    ticks = int.from_bytes(raw[:tlen], "little") * 10 ** (7 - scale)
+    tm = _dt.timedelta(microseconds=ticks // 10)
+    if t == 0x29:
+        return (_dt.datetime.min + tm).time()
+    day = _dt.date.fromordinal(int.from_bytes(raw[tlen : tlen + 3], "little") + 1)
+    value = _dt.datetime.combine(day, _dt.time()) + tm
+    if t == 0x2B:
+        off = struct.unpack("<h", raw[tlen + 3 : tlen + 5])[0]
+        value = (value + _dt.timedelta(minutes=off)).replace(
+            tzinfo=_dt.timezone(_dt.timedelta(minutes=off))
+        )
+    return value
+
+
+def _read_var(r: Reader, t: int, major: int) -> Any:
+    """n/var/char and var/binary: a max length (0xFFFF: PLP), a collation for text."""
+    maxlen = r.u16()
+    if t in (0xE7, 0xEF, 0xA7, 0xAF) and major >= 0x71:
+        r.take(5)
+    if maxlen == 0xFFFF:
+        data = _read_plp(r)
+    else:
+        n = r.u16()
+        data = None if n == 0xFFFF else r.take(n)
+    if data is None:
+        return None
+    if t in (0xE7, 0xEF):
+        return data.decode("utf-16-le", "replace")
+    if t in (0xA7, 0xAF):
+        return data.decode("latin-1")
+    return data
+
+
+def _read_text(r: Reader, t: int, major: int) -> Any:
+    """NTEXT TEXT IMAGE: a max length, a collation for text, then a 4-byte length."""
+    r.u32()
+    if t != 0x22 and major >= 0x71:
+        r.take(5)
+    n = r.u32()
+    if n == 0xFFFFFFFF:
+        return None
+    data = r.take(n)
+    if t == 0x63:
+        return data.decode("utf-16-le", "replace")
+    return data.decode("latin-1") if t == 0x23 else data
+
+
+_VALUE_READERS: dict[int, Callable[[Reader, int, int], Any]] = {
+    **dict.fromkeys((0x26, 0x68, 0x6D, 0x6F, 0x24, 0x6E), _read_nullable_fixed),
+    **dict.fromkeys((0x6A, 0x6C), _read_decimal),
+    0x28: _read_date,
+    **dict.fromkeys((0x29, 0x2A, 0x2B), _read_time_family),
+    **dict.fromkeys((0xE7, 0xEF, 0xA7, 0xAF, 0xA5, 0xAD), _read_var),
+    **dict.fromkeys((0x63, 0x23, 0x22), _read_text),
+}
 
 
 def _money(raw: bytes) -> int:

@@ -12,20 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import _fast
 from . import _protocol as P
-from ._engine import (
-    VERSION,
-    Done,
-    Env,
-    Executor,
-    Info,
-    Interrupted,
-    Out,
-    ReturnStatus,
-    Rows,
-    SessionState,
-    SqlError,
-)
-from ._faults import Fault, error_text
+from ._engine import Executor, SessionState
+from ._faults import Fault, default_severity, error_text
+from ._options import VERSION
+from ._results import Done, Env, Info, Interrupted, Out, ReturnStatus, Rows, SqlError
 
 if TYPE_CHECKING:
     from .server import TdsServer
@@ -295,8 +285,6 @@ class Session:
 
     def _fail_login(self, number: int, severity: int | None, text: str | None, user: str,
                     database: str, prefix: bytes = b"") -> None:
-        from ._faults import default_severity
-
         sev = default_severity(number) if severity is None else severity
         msg = text or error_text(number, user=user, database=database,
                                  server=self.server.server_name, limit=self.server.max_sessions)

@@ -218,33 +218,43 @@ class Parser:
         seen = {x.up for x in toks if x.kind == "word"}
         if kw in ("END", "ELSE") and case:
             return False
-        if kw == "SELECT":
-            if prev in ("UNION", "ALL", "EXCEPT", "INTERSECT", "AS", "("):
-                return False
-            if first == "INSERT" and not seen & {"VALUES", "SELECT", "EXEC", "EXECUTE"}:
-                return False
-            if first == "WITH" and not seen & {"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE"}:
-                return False
-            if first in ("CREATE", "ALTER") and prev == "AS":
-                return False
-            if first == "DECLARE" and prev == "CURSOR" or prev == "FOR":
-                return False
+        if kw == "SELECT" and _select_continues(first, prev, seen):
+            return False
         if kw == "SET" and first in ("UPDATE", "MERGE") and "SET" not in seen:
             return False
         if kw == "SET" and prev in ("NULL", "DEFAULT") and first in ("CREATE", "ALTER"):
             return False
-        if kw in ("INSERT", "UPDATE", "DELETE"):
-            if prev == "ON" or first == "MERGE" or prev in ("INSTEAD", "FOR", "AFTER", ","):
-                return False
-            if first == "WITH" and not seen & {"SELECT", "INSERT", "UPDATE", "DELETE"}:
-                return False
-            if first == "GRANT" or first == "DENY":
-                return False
+        if kw in ("INSERT", "UPDATE", "DELETE") and _dml_continues(first, prev, seen):
+            return False
         if kw == "IF" and prev in _NO_IF_BEFORE:
             return False
         if kw in ("EXEC", "EXECUTE") and first == "INSERT":
             return False
         return True
+
+
+def _select_continues(first: str, prev: str, seen: set[str]) -> bool:
+    """Is a SELECT keyword part of the statement so far (a union, a subquery, an
+    INSERT ... SELECT, a CTE's body, a view or cursor definition)?"""
+    if prev in ("UNION", "ALL", "EXCEPT", "INTERSECT", "AS", "("):
+        return True
+    if first == "INSERT" and not seen & {"VALUES", "SELECT", "EXEC", "EXECUTE"}:
+        return True
+    if first == "WITH" and not seen & {"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE"}:
+        return True
+    if first in ("CREATE", "ALTER") and prev == "AS":
+        return True
+    return (first == "DECLARE" and prev == "CURSOR") or prev == "FOR"
+
+
+def _dml_continues(first: str, prev: str, seen: set[str]) -> bool:
+    """Is an INSERT/UPDATE/DELETE keyword part of the statement so far (a MERGE action,
+    a trigger's event list, a CTE's body, a GRANT's permission list)?"""
+    if prev == "ON" or first == "MERGE" or prev in ("INSTEAD", "FOR", "AFTER", ","):
+        return True
+    if first == "WITH" and not seen & {"SELECT", "INSERT", "UPDATE", "DELETE"}:
+        return True
+    return first in ("GRANT", "DENY")
 
 
 def parse(sql: str) -> list[object]:

@@ -6,7 +6,7 @@ real server would report for each result column, from (in order of precedence):
 * the select list: ``CAST(e AS T)``, ``CONVERT(T, e)``, a typed variable (``DECLARE`` or a
   ``sp_executesql`` parameter declaration), a numeric or string literal;
 * the declared type of a table column the select list names (``PRAGMA table_info``);
-* the Python values themselves (:func:`._engine.infer_columns`).
+* the Python values themselves (:func:`._columns.infer_columns`).
 
 Values are then coerced to that type (``Decimal`` quantized to the scale, ``char(n)`` padded,
 ISO text parsed into dates...) and the wire encoders registered here in
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _protocol as P
-from ._tsql import Tok, unquote
+from ._tsql import Tok, tokenize, unquote
 
 if TYPE_CHECKING:
     from ._engine import Executor
@@ -571,6 +571,20 @@ def describe(ex: Executor, shape: Shape | None, names: list[str],
     cols = infer(names, rows)
     if shape is None:
         return cols, rows
+    declared, exact = _declared_types(ex, shape, names)
+    if not any(declared):
+        return cols, rows
+    out_rows = [list(r) for r in rows]
+    for idx, t in enumerate(declared):
+        if t is not None and _coerce_column(out_rows, rows, idx, t, exact):
+            cols[idx] = _fit(t, [r[idx] for r in out_rows]).column(cols[idx].name)
+    return cols, [tuple(r) for r in out_rows]
+
+
+def _declared_types(ex: Executor, shape: Shape, names: list[str],
+                    ) -> tuple[list[SqlType | None], dict[int, Any]]:
+    """Per result column, the SQL Server type the statement gives it (None: unknown), and
+    the exact value of the columns that are a literal or a variable."""
     declared: list[SqlType | None] = [None] * len(names)
     exact: dict[int, Any] = {}
     positional = not shape.star and len(shape.items) == len(names)
@@ -596,26 +610,26 @@ def describe(ex: Executor, shape: Shape | None, names: list[str],
                 tabtypes = table_types(ex.conn, shape.tables,
                                        ex.engine.path(ex.state.database))
             declared[idx] = tabtypes.get(arg)
-    if not any(declared):
-        return cols, rows
-    out_rows = [list(r) for r in rows]
-    for idx, t in enumerate(declared):
-        if t is None:
-            continue
-        try:
-            if idx in exact:
-                value = coerce(t, exact[idx])
-                for r in out_rows:
-                    r[idx] = value
-            else:
-                for r in out_rows:
-                    r[idx] = coerce(t, r[idx])
-        except (ValueError, TypeError, ArithmeticError, KeyError):
-            for r, orig in zip(out_rows, rows, strict=True):
-                r[idx] = orig[idx]
-            continue
-        cols[idx] = _fit(t, [r[idx] for r in out_rows]).column(cols[idx].name)
-    return cols, [tuple(r) for r in out_rows]
+    return declared, exact
+
+
+def _coerce_column(out_rows: list[list[Any]], rows: list[tuple[Any, ...]], idx: int,
+                   t: SqlType, exact: dict[int, Any]) -> bool:
+    """Column ``idx`` of ``out_rows`` coerced to ``t``; False (and the column as SQLite
+    gave it) when a value does not fit the type."""
+    try:
+        if idx in exact:
+            value = coerce(t, exact[idx])
+            for r in out_rows:
+                r[idx] = value
+        else:
+            for r in out_rows:
+                r[idx] = coerce(t, r[idx])
+    except (ValueError, TypeError, ArithmeticError, KeyError):
+        for r, orig in zip(out_rows, rows, strict=True):
+            r[idx] = orig[idx]
+        return False
+    return True
 
 
 def _fit(t: SqlType, values: list[Any]) -> SqlType:
@@ -642,8 +656,6 @@ def declare_params(ex: Executor, decl: Any) -> None:
 
 @functools.lru_cache(maxsize=512)
 def _params_of(decl: str) -> tuple[tuple[str, SqlType | None], ...]:
-    from ._tsql import tokenize
-
     try:
         return _declared(tokenize(decl))
     except Exception:  # noqa: BLE001 - a malformed declaration only loses the typing

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -470,8 +473,6 @@ def _serve_parser() -> argparse.ArgumentParser:
 
 
 def _serve_password(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
-    import os
-
     if args.password is not None:
         password: str = args.password
     elif args.password_file is not None:
@@ -494,9 +495,6 @@ def serve_main(argv: list[str] | None = None) -> int:
     Returns the exit code: 0 after a clean stop, 2 for bad usage (a bad option value,
     an unreadable password file, a port that cannot be bound).
     """
-    import math
-    import signal
-
     p = _serve_parser()
     try:
         args = p.parse_args(argv)

@@ -36,9 +36,9 @@ def raw_tds_login() -> Iterator[Callable[[TdsServer], socket.socket]]:
         s.close()
 
 
-# pymssql keeps the severity of failed logins process-wide (FACTS.md): a failed login in the
-# test process would change what later tests see. Logins meant to fail run in a fresh
-# interpreter.
+# pymssql keeps the number and severity of failed logins in module globals it never resets
+# (docs/retries.md, "pymssql's shapes and quirks"): a failed login in the test process would
+# change what later tests see. Logins meant to fail run in a fresh interpreter.
 _LOGIN_SCRIPT = r"""
 import json, sys, pymssql
 kw = json.loads(sys.argv[1])

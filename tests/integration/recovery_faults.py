@@ -659,6 +659,49 @@ def _read_ledger(server: TdsServer | RealTarget) -> tuple[Counter[str], int]:
     return tids, total
 
 
+class _Workload:
+    """The row's worker threads: units until stopped (waiting while paused), with every
+    unit's outcome recorded under a lock."""
+
+    def __init__(self, out: Outcome, t0: float) -> None:
+        self.out = out
+        self.t0 = t0
+        self.stop = threading.Event()
+        self.pause = threading.Event()
+        self.lock = threading.Lock()
+        self.acked: set[str] = set()
+        self.failed: set[str] = set()
+        self.unknown: set[str] = set()
+
+    def work(self, adapter: Any, w: int) -> None:
+        out = self.out
+        i = 0
+        while not self.stop.is_set():
+            if self.pause.is_set():
+                time.sleep(0.01)
+                continue
+            i += 1
+            tid = f"{w}-{i}"
+            try:
+                adapter.unit(tid, w)
+            except Exception as exc:
+                at = time.monotonic() - self.t0
+                with self.lock:
+                    out.errors[type(exc).__name__] += 1
+                    if len(out.error_samples) < 20:
+                        out.error_samples.append(exc)
+                    out.events.append(Event(at, False, type(exc).__name__))
+                    lost = self.unknown if isinstance(exc, CommitUnknownError) else self.failed
+                    lost.add(tid)
+                time.sleep(0.01)
+                continue
+            at = time.monotonic() - self.t0
+            with self.lock:
+                self.acked.add(tid)
+                out.events.append(Event(at, True))
+            time.sleep(0.002)
+
+
 def run_fault(fault: Fault, adapter_name: str, *, adapter_options: dict[str, Any] | None = None,
               threads: int | None = None, after: float | None = None,
               real: RealTarget | None = None) -> Outcome:
@@ -674,40 +717,10 @@ def run_fault(fault: Fault, adapter_name: str, *, adapter_options: dict[str, Any
     adapter: Any = None
     counter = DialCounter()
     counter.t0 = t0
-    stop = threading.Event()
-    pause = threading.Event()
-    lock = threading.Lock()
-    acked: set[str] = set()
-    failed: set[str] = set()
-    unknown: set[str] = set()
+    load = _Workload(out, t0)
+    stop, pause = load.stop, load.pause
     workers: list[threading.Thread] = []
     stopped_at = 0.0
-
-    def work(w: int) -> None:
-        i = 0
-        while not stop.is_set():
-            if pause.is_set():
-                time.sleep(0.01)
-                continue
-            i += 1
-            tid = f"{w}-{i}"
-            try:
-                adapter.unit(tid, w)
-            except Exception as exc:
-                at = time.monotonic() - t0
-                with lock:
-                    out.errors[type(exc).__name__] += 1
-                    if len(out.error_samples) < 20:
-                        out.error_samples.append(exc)
-                    out.events.append(Event(at, False, type(exc).__name__))
-                    (unknown if isinstance(exc, CommitUnknownError) else failed).add(tid)
-                time.sleep(0.01)
-                continue
-            at = time.monotonic() - t0
-            with lock:
-                acked.add(tid)
-                out.events.append(Event(at, True))
-            time.sleep(0.002)
 
     try:
         with counter.installed():
@@ -722,7 +735,8 @@ def run_fault(fault: Fault, adapter_name: str, *, adapter_options: dict[str, Any
                                              max_size=fault.max_size, **options)
             adapter.warm()
             for w in range(nthreads):
-                t = threading.Thread(target=work, args=(w,), name=f"matrix-{w}", daemon=True)
+                t = threading.Thread(target=load.work, args=(adapter, w), name=f"matrix-{w}",
+                                     daemon=True)
                 workers.append(t)
                 t.start()
             time.sleep(fault.warmup)
@@ -762,11 +776,11 @@ def run_fault(fault: Fault, adapter_name: str, *, adapter_options: dict[str, Any
     out.fault_start, out.fault_end = env.fault_start, env.fault_end
     out.logins = list(counter.times)
     out.extra["dials"] = sorted(counter.calls)
-    out.units_ok = len(acked)
-    out.lost = sorted(t for t in acked if tids[t] == 0)
+    out.units_ok = len(load.acked)
+    out.lost = sorted(t for t in load.acked if tids[t] == 0)
     out.doubled = sorted(t for t, n in tids.items() if n > 1)
-    out.failed_but_landed = sorted(t for t in failed if tids[t] > 0)
-    out.unknown_landed = sum(1 for t in unknown if tids[t] > 0)
+    out.failed_but_landed = sorted(t for t in load.failed if tids[t] > 0)
+    out.unknown_landed = sum(1 for t in load.unknown if tids[t] > 0)
     out.totals_consistent = total == sum(tids.values())
     oks = sorted(e.at for e in out.events if e.ok)
     out.first_ok_after_clear = next((t - env.fault_end for t in oks if t >= env.fault_end),

@@ -1,6 +1,6 @@
 """AsyncConnectionPool with real pymssql against the TDS test server.
 
-The same money-transfer workload and faults as tests/integration/test_transactions_pymssql.py
+The same money-transfer workload and faults as test_transactions_pymssql.py (bank.py)
 (1205, 1222, 40613 logins, killed sessions, COMMIT replies dropped after the COMMIT ran,
 a server restart), driven by asyncio tasks through ``await pool.run_transaction``; and
 cancellations at random (seeded) points: a cancelled unit never reports success, never
@@ -17,7 +17,7 @@ from typing import Any
 
 import pymssql
 import pytest
-from test_transactions_pymssql import (
+from bank import (
     ACCOUNTS,
     INITIAL,
     chaos,

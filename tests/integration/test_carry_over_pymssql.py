@@ -10,7 +10,7 @@ of A's rows are durable (committed by A itself) and which must have been rolled 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,57 +81,83 @@ class Model:
         self.pending = []
 
 
+def _context(conn: Any, cur: Any, model: Model, sql: str) -> None:
+    if not model.read_only_key:  # setting a read-only key again fails with 15664
+        cur.execute(sql)
+        model.read_only_key = sql.endswith(", 1")
+
+
+def _begin(conn: Any, cur: Any, model: Model, sql: str) -> None:
+    cur.execute(sql)
+    model.tc += 1
+
+
+def _insert(conn: Any, cur: Any, model: Model, sql: str) -> None:
+    tag = f"A{model.n}"
+    cur.execute(f"INSERT INTO carry (tag) VALUES ('{tag}')")
+    if model.tc == 0:
+        model.committed.add((model.db, tag))
+    else:
+        model.pending.append((model.db, tag))
+
+
+def _lock(conn: Any, cur: Any, model: Model, sql: str) -> None:
+    if model.db == "master":
+        cur.execute(sql)
+
+
+def _commit(conn: Any, cur: Any, model: Model, sql: str) -> None:
+    if not model.autocommit and model.tc == 0:
+        return               # pymssql's COMMIT TRAN would fail with 3902
+    conn.commit()            # pymssql: COMMIT TRAN; BEGIN TRAN (nothing in autocommit)
+    if not model.autocommit and model.tc == 1:
+        model.end_all(commit=True)
+
+
+def _rollback(conn: Any, cur: Any, model: Model, sql: str) -> None:
+    conn.rollback()          # pymssql: ROLLBACK TRAN (every level); BEGIN TRAN
+    if not model.autocommit:
+        model.end_all(commit=False)
+        model.tc = 1
+
+
+def _commit_stmt(conn: Any, cur: Any, model: Model, sql: str) -> None:
+    if model.tc > 0:
+        cur.execute(sql)
+        model.tc -= 1
+        if model.tc == 0:
+            model.end_all(commit=True)
+
+
+def _temp(conn: Any, cur: Any, model: Model, sql: str) -> None:
+    name = f"#tmp{model.n}"
+    cur.execute(f"CREATE TABLE {name} (a INT)")
+    model.temps.append(name)
+
+
+def _use(conn: Any, cur: Any, model: Model, sql: str) -> None:
+    cur.execute(sql)
+    model.db = "otherdb"
+
+
+def _plain(conn: Any, cur: Any, model: Model, sql: str) -> None:
+    # also "first": procedure calls without EXEC must start a batch, so each runs alone
+    cur.execute(sql)
+
+
+#: What borrower A does for each kind of step, and what the model learns from it.
+_STEPS: dict[str, Callable[[Any, Any, Model, str], None]] = {
+    "context": _context, "begin": _begin, "insert": _insert, "lock": _lock,
+    "commit": _commit, "rollback": _rollback, "commit_stmt": _commit_stmt, "temp": _temp,
+    "use": _use,
+}
+
+
 def _run_a(conn: Any, model: Model, steps: list[tuple[str, str]]) -> None:
     cur = conn.cursor()
     for kind, sql in steps:
         model.n += 1
-        if kind == "context":
-            if model.read_only_key:
-                continue         # setting it again fails with 15664
-            cur.execute(sql)
-            model.read_only_key = sql.endswith(", 1")
-        elif kind == "first":
-            # Procedure calls without EXEC must start a batch: run them on their own.
-            cur.execute(sql)
-        elif kind == "begin":
-            cur.execute(sql)
-            model.tc += 1
-        elif kind == "insert":
-            tag = f"A{model.n}"
-            cur.execute(f"INSERT INTO carry (tag) VALUES ('{tag}')")
-            if model.tc == 0:
-                model.committed.add((model.db, tag))
-            else:
-                model.pending.append((model.db, tag))
-        elif kind == "lock":
-            if model.db == "master":
-                cur.execute(sql)
-        elif kind == "commit":
-            if not model.autocommit and model.tc == 0:
-                continue         # pymssql's COMMIT TRAN would fail with 3902
-            conn.commit()        # pymssql: COMMIT TRAN; BEGIN TRAN (nothing in autocommit)
-            if not model.autocommit and model.tc == 1:
-                model.end_all(commit=True)
-        elif kind == "rollback":
-            conn.rollback()      # pymssql: ROLLBACK TRAN (every level); BEGIN TRAN
-            if not model.autocommit:
-                model.end_all(commit=False)
-                model.tc = 1
-        elif kind == "commit_stmt":
-            if model.tc > 0:
-                cur.execute(sql)
-                model.tc -= 1
-                if model.tc == 0:
-                    model.end_all(commit=True)
-        elif kind == "temp":
-            name = f"#tmp{model.n}"
-            cur.execute(f"CREATE TABLE {name} (a INT)")
-            model.temps.append(name)
-        elif kind == "use":
-            cur.execute(sql)
-            model.db = "otherdb"
-        else:
-            cur.execute(sql)
+        _STEPS.get(kind, _plain)(conn, cur, model, sql)
 
 
 def _rows(cur: Any, sql: str) -> list[tuple[Any, ...]]:

@@ -1,7 +1,7 @@
 """``mssql-pool check`` against the TDS test server, with real pymssql over TCP.
 
-Each check runs in a fresh interpreter: pymssql keeps login error state process-wide
-(FACTS.md), so a failed login in one test would change the numbers another sees.
+Each check runs in a fresh interpreter: pymssql keeps login error state process-wide (module
+globals it never resets), so a failed login in one test would change the numbers another sees.
 """
 
 from __future__ import annotations
@@ -10,13 +10,10 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from mssql_pool.cli import prelogin_probe
 
 testing = pytest.importorskip("mssql_pool.testing")
 TdsServer = getattr(testing, "TdsServer", None)
@@ -162,35 +159,3 @@ def test_hanging_server_login_times_out_with_exit_5(server: Any) -> None:
     assert 20003 in login["error"]["numbers"]
     assert "no answer" in login["error"]["meaning"]
     assert steps_of(out)["tcp"]["ok"] is True
-
-
-def test_prelogin_probe_reads_version_and_encryption() -> None:
-    """Against a socket pair: our PRELOGIN goes out, a canned SQL Server answer comes back."""
-    client, server = socket.socketpair()
-    # Reply: VERSION 16.0.1000.6, ENCRYPTION required (3), terminator.
-    body_opts = bytes([0x00, 0x00, 0x0B, 0x00, 0x06, 0x01, 0x00, 0x11, 0x00, 0x01, 0xFF])
-    body = body_opts + bytes([16, 0, 0x03, 0xE8, 0, 6]) + bytes([3])
-    reply = bytes([0x04, 0x01]) + (8 + len(body)).to_bytes(2, "big") + b"\x00\x00\x01\x00" + body
-    seen: list[bytes] = []
-
-    def answer() -> None:
-        seen.append(server.recv(4096))
-        server.sendall(reply)
-
-    t = threading.Thread(target=answer)
-    t.start()
-    text = prelogin_probe(client)
-    t.join(5)
-    client.close()
-    server.close()
-    assert seen and seen[0][0] == 0x12  # a PRELOGIN packet
-    assert text == "PRELOGIN: server version 16.0.1000, encryption required"
-
-
-def test_prelogin_probe_on_a_non_tds_service() -> None:
-    client, server = socket.socketpair()
-    server.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
-    server.close()
-    text = prelogin_probe(client)
-    client.close()
-    assert "is this a SQL Server port?" in text

@@ -25,15 +25,16 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pymssql
 import pytest
+from bank import Book, check_invariants, create_bank, paced, transfer
 from tcp_proxy import TcpProxy
 
 from mssql_pool import ConnectionPool
 from mssql_pool.classify import Classifier
-from mssql_pool.errors import CommitUnknownError
 from mssql_pool.retry import ExponentialBackoff, RetryPolicy
 from mssql_pool.testing.server import TdsServer
 
@@ -43,7 +44,6 @@ SOAK = max(1, int(os.environ.get("MSSQL_POOL_SOAK", "1") or 1))
 pytestmark = pytest.mark.timeout(90 * SOAK)
 
 ACCOUNTS = 8
-INITIAL = 1000
 THREADS = 6
 PER_THREAD = 30 * SOAK
 FAULT_EVERY = 3          # finished transfers between two faults
@@ -65,46 +65,21 @@ def _policy(loose: bool) -> RetryPolicy:
                        **extra)
 
 
-def _transfer(conn: Any, tid: str, src: int, dst: int, amount: int) -> str:
-    cur = conn.cursor()
-    cur.execute("UPDATE acct SET bal = bal - %s WHERE id = %s", (amount, src))
-    cur.execute("UPDATE acct SET bal = bal + %s WHERE id = %s", (amount, dst))
-    cur.execute("INSERT INTO ledger (tid, src, dst, amount) VALUES (%s, %s, %s, %s)",
-                (tid, src, dst, amount))
-    return tid
-
-
 def _nested_transfer(conn: Any, tid: str, src: int, dst: int, amount: int) -> str:
     """The same unit with a balanced transaction of its own inside."""
     cur = conn.cursor()
     cur.execute("BEGIN TRAN")
-    _transfer(conn, tid, src, dst, amount)
+    transfer(conn, tid, src, dst, amount)
     cur.execute("COMMIT TRAN")
     return tid
-
-
-def _state(server: TdsServer) -> tuple[dict[int, int], list[tuple[str, int, int, int]]]:
-    conn = pymssql.connect(**server.connect_kwargs(), autocommit=True)
-    try:
-        cur = conn.cursor()
-        cur.execute("SELECT id, bal FROM acct")
-        bal = {int(i): int(b) for i, b in cur.fetchall()}
-        cur.execute("SELECT tid, src, dst, amount FROM ledger")
-        return bal, [(str(t), int(s), int(d), int(a)) for t, s, d, a in cur.fetchall()]
-    finally:
-        conn.close()
 
 
 def _chaos(server: TdsServer, proxy: TcpProxy, stop: threading.Event, rnd: random.Random,
            counts: Counter[str], progress: Callable[[], int]) -> None:
     """One fault per FAULT_EVERY finished transfers (paced by progress, not time, so faults
     nobody consumes cannot pile up on a slow machine)."""
-    mark = 0
     armed_logins = 0
-    while not stop.wait(0.005):
-        if progress() < mark + FAULT_EVERY:
-            continue
-        mark = progress()
+    for _ in paced(stop, progress, FAULT_EVERY):
         what = rnd.choice(FAULTS)
         counts[what] += 1
         if what == "kill":
@@ -135,21 +110,14 @@ def test_every_transfer_applied_exactly_once_or_reported_unknown(
         tds_server: TdsServer) -> None:
     server = tds_server
     setup = pymssql.connect(**server.connect_kwargs(), autocommit=True)
-    cur = setup.cursor()
-    cur.execute("CREATE TABLE acct (id INT PRIMARY KEY, bal INT NOT NULL)")
-    cur.execute("CREATE TABLE ledger (tid VARCHAR(40) PRIMARY KEY, src INT NOT NULL, "
-                "dst INT NOT NULL, amount INT NOT NULL)")
-    for i in range(ACCOUNTS):
-        cur.execute("INSERT INTO acct (id, bal) VALUES (%s, %s)", (i, INITIAL))
+    create_bank(setup, ACCOUNTS)
     setup.close()
 
     proxy = TcpProxy((server.host, server.port)).start()
     url = f"mssql://{server.user}:{server.password}@127.0.0.1:{proxy.port}/master"
-    outcomes: dict[str, str] = {}
-    planned: dict[str, tuple[int, int, int]] = {}
-    unexpected: list[BaseException] = []
+    book = Book()
+    outcomes, planned, unexpected = book.outcomes, book.planned, book.unexpected
     faults: Counter[str] = Counter()
-    lock = threading.Lock()
     stop = threading.Event()
 
     def worker(n: int, pool: ConnectionPool) -> None:
@@ -158,21 +126,10 @@ def test_every_transfer_applied_exactly_once_or_reported_unknown(
             src, dst = rnd.sample(range(ACCOUNTS), 2)
             amount = rnd.randint(1, 40)
             tid = f"t{n}-{i}"
-            unit = rnd.choice([_transfer, _nested_transfer])
-            with lock:
-                planned[tid] = (src, dst, amount)
-            try:
-                assert pool.run_transaction(unit, tid, src, dst, amount,
-                                            policy=_policy(loose=n % 2 == 0)) == tid
-                outcome = "ok"
-            except CommitUnknownError:
-                outcome = "unknown"
-            except BaseException as exc:  # noqa: BLE001 - recorded and asserted on
-                outcome = f"error {type(exc).__name__}"
-                with lock:
-                    unexpected.append(exc)
-            with lock:
-                outcomes[tid] = outcome
+            unit = rnd.choice([transfer, _nested_transfer])
+            book.run(tid, (src, dst, amount), partial(
+                pool.run_transaction, unit, tid, src, dst, amount,
+                policy=_policy(loose=n % 2 == 0)))
 
     try:
         # Half the threads borrow from a pool in pymssql's default mode, half from one
@@ -202,20 +159,6 @@ def test_every_transfer_applied_exactly_once_or_reported_unknown(
         proxy.close()
 
     assert unexpected == [], [repr(e) for e in unexpected[:5]]
-    bal, ledger = _state(server)
-    assert sum(bal.values()) == ACCOUNTS * INITIAL, "money was created or destroyed"
-    applied = Counter(t for t, *_ in ledger)
-    assert all(n == 1 for n in applied.values()), "a transfer was applied twice"
-    expected = dict.fromkeys(range(ACCOUNTS), INITIAL)
-    for tid, src, dst, amount in ledger:
-        assert planned[tid] == (src, dst, amount)
-        expected[src] -= amount
-        expected[dst] += amount
-    assert bal == expected, "the balances do not match the ledger"
-    for tid, outcome in outcomes.items():
-        if outcome == "ok":
-            assert applied[tid] == 1, f"{tid} reported committed but not applied"
-        else:
-            assert outcome == "unknown" and applied[tid] <= 1
+    check_invariants(server, outcomes, planned, ACCOUNTS)
     assert len(outcomes) == THREADS * PER_THREAD
     assert sum(faults[f] for f in FAULTS if f != "none") >= 20, faults   # the chaos ran

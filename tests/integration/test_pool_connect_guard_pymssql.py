@@ -5,8 +5,9 @@ by the server (it used to retry logins for the whole acquire timeout); two 40613
 (a failover) are ridden through within the acquire timeout; a 40501 "retry after 10 s"
 hint keeps the pool from sending another login within a short timeout.
 
-pymssql keeps login error state process-wide (FACTS.md): after one severe login failure a
-later 18456 loses its number. These checks therefore run in a fresh interpreter.
+pymssql keeps login error state process-wide (the highest severity of a failed login is never
+reset): after one severe login failure a later 18456 loses its number. These checks therefore
+run in a fresh interpreter.
 """
 
 from __future__ import annotations

@@ -129,8 +129,9 @@ def test_no_password_in_any_log_line(tds_server: TdsServer,
             bad.getconn()
         bad.close()
     text = caplog.text + str(info.value) + repr(info.value)
-    # (pymssql may lose the "Login failed" text after an earlier severe login failure in
-    # the process; see FACTS.md. The error is there either way.)
+    # (pymssql may lose the "Login failed" text after an earlier login failure of equal or
+    # higher severity in the process: it never resets that severity. The error is there
+    # either way.)
     assert caplog.records and info.value.last_error is not None  # type: ignore[attr-defined]
     for leaked in (secret, quote(secret, safe=""), secret[::-1], wrong):
         assert leaked not in text

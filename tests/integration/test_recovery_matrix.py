@@ -100,7 +100,7 @@ def test_recovery_row(fault: rf.Fault) -> None:
 
 # Row 9 runs in a fresh interpreter: pymssql keeps the highest login error severity
 # process-wide, so a 10928 (class 20) after another severe login failure would lose its
-# number and its hint (FACTS.md). 40501's 10 s hint is asserted on the recorded retry
+# number and its hint (docs/retries.md). 40501's 10 s hint is asserted on the recorded retry
 # delay (the policy's sleep is injected); 10928's 5 s is shortened to 1 s with the
 # documented switch (Classifier.with_min_delay) and asserted on the login times.
 _ROW9 = textwrap.dedent("""

@@ -13,10 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy
-from sqlalchemy import Integer, String, event, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from test_transactions_pymssql import (
+from bank import (
     ACCOUNTS,
     INITIAL,
     chaos,
@@ -25,6 +22,9 @@ from test_transactions_pymssql import (
     read_state,
     setup_bank,
 )
+from sqlalchemy import Integer, String, event, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mssql_pool import ConfigError, PoolTimeout
 from mssql_pool.errors import CommitUnknownError

@@ -14,21 +14,31 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pymssql
 import pytest
+from bank import (
+    ACCOUNTS,
+    INITIAL,
+    Book,
+    assert_only_transfer,
+    chaos,
+    check_invariants,
+    landed,
+    policy,
+    read_state,
+    setup_bank,
+    transfer,
+)
 
 from mssql_pool import ConnectionPool
 from mssql_pool.classify import ErrorKind, classify
 from mssql_pool.errors import CommitUnknownError
-from mssql_pool.retry import ExponentialBackoff, RetryPolicy
 
 pytestmark = pytest.mark.timeout(60)
 
-ACCOUNTS = 10
-INITIAL = 1000
 THREADS = 8
 PER_THREAD = 40
 
@@ -39,127 +49,11 @@ def make_pool(server: Any, **kw: Any) -> ConnectionPool:
     return ConnectionPool(server.url, **opts)
 
 
-def policy(**kw: Any) -> RetryPolicy:
-    kw.setdefault("max_attempts", 30)
-    kw.setdefault("deadline", 20.0)
-    return RetryPolicy(backoff=ExponentialBackoff(0.01, 2.0, 0.2, "full"), name="test", **kw)
-
-
-def setup_bank(pool: ConnectionPool) -> None:
-    def create(conn: Any) -> None:
-        cur = conn.cursor()
-        cur.execute("CREATE TABLE acct (id INT PRIMARY KEY, bal INT NOT NULL)")
-        cur.execute("CREATE TABLE ledger (tid VARCHAR(40) PRIMARY KEY, src INT NOT NULL, "
-                    "dst INT NOT NULL, amount INT NOT NULL)")
-        for i in range(ACCOUNTS):
-            cur.execute("INSERT INTO acct (id, bal) VALUES (%s, %s)", (i, INITIAL))
-
-    pool.run_transaction(create, policy=policy())
-
-
-def transfer(conn: Any, tid: str, src: int, dst: int, amount: int) -> str:
-    cur = conn.cursor()
-    cur.execute("UPDATE acct SET bal = bal - %s WHERE id = %s", (amount, src))
-    cur.execute("UPDATE acct SET bal = bal + %s WHERE id = %s", (amount, dst))
-    cur.execute("INSERT INTO ledger (tid, src, dst, amount) VALUES (%s, %s, %s, %s)",
-                (tid, src, dst, amount))
-    return tid
-
-
-def landed(tid: str) -> Any:
-    def verify(conn: Any) -> bool:
-        cur = conn.cursor()
-        cur.execute("SELECT COUNT(*) FROM ledger WHERE tid = %s", (tid,))
-        return int(cur.fetchone()[0]) == 1
-
-    return verify
-
-
-def read_state(server: Any) -> tuple[dict[int, int], list[tuple[str, int, int, int]]]:
-    conn = pymssql.connect(**server.connect_kwargs())
-    try:
-        cur = conn.cursor()
-        cur.execute("SELECT id, bal FROM acct")
-        bal = {int(i): int(b) for i, b in cur.fetchall()}
-        cur.execute("SELECT tid, src, dst, amount FROM ledger")
-        ledger = [(str(t), int(s), int(d), int(a)) for t, s, d, a in cur.fetchall()]
-        return bal, ledger
-    finally:
-        conn.close()
-
-
-def assert_only_transfer(server: Any, tid: str, src: int, dst: int, amount: int) -> None:
-    bal, ledger = read_state(server)
-    assert ledger == [(tid, src, dst, amount)]
-    assert bal[src] == INITIAL - amount and bal[dst] == INITIAL + amount
-
-
-def check_invariants(
-    server: Any, outcomes: dict[str, str], planned: dict[str, tuple[int, int, int]]
-) -> Counter[str]:
-    bal, ledger = read_state(server)
-    assert sum(bal.values()) == ACCOUNTS * INITIAL, "money was created or destroyed"
-    applied = Counter(t for t, *_ in ledger)
-    assert all(n == 1 for n in applied.values()), "a transfer was applied twice"
-    # balances are exactly what the applied transfers say
-    expected = {i: INITIAL for i in range(ACCOUNTS)}
-    for tid, src, dst, amount in ledger:
-        assert planned[tid] == (src, dst, amount)
-        expected[src] -= amount
-        expected[dst] += amount
-    assert bal == expected
-    for tid, outcome in outcomes.items():
-        if outcome == "ok":
-            assert applied[tid] == 1, f"{tid} reported committed but not applied"
-        else:
-            assert outcome == "unknown", f"{tid}: unexpected outcome {outcome}"
-            assert applied[tid] <= 1
-    assert set(applied) <= set(outcomes)
-    return Counter(outcomes.values())
-
-
-FAULT_EVERY = 4  # completed transfers between two injected faults
-
-
-def chaos(server: Any, stop: threading.Event, rnd: random.Random, counts: Counter[str],
-          progress: Callable[[], int]) -> None:
-    """Inject one fault per FAULT_EVERY finished transfers until stopped.
-
-    Paced by progress, not by time: faults that nobody consumes (a login fault while no
-    one logs in) must not pile up faster than the workload can drain them.
-    """
-    mark = 0
-    armed_logins = 0
-    while not stop.wait(0.005):
-        if progress() < mark + FAULT_EVERY:
-            continue
-        mark = progress()
-        what = rnd.choice(["1205", "1222", "login", "kill", "drop_commit", "none"])
-        counts[what] += 1
-        if what == "1205":
-            server.fail_next(1205, match=r"UPDATE acct", severity=13)
-        elif what == "1222":
-            server.fail_next(1222, match=r"UPDATE acct")
-        elif what == "login":
-            # only when the previous ones were consumed: logins are rare in a warm pool
-            if server.stats()["logins_failed"] >= armed_logins:
-                armed_logins += 2
-                server.fail_logins(40613, times=2)
-        elif what == "kill":
-            busy = [s["spid"] for s in server.sessions()]
-            if busy:
-                server.kill(rnd.choice(busy))
-        elif what == "drop_commit":
-            server.drop_next(match=r"COMMIT", after_execute=True)
-
-
 def run_workload(server: Any, pool: ConnectionPool, *, verify: bool,
                  seed: int) -> tuple[dict[str, str], dict[str, tuple[int, int, int]],
                                      Counter[str], list[BaseException]]:
-    outcomes: dict[str, str] = {}
-    planned: dict[str, tuple[int, int, int]] = {}
-    unexpected: list[BaseException] = []
-    lock = threading.Lock()
+    book = Book()
+    outcomes, planned, unexpected = book.outcomes, book.planned, book.unexpected
     stop = threading.Event()
     faults: Counter[str] = Counter()
 
@@ -169,22 +63,9 @@ def run_workload(server: Any, pool: ConnectionPool, *, verify: bool,
             src, dst = rnd.sample(range(ACCOUNTS), 2)
             amount = rnd.randint(1, 50)
             tid = f"t{n}-{i}"
-            with lock:
-                planned[tid] = (src, dst, amount)
-            try:
-                kw: dict[str, Any] = {"verify": landed(tid)} if verify else {}
-                result = pool.run_transaction(transfer, tid, src, dst, amount,
-                                              policy=policy(), **kw)
-                assert result == tid
-                outcome = "ok"
-            except CommitUnknownError:
-                outcome = "unknown"
-            except BaseException as exc:  # noqa: BLE001 - recorded and asserted on
-                outcome = f"error {type(exc).__name__}"
-                with lock:
-                    unexpected.append(exc)
-            with lock:
-                outcomes[tid] = outcome
+            kw: dict[str, Any] = {"verify": landed(tid)} if verify else {}
+            book.run(tid, (src, dst, amount), partial(
+                pool.run_transaction, transfer, tid, src, dst, amount, policy=policy(), **kw))
 
     threads = [threading.Thread(target=worker, args=(n,), name=f"transfer-{n}", daemon=True)
                for n in range(THREADS)]

@@ -75,7 +75,8 @@ def not_connected_error() -> InterfaceError:
 
 
 def query_timeout_error() -> OperationalError:
-    """A query timeout: FreeTDS closed the socket; 20047 carrying 20003 (FACTS.md)."""
+    """A query timeout as pymssql reports it: FreeTDS sends no cancel, it closes the socket,
+    and the error is 20047 with 20003 in its text; the connection is dead."""
     return OperationalError(
         20047, b"DB-Lib error message 20047, severity 9:\nDBPROCESS is dead or not enabled\n"
                b"DB-Lib error message 20003, severity 6:\nAdaptive Server connection timed "

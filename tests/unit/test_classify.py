@@ -1,4 +1,5 @@
-"""Classification of SQL Server / pymssql / socket errors (FACTS.md shapes and quirks)."""
+"""Classification of SQL Server / pymssql / socket errors, in the shapes pymssql raises them
+(docs/retries.md, "pymssql's shapes and quirks")."""
 
 from __future__ import annotations
 

@@ -307,7 +307,8 @@ def test_routed_node_gone_stays_a_transient_disconnect() -> None:
      None, False),
 ])
 def test_routed_address_reads_freetds_texts(text: bytes, address: Any, bare: bool) -> None:
-    # the number in args[0][0] is stale in pymssql (FACTS.md): only the text counts
+    # after a failed connect pymssql's args[0][0] may be an earlier failure's number (its
+    # clr_err() never resets the module globals): only the text counts
     assert routed_address(pymssql.OperationalError((40613, text))) == (address, bare)
 
 

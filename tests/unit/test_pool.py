@@ -23,16 +23,6 @@ STAT_KEYS = {
 
 
 @pytest.fixture
-def db() -> FakeDB:
-    return FakeDB()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def make_pool(db: FakeDB, clock: FakeClock) -> Iterator[Any]:
     with pool_factory(db, clock, min_size=0, max_size=4, name="t") as make:
         yield make

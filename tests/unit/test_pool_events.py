@@ -227,6 +227,41 @@ OPS = st.lists(st.sampled_from([
 ]), min_size=1, max_size=25)
 
 
+def _step(op: str, pool: ConnectionPool, db: FakeDB, clock: FakeClock,
+          held: list[Any]) -> int:
+    """One operation of a random run; returns 1 for a granted checkout."""
+    if op == "get":
+        try:
+            held.append(pool.getconn(timeout=0.05))
+            return 1
+        except PoolTimeout:
+            return 0
+    if op in ("put", "put_dirty", "invalidate"):
+        if held:
+            conn = held.pop(0)
+            if op == "put_dirty":
+                try:
+                    conn.cursor().execute("UPDATE t SET x = 1")
+                except Exception:
+                    pass
+            elif op == "invalidate":
+                conn.invalidate("test")
+            pool.putconn(conn)
+    elif op == "kill":
+        if db.open_connections():
+            db.kill(db.open_connections()[0])
+    elif op in ("advance", "advance_far"):
+        clock.advance(1.0 if op == "advance" else 31.0)
+    elif op == "outage":
+        if db.up:
+            db.shutdown()
+        else:
+            db.restart()
+    else:
+        {"maint": pool.run_maintenance, "drain": pool.drain, "check": pool.check}[op]()
+    return 0
+
+
 @settings(max_examples=40, derandomize=True, deadline=None)
 @given(OPS)
 def test_every_connection_of_a_random_run_has_a_valid_life(ops: list[str]) -> None:
@@ -240,39 +275,7 @@ def test_every_connection_of_a_random_run_has_a_valid_life(ops: list[str]) -> No
     granted = 0
     try:
         for op in ops:
-            if op == "get":
-                try:
-                    held.append(pool.getconn(timeout=0.05))
-                    granted += 1
-                except PoolTimeout:
-                    pass
-            elif op in ("put", "put_dirty", "invalidate") and held:
-                conn = held.pop(0)
-                if op == "put_dirty":
-                    try:
-                        conn.cursor().execute("UPDATE t SET x = 1")
-                    except Exception:
-                        pass
-                elif op == "invalidate":
-                    conn.invalidate("test")
-                pool.putconn(conn)
-            elif op == "kill" and db.open_connections():
-                db.kill(db.open_connections()[0])
-            elif op == "advance":
-                clock.advance(1.0)
-            elif op == "advance_far":
-                clock.advance(31.0)
-            elif op == "maint":
-                pool.run_maintenance()
-            elif op == "drain":
-                pool.drain()
-            elif op == "check":
-                pool.check()
-            elif op == "outage":
-                if db.up:
-                    db.shutdown()
-                else:
-                    db.restart()
+            granted += _step(op, pool, db, clock, held)
         for conn in held:
             pool.putconn(conn)
     finally:

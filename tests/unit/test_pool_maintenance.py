@@ -14,16 +14,6 @@ from mssql_pool import ConnectionPool
 
 
 @pytest.fixture
-def db() -> FakeDB:
-    return FakeDB()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def make_pool(db: FakeDB, clock: FakeClock) -> Iterator[Any]:
     with pool_factory(db, clock, max_size=10) as make:
         yield make

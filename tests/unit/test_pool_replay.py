@@ -28,11 +28,6 @@ def db() -> FakeDB:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def make_pool(db: FakeDB, clock: FakeClock) -> Iterator[Any]:
     with pool_factory(db, clock, min_size=2, max_size=4, timeout=5.0, name="r") as make:
         yield make

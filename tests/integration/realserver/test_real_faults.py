@@ -307,7 +307,8 @@ def test_programming_errors_are_classified_not_retryable(
 
 
 def test_login_failure_is_auth_and_not_retried(real_server: RealServer) -> None:
-    """In a fresh interpreter: pymssql keeps login error state process-wide (FACTS.md)."""
+    """In a fresh interpreter: pymssql keeps login error state process-wide (module
+    globals it never resets), so an earlier failed login would change what this sees."""
     code = (
         "import sys, pymssql\n"
         "from mssql_pool.classify import classify\n"

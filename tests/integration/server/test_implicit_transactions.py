@@ -18,21 +18,17 @@ import pytest
 from babelfish import babelfish_url, connect_kwargs, unique_table
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tds_client import scalar
 
 from mssql_pool.testing import TdsServer
-from mssql_pool.testing._engine import opens_implicit
+from mssql_pool.testing._translate import opens_implicit
 from mssql_pool.testing._tsql import tokenize
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def one(cur: Any, sql: str) -> Any:
-    cur.execute(sql)
-    return cur.fetchone()[0]
-
-
 def trancount(cur: Any) -> int:
-    return int(one(cur, "SELECT @@TRANCOUNT"))
+    return int(scalar(cur, "SELECT @@TRANCOUNT"))
 
 
 @pytest.fixture
@@ -130,6 +126,7 @@ def test_statement_classification(sql: str, expected: bool) -> None:
 
 # --------------------------------------------------------------------------- ending it
 
+
 def test_commit_and_rollback_end_it_and_the_next_statement_opens_another(
         implicit: Any) -> None:
     implicit.execute("UPDATE it SET v = 11 WHERE id = 1")
@@ -138,7 +135,7 @@ def test_commit_and_rollback_end_it_and_the_next_statement_opens_another(
     implicit.execute("UPDATE it SET v = 12 WHERE id = 1")
     implicit.execute("ROLLBACK TRAN")
     assert trancount(implicit) == 0
-    assert one(implicit, "SELECT v FROM it WHERE id = 1") == 11   # this read opened one
+    assert scalar(implicit, "SELECT v FROM it WHERE id = 1") == 11   # this read opened one
     assert trancount(implicit) == 1
     implicit.execute("IF @@TRANCOUNT > 0 COMMIT TRAN")
     assert trancount(implicit) == 0
@@ -167,20 +164,20 @@ def test_the_option_in_options_and_its_reset(tds_server: TdsServer, table: str) 
     conn = pymssql.connect(**tds_server.connect_kwargs(autocommit=True))
     try:
         cur = conn.cursor()
-        assert one(cur, "SELECT @@OPTIONS & 2") == 0
+        assert scalar(cur, "SELECT @@OPTIONS & 2") == 0
         cur.execute("SET IMPLICIT_TRANSACTIONS ON")
-        assert one(cur, "SELECT @@OPTIONS & 2") == 2
+        assert scalar(cur, "SELECT @@OPTIONS & 2") == 2
         cur.execute("UPDATE it SET v = 99 WHERE id = 1")
         assert trancount(cur) == 1
         conn._conn.init_procedure("sp_reset_connection").execute()
         # the reset aborted the transaction and restored the login default (OFF)
-        assert one(cur, "SELECT @@OPTIONS & 2") == 0
+        assert scalar(cur, "SELECT @@OPTIONS & 2") == 0
         cur.execute("UPDATE it SET v = 98 WHERE id = 2")
         assert trancount(cur) == 0
-        assert one(cur, "SELECT v FROM it WHERE id = 1") == 10
+        assert scalar(cur, "SELECT v FROM it WHERE id = 1") == 10
         cur.execute("SET IMPLICIT_TRANSACTIONS ON")
         cur.execute("SET IMPLICIT_TRANSACTIONS OFF")
-        assert one(cur, "SELECT @@OPTIONS & 2") == 0
+        assert scalar(cur, "SELECT @@OPTIONS & 2") == 0
     finally:
         conn.close()
 
@@ -189,13 +186,13 @@ def test_ansi_defaults_turns_it_on(tds_server: TdsServer, table: str) -> None:
     with pymssql.connect(**tds_server.connect_kwargs(autocommit=True)) as conn:
         cur = conn.cursor()
         cur.execute("SET ANSI_DEFAULTS ON")
-        assert one(cur, "SELECT @@OPTIONS & 2") == 2
+        assert scalar(cur, "SELECT @@OPTIONS & 2") == 2
         cur.execute("SELECT v FROM it")
         cur.fetchall()
         assert trancount(cur) == 1
         cur.execute("ROLLBACK TRAN")
         cur.execute("SET ANSI_DEFAULTS OFF")
-        assert one(cur, "SELECT @@OPTIONS & 2") == 0
+        assert scalar(cur, "SELECT @@OPTIONS & 2") == 0
 
 
 def test_conn_properties_with_it_give_a_session_that_opens_on_first_use(
@@ -206,7 +203,7 @@ def test_conn_properties_with_it_give_a_session_that_opens_on_first_use(
     conn = pymssql.connect(**tds_server.connect_kwargs(autocommit=True, conn_properties=props))
     try:
         cur = conn.cursor()
-        assert one(cur, "SELECT @@OPTIONS & 2") == 2
+        assert scalar(cur, "SELECT @@OPTIONS & 2") == 2
         assert trancount(cur) == 0     # no BEGIN TRAN from pymssql in autocommit mode
         cur.execute("UPDATE it SET v = 13 WHERE id = 1")
         assert trancount(cur) == 1
@@ -220,6 +217,7 @@ def test_conn_properties_with_it_give_a_session_that_opens_on_first_use(
 
 # --------------------------------------------------------------------------- locks, visibility
 
+
 def test_locks_and_visibility_are_those_of_a_transaction(tds_server: TdsServer, implicit: Any,
                                                          ) -> None:
     implicit.execute("UPDATE it SET v = 55 WHERE id = 1")
@@ -228,18 +226,18 @@ def test_locks_and_visibility_are_those_of_a_transaction(tds_server: TdsServer, 
         cur = other.cursor()
         cur.execute("SET LOCK_TIMEOUT 200")
         # another session reads the last committed values and waits for the row lock
-        assert one(cur, "SELECT v FROM it WHERE id = 1") == 10
-        assert one(cur, "SELECT COUNT(*) FROM it WHERE id = 7") == 0
+        assert scalar(cur, "SELECT v FROM it WHERE id = 1") == 10
+        assert scalar(cur, "SELECT COUNT(*) FROM it WHERE id = 7") == 0
         with pytest.raises(pymssql.OperationalError) as err:
             cur.execute("UPDATE it SET v = 0 WHERE id = 1")
         assert err.value.args[0] == 1222
         implicit.execute("COMMIT TRAN")
-        assert one(cur, "SELECT v FROM it WHERE id = 1") == 55
+        assert scalar(cur, "SELECT v FROM it WHERE id = 1") == 55
         cur.execute("UPDATE it SET v = 56 WHERE id = 1")     # the lock went with the COMMIT
         # and a rollback undoes what the implicit transaction did
         implicit.execute("DELETE FROM it WHERE id = 7")
         implicit.execute("ROLLBACK TRAN")
-        assert one(cur, "SELECT COUNT(*) FROM it WHERE id = 7") == 1
+        assert scalar(cur, "SELECT COUNT(*) FROM it WHERE id = 7") == 1
 
 
 def test_the_open_transaction_is_rolled_back_when_the_session_ends(
@@ -253,7 +251,7 @@ def test_the_open_transaction_is_rolled_back_when_the_session_ends(
         cur = other.cursor()
         cur.execute("SET LOCK_TIMEOUT 2000")
         cur.execute("UPDATE it SET v = v WHERE id = 2")   # waits until the session is gone
-        assert one(cur, "SELECT v FROM it WHERE id = 2") == 20
+        assert scalar(cur, "SELECT v FROM it WHERE id = 2") == 20
 
 
 # --------------------------------------------------------------------------- model, both servers
@@ -325,8 +323,8 @@ def run_program(cur: Any, watcher: Any, table: str, program: list[int]) -> None:
         else:
             assert expected_error is None, f"{sql}: expected error {expected_error}"
         assert trancount(cur) == model.trancount, (sql, program)
-        assert one(cur, "SELECT @@OPTIONS & 2") == (2 if model.implicit else 0)
-        assert one(watcher, f"SELECT v FROM {table} WHERE id = 1") == model.committed, sql
+        assert scalar(cur, "SELECT @@OPTIONS & 2") == (2 if model.implicit else 0)
+        assert scalar(watcher, f"SELECT v FROM {table} WHERE id = 1") == model.committed, sql
     cur.execute("IF @@TRANCOUNT > 0 ROLLBACK TRAN")
     cur.execute("SET IMPLICIT_TRANSACTIONS OFF")
     cur.execute(f"UPDATE {table} SET v = 0 WHERE id = 1")

@@ -20,6 +20,7 @@ from mssql_pool.testing import _protocol as P
 
 pytestmark = pytest.mark.timeout(60)
 
+
 def test_login_ok_and_wrong_password(tds_server: TdsServer, login_in_subprocess) -> None:
     login = login_in_subprocess
     assert login(tds_server) == {"ok": True}

@@ -2,52 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 import pymssql
 import pytest
+from tds_client import Background, connect, scalar
 
 from mssql_pool.testing import TdsServer
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def connect(server: TdsServer, **kw: Any) -> pymssql.Connection:
-    return pymssql.connect(**server.connect_kwargs(**kw))
-
-
-def scalar(cur: Any, sql: str) -> Any:
-    cur.execute(sql)
-    return cur.fetchone()[0]
-
-
-class Background:
-    """Run one call on a named thread; keep its result or its exception."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-
-        def run() -> None:
-            try:
-                self.result = fn()
-            except BaseException as exc:  # noqa: BLE001 - handed to the test
-                self.error = exc
-            finally:
-                self.done.set()
-
-        self.thread = threading.Thread(target=run, name="test-locks-background", daemon=True)
-        self.thread.start()
-
-    def join(self, timeout: float = 10.0) -> None:
-        assert self.done.wait(timeout), "the background statement never finished"
-        self.thread.join(timeout)
-
-
 def wait_until_blocked(server: TdsServer, spid: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -12,11 +12,13 @@ import logging
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pymssql
 import pytest
 
-from mssql_pool.testing import TdsServer, _engine
+from mssql_pool.testing import TdsServer, _translate
 
 HINT = "sqlglot is not installed"
 
@@ -24,9 +26,9 @@ HINT = "sqlglot is not installed"
 @pytest.fixture
 def no_sqlglot(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setitem(sys.modules, "sqlglot", None)
-    _engine.to_sqlite.cache_clear()      # translations made with sqlglot must not be reused
+    _translate.to_sqlite.cache_clear()      # translations made with sqlglot must not be reused
     yield
-    _engine.to_sqlite.cache_clear()      # nor untranslated results after it
+    _translate.to_sqlite.cache_clear()      # nor untranslated results after it
 
 
 def _table() -> str:
@@ -46,7 +48,9 @@ def test_without_sqlglot_the_server_warns_at_start(
     assert HINT in warnings[0].getMessage()
 
 
-def test_without_sqlglot_plain_sql_works_and_tsql_fails_saying_why(no_sqlglot: None) -> None:
+@contextmanager
+def _one_row_table() -> Iterator[tuple[Any, str]]:
+    """A fresh server with a fresh table holding (1, 10): a cursor on it, and its name."""
     t = _table()
     with TdsServer() as server:
         conn = pymssql.connect(**server.connect_kwargs(autocommit=True))
@@ -54,29 +58,26 @@ def test_without_sqlglot_plain_sql_works_and_tsql_fails_saying_why(no_sqlglot: N
             cur = conn.cursor()
             cur.execute(f"CREATE TABLE {t} (id INT PRIMARY KEY, n INT)")
             cur.execute(f"INSERT INTO {t} (id, n) VALUES (1, 10)")
-            cur.execute(f"SELECT n FROM {t} WHERE id = 1")
-            assert cur.fetchall() == [(10,)]
-            with pytest.raises(pymssql.ProgrammingError) as info:
-                cur.execute(f"SELECT TOP 1 n FROM {t}")
-            assert info.value.args[0] == 102
-            assert HINT in info.value.args[1].decode()
+            yield cur, t
         finally:
             conn.close()
+
+
+def test_without_sqlglot_plain_sql_works_and_tsql_fails_saying_why(no_sqlglot: None) -> None:
+    with _one_row_table() as (cur, t):
+        cur.execute(f"SELECT n FROM {t} WHERE id = 1")
+        assert cur.fetchall() == [(10,)]
+        with pytest.raises(pymssql.ProgrammingError) as info:
+            cur.execute(f"SELECT TOP 1 n FROM {t}")
+        assert info.value.args[0] == 102
+        assert HINT in info.value.args[1].decode()
 
 
 def test_with_sqlglot_there_is_no_warning_and_tsql_is_translated(
         caplog: pytest.LogCaptureFixture) -> None:
     pytest.importorskip("sqlglot")
     caplog.set_level(logging.WARNING, logger="mssql_pool.testing")
-    t = _table()
-    with TdsServer() as server:
-        conn = pymssql.connect(**server.connect_kwargs(autocommit=True))
-        try:
-            cur = conn.cursor()
-            cur.execute(f"CREATE TABLE {t} (id INT PRIMARY KEY, n INT)")
-            cur.execute(f"INSERT INTO {t} (id, n) VALUES (1, 10)")
-            cur.execute(f"SELECT TOP 1 n FROM {t}")
-            assert cur.fetchall() == [(10,)]
-        finally:
-            conn.close()
+    with _one_row_table() as (cur, t):
+        cur.execute(f"SELECT TOP 1 n FROM {t}")
+        assert cur.fetchall() == [(10,)]
     assert "translation is off" not in caplog.text

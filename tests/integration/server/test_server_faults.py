@@ -1,53 +1,31 @@
-"""Faults of the TDS test server, observed from real pymssql the way FACTS.md describes them."""
+"""Faults of the TDS test server, observed from real pymssql: the error numbers and shapes a
+client sees from a real SQL Server (a killed session's 596 then a dead connection, 20047 on
+an idle connection's next use after a restart, refused connects, dropped replies)."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pymssql
 import pytest
+from tds_client import Background, connect, wait_until
 
 from mssql_pool.testing import TdsServer
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def connect(server: TdsServer, **kw: object) -> pymssql.Connection:
-    return pymssql.connect(**server.connect_kwargs(**kw))
-
-
-def wait_until(cond, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
 def test_kill_mid_request_gives_596_and_a_dead_connection(tds_server: TdsServer) -> None:
     conn = connect(tds_server)
     cur = conn.cursor()
     cur.execute("SELECT @@SPID")
     spid = cur.fetchone()[0]
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            cur.execute("WAITFOR DELAY '00:00:10'")
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    t = threading.Thread(target=run)
-    t.start()
+    stmt = Background(lambda: cur.execute("WAITFOR DELAY '00:00:10'"))
     assert wait_until(lambda: any(s["in_request"] for s in tds_server.sessions()))
     assert tds_server.kill(spid)
-    t.join(10)
-    assert not t.is_alive()
-    assert errors and isinstance(errors[0], pymssql.OperationalError)
-    assert "596" in str(errors[0]) or errors[0].args[0] == 596
-    assert "kill state" in str(errors[0])
+    stmt.join(10)
+    error = stmt.error
+    assert isinstance(error, pymssql.OperationalError)
+    assert "596" in str(error) or error.args[0] == 596
+    assert "kill state" in str(error)
     with pytest.raises((pymssql.Error, pymssql._mssql.MSSQLDriverException)):
         cur.execute("SELECT 1")
     assert wait_until(lambda: tds_server.stats()["sessions_open"] == 0)
@@ -299,22 +277,13 @@ def test_bad_arguments_name_the_parameter(tds_server: TdsServer) -> None:
 def test_pymssql_cancel_sends_attention_and_the_connection_lives(tds_server: TdsServer) -> None:
     conn = connect(tds_server)
     cur = conn.cursor()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            cur.execute("WAITFOR DELAY '00:00:10'; SELECT 1")
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    t = threading.Thread(target=run)
     start = time.monotonic()
-    t.start()
+    stmt = Background(lambda: cur.execute("WAITFOR DELAY '00:00:10'; SELECT 1"))
     assert wait_until(lambda: any(s["in_request"] for s in tds_server.sessions()))
     conn._conn.cancel()
-    t.join(10)
+    stmt.join(10)
     assert time.monotonic() - start < 5
-    assert errors and isinstance(errors[0], pymssql.OperationalError)
+    assert isinstance(stmt.error, pymssql.OperationalError)
     assert tds_server.stats()["attentions"] == 1
     cur.execute("SELECT 5")
     assert cur.fetchone()[0] == 5

@@ -21,6 +21,7 @@ import pymssql
 import pytest
 
 from mssql_pool.testing import TdsServer
+from mssql_pool.testing import _protocol as P
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,14 +35,13 @@ def packet(ptype: int, payload: bytes, status: int = 1) -> bytes:
 
 
 def prelogin() -> bytes:
-    opts = [(0x00, bytes([9, 0, 0, 0, 0, 0])), (0x01, b"\x02"), (0x02, b"\x00"),
-            (0x03, b"\x00\x00\x00\x00"), (0x04, b"\x00")]
-    head, body = b"", b""
-    base = 5 * len(opts) + 1
-    for token, value in opts:
-        head += struct.pack(">BHH", token, base + len(body), len(value))
-        body += value
-    return packet(0x12, head + b"\xff" + body)
+    return packet(P.PKT_PRELOGIN, P.build_prelogin([
+        (P.PRELOGIN_VERSION, bytes([9, 0, 0, 0, 0, 0])),
+        (P.PRELOGIN_ENCRYPTION, bytes([P.ENCRYPT_NOT_SUP])),
+        (P.PRELOGIN_INSTOPT, b"\x00"),
+        (P.PRELOGIN_THREADID, b"\x00" * 4),
+        (P.PRELOGIN_MARS, b"\x00"),
+    ]))
 
 
 def login7(user: str = "sa", password: str = "Secret123!", database: str = "master") -> bytes:

@@ -7,21 +7,11 @@ import decimal
 
 import pymssql
 import pytest
+from tds_client import connect, scalar
 
 from mssql_pool.testing import TdsServer
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def connect(server: TdsServer, **kw: object) -> pymssql.Connection:
-    return pymssql.connect(**server.connect_kwargs(**kw))
-
-
-def scalar(cur: pymssql.Cursor, sql: str) -> object:
-    cur.execute(sql)
-    return cur.fetchone()[0]
-
-
 @pytest.mark.parametrize("version", ["7.0", "7.1", "7.2", "7.3", "7.4"])
 def test_every_tds_version_selects(tds_server: TdsServer, version: str) -> None:
     conn = connect(tds_server, tds_version=version)

@@ -1,0 +1,178 @@
+"""The money-transfer workload the pool's integration tests share: the bank's tables
+(``acct``, ``ledger``), one transfer, the retry policy, reading the state back, the
+invariant (money neither created nor destroyed, no transfer applied twice, every
+acknowledged one landed) and a chaos thread paced by the workload's progress."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pymssql
+
+from mssql_pool import ConnectionPool
+from mssql_pool.errors import CommitUnknownError
+from mssql_pool.retry import ExponentialBackoff, RetryPolicy
+
+ACCOUNTS = 10
+INITIAL = 1000
+CREATE_TABLES = (
+    "CREATE TABLE acct (id INT PRIMARY KEY, bal INT NOT NULL)",
+    "CREATE TABLE ledger (tid VARCHAR(40) PRIMARY KEY, src INT NOT NULL, "
+    "dst INT NOT NULL, amount INT NOT NULL)",
+)
+
+
+class Book:
+    """What the workers planned and were told, per transfer id, under one lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.planned: dict[str, tuple[int, int, int]] = {}
+        self.outcomes: dict[str, str] = {}
+        self.unexpected: list[BaseException] = []
+
+    def run(self, tid: str, move: tuple[int, int, int], unit: Callable[[], object]) -> None:
+        """Plan transfer ``tid`` (src, dst, amount), run ``unit`` (which must return the
+        tid) and record "ok", "unknown" (CommitUnknownError) or the unexpected error."""
+        with self.lock:
+            self.planned[tid] = move
+        try:
+            assert unit() == tid
+            outcome = "ok"
+        except CommitUnknownError:
+            outcome = "unknown"
+        except BaseException as exc:  # noqa: BLE001 - recorded and asserted on
+            outcome = f"error {type(exc).__name__}"
+            with self.lock:
+                self.unexpected.append(exc)
+        with self.lock:
+            self.outcomes[tid] = outcome
+
+
+def paced(stop: threading.Event, progress: Callable[[], int], every: int) -> Iterator[None]:
+    """Yield once per ``every`` finished units until ``stop``: faults paced by progress,
+    not by time, so that faults nobody consumes cannot pile up on a slow machine."""
+    mark = 0
+    while not stop.wait(0.005):
+        if progress() < mark + every:
+            continue
+        mark = progress()
+        yield
+
+
+def policy(**kw: Any) -> RetryPolicy:
+    kw.setdefault("max_attempts", 30)
+    kw.setdefault("deadline", 20.0)
+    return RetryPolicy(backoff=ExponentialBackoff(0.01, 2.0, 0.2, "full"), name="test", **kw)
+
+
+def create_bank(conn: Any, accounts: int = ACCOUNTS) -> None:
+    """The two tables and ``accounts`` accounts of INITIAL each, on a DB-API connection."""
+    cur = conn.cursor()
+    for sql in CREATE_TABLES:
+        cur.execute(sql)
+    for i in range(accounts):
+        cur.execute("INSERT INTO acct (id, bal) VALUES (%s, %s)", (i, INITIAL))
+
+
+def setup_bank(pool: ConnectionPool) -> None:
+    pool.run_transaction(create_bank, policy=policy())
+
+
+def transfer(conn: Any, tid: str, src: int, dst: int, amount: int) -> str:
+    cur = conn.cursor()
+    cur.execute("UPDATE acct SET bal = bal - %s WHERE id = %s", (amount, src))
+    cur.execute("UPDATE acct SET bal = bal + %s WHERE id = %s", (amount, dst))
+    cur.execute("INSERT INTO ledger (tid, src, dst, amount) VALUES (%s, %s, %s, %s)",
+                (tid, src, dst, amount))
+    return tid
+
+
+def landed(tid: str) -> Any:
+    def verify(conn: Any) -> bool:
+        cur = conn.cursor()
+        cur.execute("SELECT COUNT(*) FROM ledger WHERE tid = %s", (tid,))
+        return int(cur.fetchone()[0]) == 1
+
+    return verify
+
+
+def read_state(server: Any) -> tuple[dict[int, int], list[tuple[str, int, int, int]]]:
+    conn = pymssql.connect(**server.connect_kwargs())
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT id, bal FROM acct")
+        bal = {int(i): int(b) for i, b in cur.fetchall()}
+        cur.execute("SELECT tid, src, dst, amount FROM ledger")
+        ledger = [(str(t), int(s), int(d), int(a)) for t, s, d, a in cur.fetchall()]
+        return bal, ledger
+    finally:
+        conn.close()
+
+
+def assert_only_transfer(server: Any, tid: str, src: int, dst: int, amount: int) -> None:
+    bal, ledger = read_state(server)
+    assert ledger == [(tid, src, dst, amount)]
+    assert bal[src] == INITIAL - amount and bal[dst] == INITIAL + amount
+
+
+def check_invariants(
+    server: Any,
+    outcomes: dict[str, str],
+    planned: dict[str, tuple[int, int, int]],
+    accounts: int = ACCOUNTS,
+) -> Counter[str]:
+    bal, ledger = read_state(server)
+    assert sum(bal.values()) == accounts * INITIAL, "money was created or destroyed"
+    applied = Counter(t for t, *_ in ledger)
+    assert all(n == 1 for n in applied.values()), "a transfer was applied twice"
+    # balances are exactly what the applied transfers say
+    expected = dict.fromkeys(range(accounts), INITIAL)
+    for tid, src, dst, amount in ledger:
+        assert planned[tid] == (src, dst, amount)
+        expected[src] -= amount
+        expected[dst] += amount
+    assert bal == expected, "the balances do not match the ledger"
+    for tid, outcome in outcomes.items():
+        if outcome == "ok":
+            assert applied[tid] == 1, f"{tid} reported committed but not applied"
+        else:
+            assert outcome == "unknown", f"{tid}: unexpected outcome {outcome}"
+            assert applied[tid] <= 1
+    assert set(applied) <= set(outcomes)
+    return Counter(outcomes.values())
+
+
+FAULT_EVERY = 4  # completed transfers between two injected faults
+
+
+def chaos(server: Any, stop: threading.Event, rnd: random.Random, counts: Counter[str],
+          progress: Callable[[], int]) -> None:
+    """Inject one fault per FAULT_EVERY finished transfers until stopped.
+
+    Paced by progress, not by time: faults that nobody consumes (a login fault while no
+    one logs in) must not pile up faster than the workload can drain them.
+    """
+    armed_logins = 0
+    for _ in paced(stop, progress, FAULT_EVERY):
+        what = rnd.choice(["1205", "1222", "login", "kill", "drop_commit", "none"])
+        counts[what] += 1
+        if what == "1205":
+            server.fail_next(1205, match=r"UPDATE acct", severity=13)
+        elif what == "1222":
+            server.fail_next(1222, match=r"UPDATE acct")
+        elif what == "login":
+            # only when the previous ones were consumed: logins are rare in a warm pool
+            if server.stats()["logins_failed"] >= armed_logins:
+                armed_logins += 2
+                server.fail_logins(40613, times=2)
+        elif what == "kill":
+            busy = [s["spid"] for s in server.sessions()]
+            if busy:
+                server.kill(rnd.choice(busy))
+        elif what == "drop_commit":
+            server.drop_next(match=r"COMMIT", after_execute=True)
