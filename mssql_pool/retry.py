@@ -561,7 +561,7 @@ CONNECT_RETRY_ON: Predicate = retry_if_kind(
 
 def connect_policy(
     *,
-    max_attempts: int | None = 6,
+    max_attempts: int | None = None,
     deadline: float | None = 30.0,
     backoff: Backoff | None = None,
     **kwargs: Any,
@@ -569,9 +569,11 @@ def connect_policy(
     """The default policy for opening connections.
 
     Retries transient login errors and network failures with exponential backoff and
-    equal jitter (0.25 s doubling to a 8 s cap; 40501 waits at least 10 s), at most
-    ``max_attempts`` logins within ``deadline`` seconds. 18456 (login failed) fails at
-    once. Pair it with a :class:`~mssql_pool.breaker.CircuitBreaker` so that a fleet of
+    equal jitter (0.1 s doubling to a 2 s cap; 40501 waits at least 10 s) for ``deadline``
+    seconds (30: an Azure failover usually ends well within it), with no limit on the
+    number of logins unless ``max_attempts`` is given: the cap keeps a pool to about one
+    login every 2 s in a long outage, and a short one (a burst of 40613) is ridden through
+    within a few seconds. 18456 (login failed) fails at once. Pair it with a :class:`~mssql_pool.breaker.CircuitBreaker` so that a fleet of
     callers cannot turn an outage into a login storm.
     """
     kwargs.setdefault("retry_on", CONNECT_RETRY_ON)
@@ -579,7 +581,7 @@ def connect_policy(
     return RetryPolicy(
         max_attempts=max_attempts,
         deadline=deadline,
-        backoff=backoff if backoff is not None else ExponentialBackoff(0.25, 2.0, 8.0, "equal"),
+        backoff=backoff if backoff is not None else ExponentialBackoff(0.1, 2.0, 2.0, "equal"),
         **kwargs,
     )
 
