@@ -573,8 +573,9 @@ def connect_policy(
     seconds (30: an Azure failover usually ends well within it), with no limit on the
     number of logins unless ``max_attempts`` is given: the cap keeps a pool to about one
     login every 2 s in a long outage, and a short one (a burst of 40613) is ridden through
-    within a few seconds. 18456 (login failed) fails at once. Pair it with a :class:`~mssql_pool.breaker.CircuitBreaker` so that a fleet of
-    callers cannot turn an outage into a login storm.
+    within a few seconds. 18456 (login failed) fails at once. Pair it with a
+    :class:`~mssql_pool.breaker.CircuitBreaker` so that a fleet of callers cannot turn an
+    outage into a login storm.
     """
     kwargs.setdefault("retry_on", CONNECT_RETRY_ON)
     kwargs.setdefault("name", "connect")
