@@ -408,7 +408,7 @@ class AsyncConnection:
     every cursor call that talks to the server are awaited. ``await conn.close()`` (or
     leaving ``async with``) gives the connection back. ``run_sync(fn, *args)`` runs
     ``fn(sync_conn, *args)`` in a worker thread on the pool's blocking proxy
-    (:class:`~mssql_pool.PooledConnection`), for code written for the sync pool.
+    (:class:`~mssql_pool.connection.PooledConnection`), for code written for the sync pool.
     """
 
     __slots__ = ("_proxy", "_pool", "_op", "_returning", "_interrupted", "__weakref__")
