@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 import weakref
@@ -67,6 +66,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from ._driver import routed_address
 from ._dsn import redact
 from .breaker import CircuitBreaker
 from .classify import ErrorKind, classify
@@ -121,11 +121,6 @@ ENDPOINT_COUNTERS = ("redirects", "failovers", "endpoint_switches", "redirect_er
                      "connects_rejected")
 
 _MIN_TDS = (7, 4)
-
-# FreeTDS/DB-Library lines: "DB-Lib error message 20009, severity 9:\n<text> (host,port)".
-_DBLIB_LINE = re.compile(r"DB-Lib error message (\d+), severity \d+:\s*\n?([^\n]*)")
-_ROUTED_ADDR = re.compile(r"\(([^(),\s]+),(\d{1,5})\)\s*$")
-_SERVER_MSG = re.compile(r"SQL Server message \d+|Msg \d+")
 
 BreakerSpec = Mapping[str, Any] | Callable[["Endpoint"], CircuitBreaker] | None
 IdentifySpec = bool | str | Callable[[Any], "str | None"] | None
@@ -242,42 +237,6 @@ class Landing:
 
 
 # --------------------------------------------------------------------------- errors
-
-
-def _error_text(exc: BaseException) -> str:
-    """The full text of a driver error (pymssql connect errors carry (number, bytes))."""
-    parts: list[str] = []
-    for arg in exc.args:
-        items = arg if isinstance(arg, tuple) else (arg,)
-        for item in items:
-            if isinstance(item, (bytes, bytearray)):
-                parts.append(bytes(item).decode("utf-8", "replace"))
-            elif isinstance(item, str):
-                parts.append(item)
-    return "\n".join(parts) if parts else str(exc)
-
-
-def routed_address(exc: BaseException) -> tuple[tuple[str, int] | None, bool]:
-    """``(address, bare)`` for a failed pymssql connect.
-
-    ``address`` is the ``(host, port)`` FreeTDS was *routed* to when the failure happened
-    there (None when the failure was at the dialled address or the text names none);
-    ``bare`` is True when FreeTDS said nothing but "connection failed" there: no refusal,
-    no timeout, no server message (a second routing hop, a loop, or a silent close).
-    """
-    text = _error_text(exc)
-    lines = _DBLIB_LINE.findall(text)
-    address = None
-    for _number, line in lines:
-        m = _ROUTED_ADDR.search(line.strip())
-        if m:
-            address = (m.group(1), int(m.group(2)))
-    if address is None:
-        return None, False
-    numbers = {int(n) for n, _ in lines}
-    server_said = bool(_SERVER_MSG.search(text)) or "Login failed" in text
-    bare = numbers == {20002} and not server_said and not text.split("DB-Lib", 1)[0].strip()
-    return address, bare
 
 
 def is_failover_error(exc: BaseException) -> bool:

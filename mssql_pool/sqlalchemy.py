@@ -46,6 +46,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
+from ._driver import as_dbapi_error, autocommit_state
 from ._dsn import parse_conninfo, redact
 from .config import PoolConfig
 from .connection import SETTLED, PooledConnection, _driver_error
@@ -119,7 +120,7 @@ class _EngineConnection(PooledConnection):
     def rollback(self) -> None:
         rec = self.record
         raw = self.raw
-        if rec is None or getattr(raw, "autocommit_state", True):
+        if rec is None or autocommit_state(raw) is not False:
             super().rollback()     # closed proxy (raises) or autocommit (pymssql: no-op)
             return
         _no_replay(self)           # as after pymssql's own rollback() on the proxy
@@ -129,7 +130,7 @@ class _EngineConnection(PooledConnection):
             rollback_work(raw, rec)
         except Exception as exc:
             _driver_error(self.lender, rec, exc)
-            raise _as_dbapi_error(exc) from exc
+            raise as_dbapi_error(exc) from exc
         rec.flags &= ~SETTLED      # IF @@TRANCOUNT > 0 ROLLBACK asked the server
 
     def commit(self) -> None:
@@ -193,18 +194,6 @@ def _no_replay(proxy: PooledConnection) -> None:
     rec = proxy.record
     if no_replay is not None and rec is not None and hasattr(rec, "replay_timeout"):
         rec.replay_timeout = no_replay
-
-
-def _as_dbapi_error(exc: Exception) -> Exception:
-    """``_mssql`` exceptions (not DB-API errors) as pymssql.OperationalError."""
-    import pymssql
-
-    if isinstance(exc, pymssql.Error):
-        return exc
-    args = exc.args
-    if len(args) == 1 and isinstance(args[0], tuple):
-        args = args[0]           # ((number, text),) -> (number, text), as cursor errors
-    return pymssql.OperationalError(*args)
 
 
 class MssqlPoolAdapter(Pool):

@@ -52,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar, cast
 
+from ._driver import pymssql_autocommit
 from ._driver import rollback as driver_rollback
 from .classify import (
     DEFAULT_CLASSIFIER,
@@ -144,10 +145,7 @@ def _raw(conn: Any) -> Any:
 
 def _pymssql_mode(conn: Any) -> bool | None:
     """For a pymssql connection: its autocommit state; None for any other driver."""
-    raw = _raw(conn)
-    if not (type(raw).__module__.startswith("pymssql") or getattr(raw, "_split_commit", False)):
-        return None
-    return bool(getattr(raw, "autocommit_state", False))
+    return pymssql_autocommit(_raw(conn))
 
 
 def _execute(conn: Any, sql: str) -> None:
