@@ -81,6 +81,8 @@ _MOVED = {
     "retry_if_retryable": "classify",
     "ConnectionCheckFailed": "errors",
     "Endpoint": "endpoints",
+    "EventKind": "events",
+    "PoolEvent": "events",
     "Landing": "endpoints",
     "CONNECT_POLICY": "retry",
     "AttemptRecord": "retry",

@@ -30,6 +30,7 @@ from ._dsn import parse_conninfo, redact
 from ._state import Effects, PoolState, Slot
 from .connection import ConnectionRecord
 from .errors import CircuitOpenError, RetryExhausted
+from .events import EventBus, EventKind, discard_reason, error_info
 from .reset import NO_FULL_RESET
 
 if TYPE_CHECKING:
@@ -106,8 +107,14 @@ class Connector:
     """Opens and closes the driver connections of one pool (see the module docstring)."""
 
     def __init__(self, config: PoolConfig, state: PoolState, guard: ConnectGuard,
-                 endpoints: Endpoints | None, wake_maintenance: Callable[[], None]) -> None:
+                 endpoints: Endpoints | None, wake_maintenance: Callable[[], None],
+                 events: EventBus | None = None) -> None:
         self.config = config
+        #: Where connect, connect_failed, reconnect_*, reap_idle, retire_lifetime and
+        #: discard events go (the pool's bus).
+        self.events = events
+        self._outage_lock = threading.Lock()
+        self._outage: list[float] | None = None   # [first failure at, failed logins]
         self.state = state
         self.guard = guard
         self.endpoints = endpoints
@@ -169,8 +176,9 @@ class Connector:
         connect error or None, the error the policy gave up with or None). A
         ``BaseException`` is reported (the slot freed) and raised."""
         clock = self.config.clock
+        begun = clock()
         try:
-            rec = self._dial(clock())
+            rec = self._dial(begun)
         except BaseException as exc:
             now = clock()
             delay, give_up, circuit = self.backoff.failed(exc, now)
@@ -179,17 +187,78 @@ class Connector:
             logger.log(logging.DEBUG if circuit else logging.WARNING,
                        "pool %r: connecting failed (next attempt in %.2f s): %s",
                        self.name, delay, redact(exc))
+            if self.events is not None:
+                self._failed_events(exc, now, now - begun, delay, circuit)
             self.apply(fx)
             if not isinstance(exc, Exception):
                 raise
             return exc, give_up
         self.backoff.succeeded()
         now = clock()
+        if self.events is not None:
+            # numbered and announced before the state hands it to anyone
+            self.state.number(rec)
+            self._connected_events(rec, now, now - begun)
         fx = self.state.connected(slot, rec, now)
         logger.debug("pool %r: opened connection #%d in %.1f ms", self.name, rec.seq,
                      (now - slot.started_at) * 1000)
         self.apply(fx)
         return None, None
+
+    # ------------------------------------------------------------------ events
+    def _failed_events(self, exc: BaseException, now: float, took: float, delay: float,
+                       circuit: bool) -> None:
+        bus = self.events
+        assert bus is not None
+        cause = getattr(exc, "last_error", None) or exc
+        info = error_info(cause)
+        endpoint = getattr(exc, "endpoint", None)
+        bus.emit(EventKind.CONNECT_FAILED, error_info=info, endpoint=endpoint, duration=took,
+                 delay=delay, reason="circuit_open" if circuit else None)
+        if circuit:      # refused without a login: the outage goes on, no attempt made
+            return
+        with self._outage_lock:
+            outage = self._outage
+            if outage is None:
+                self._outage = [now, 1.0]
+            else:
+                outage[1] += 1
+                since, attempt = outage
+        if outage is None:
+            bus.emit(EventKind.RECONNECT_STARTED, error_info=info, endpoint=endpoint,
+                     delay=delay)
+        else:
+            bus.emit(EventKind.RECONNECT_ATTEMPT, attempt=int(attempt), error_info=info,
+                     endpoint=endpoint, delay=delay, duration=now - since)
+
+    def _connected_events(self, rec: ConnectionRecord, now: float, took: float) -> None:
+        bus = self.events
+        assert bus is not None
+        landing = rec.landing
+        endpoint = None if landing is None else str(landing.endpoint)
+        node = None if landing is None else landing.node
+        with self._outage_lock:
+            outage, self._outage = self._outage, None
+        bus.emit(EventKind.CONNECT, conn_id=rec.seq, spid=rec.spid, endpoint=endpoint, node=node,
+                 duration=took)
+        if outage is not None:
+            bus.emit(EventKind.RECONNECT_SUCCEEDED, conn_id=rec.seq, spid=rec.spid,
+                     endpoint=endpoint,
+                     attempt=int(outage[1]), duration=now - outage[0])
+
+    def outage(self) -> tuple[float, int] | None:
+        """(when the current outage began, failed logins so far), or None."""
+        with self._outage_lock:
+            outage = self._outage
+            return None if outage is None else (outage[0], int(outage[1]))
+
+    def abort_outage(self) -> None:
+        """The pool is closing: an outage in progress ends unresolved."""
+        with self._outage_lock:
+            outage, self._outage = self._outage, None
+        if outage is not None and self.events is not None:
+            self.events.emit(EventKind.RECONNECT_ABORTED, attempt=int(outage[1]),
+                             duration=self.config.clock() - outage[0])
 
     def refill(self) -> tuple[BaseException | None, BaseException | None]:
         """Open connections one at a time up to ``min_size`` in this thread (maintenance,
@@ -251,6 +320,17 @@ class Connector:
         if rec.pid != os.getpid():
             inherited.append(rec.raw)   # the parent's socket: leave it alone
             return
+        bus = self.events
+        if bus is not None:
+            code = rec.close_code or discard_reason(reason)
+            now = self.config.clock()
+            if code == "lifetime":
+                bus.emit(EventKind.RETIRE_LIFETIME, conn_id=rec.seq, spid=rec.spid,
+                         duration=now - rec.created_at)
+            elif code == "idle":
+                bus.emit(EventKind.REAP_IDLE, conn_id=rec.seq, spid=rec.spid,
+                         duration=now - rec.returned_at)
+            bus.emit(EventKind.DISCARD, conn_id=rec.seq, spid=rec.spid, reason=code)
         try:
             rec.raw.close()
         except Exception as exc:

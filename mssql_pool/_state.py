@@ -476,17 +476,28 @@ class PoolState:
             self.n_connecting += 1
             return Slot(False, now)
 
+    def number(self, rec: ConnectionRecord) -> int:
+        """Give a new record its number (the #n of logs and events) before
+        :meth:`connected` hands it out, so its ``connect`` event can come first."""
+        with self.lock:
+            if not rec.seq:
+                self.seq += 1
+                rec.seq = self.seq
+            return rec.seq
+
     def connected(self, slot: Slot, rec: ConnectionRecord, now: float) -> Effects:
-        """A connect succeeded: number the record, give it to the oldest waiter (not
-        checked: the login just proved it) or make it idle; the backoff ends."""
+        """A connect succeeded: number the record (unless :meth:`number` did), give it to
+        the oldest waiter (not checked: the login just proved it) or make it idle; the
+        backoff ends."""
         fx = Effects()
         with self.lock:
             self._end_connect(slot)
             self.failing_since = None
             self.next_connect_at = self.circuit_until = -_INF
-            self.seq += 1
+            if not rec.seq:
+                self.seq += 1
+                rec.seq = self.seq
             self.ordinal += 1
-            rec.seq = self.seq
             rec.trusted = self.ordinal
             rec.generation = self.generation
             rec.returned_at = rec.pinged_at = now

@@ -54,17 +54,20 @@ from .errors import (
     TooManyRequests,
     UnbalancedTransactionError,
 )
+from .events import EventBus, Listener
 from .pool import ConnectionPool
 from .retry import RetryPolicy, is_testing
 from .transaction import (
     _begin,
     _check_policy,
     _commit,
+    _commit_unknown,
     _CommitOutcome,
     _isolation_sql,
     _Landed,
     _next_or_exhausted,
     _record,
+    _retrying,
     _rollback,
     _unit_error_info,
     _users_own,
@@ -880,6 +883,20 @@ class AsyncConnectionPool:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def events(self) -> EventBus:
+        """The sync pool's event bus: the same events (:mod:`mssql_pool.events`)."""
+        return self.sync_pool.events
+
+    def add_listener(self, fn: Listener, kinds: Any = None) -> Listener:
+        """Call ``fn(event)`` for the pool's events (see
+        :meth:`ConnectionPool.add_listener`; ``fn`` runs on its own thread, not on the
+        event loop: hand over with ``loop.call_soon_threadsafe`` if it must)."""
+        return self.sync_pool.add_listener(fn, kinds)
+
+    def remove_listener(self, fn: Listener) -> bool:
+        return self.sync_pool.remove_listener(fn)
+
     def get_stats(self) -> dict[str, int]:
         """The sync pool's stats (see :mod:`mssql_pool.stats`), with the waits in the
         async queue folded into the ``requests_*`` keys, plus ``requests_cancelled``
@@ -1004,17 +1021,17 @@ async def run_transaction(
         except _CommitOutcome as outcome:
             exc = outcome.error
             if not outcome.ambiguous:
-                state = state.increment(exc)
+                state = _retrying(pool, state.increment(exc))
             else:
                 decided = await _resolve_ambiguous(pool, outcome, state, idempotent=idempotent,
                                                    verify=verify, classifier=classifier)
                 if isinstance(decided, _Landed):
                     return cast(T, decided.result)
-                state = decided
+                state = _retrying(pool, decided)
         except Exception as exc:
             if _users_own(exc, classifier):
                 raise          # the application's own error, rolled back: never retried
-            state = state.increment(exc)
+            state = _retrying(pool, state.increment(exc))
         await _pause(state)
         state = state.begin()
 
@@ -1066,6 +1083,7 @@ async def _resolve_ambiguous(
     info: ErrorInfo = classifier.classify(exc)
     logger.warning("connection lost while COMMIT was in flight (%s): outcome unknown",
                    info.describe())
+    _commit_unknown(pool, info, state, idempotent=idempotent, verify=verify is not None)
     if idempotent:
         return _next_or_exhausted(state, exc, "idempotent unit re-run after an unknown commit")
     if verify is None:
@@ -1085,7 +1103,7 @@ async def _resolve_ambiguous(
             break
         except Exception as verr:
             try:
-                vstate = vstate.increment(verr)
+                vstate = _retrying(pool, vstate.increment(verr))
             except Exception as final:
                 raise CommitUnknownError(
                     "the connection was lost while COMMIT was in flight and verify() could "

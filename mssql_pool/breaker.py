@@ -30,6 +30,7 @@ from ._driver import short_text
 from .errors import CircuitOpenError, ConfigError
 
 if TYPE_CHECKING:
+    from .events import EventBus
     from .retry import RetryPolicy
 
 __all__ = ["CircuitBreaker", "CircuitState", "ConnectGuard", "guarded_connect"]
@@ -56,6 +57,10 @@ class CircuitBreaker:
     after each failed probe up to that bound; ``probe_timeout`` is how long a probe may
     stay unanswered before another caller may probe (a probe whose thread died must not
     wedge the breaker). ``clock`` is injectable; it must be monotonic.
+
+    ``events`` (an :class:`~mssql_pool.events.EventBus`, normally the pool's, set by the
+    pool) receives ``circuit_opened``, ``circuit_half_open`` and ``circuit_closed``,
+    emitted after the breaker's lock is released; ``endpoint`` names the endpoint in them.
     """
 
     def __init__(
@@ -67,6 +72,8 @@ class CircuitBreaker:
         probe_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         name: str = "",
+        events: EventBus | None = None,
+        endpoint: str | None = None,
     ) -> None:
         if (
             isinstance(failure_threshold, bool)
@@ -98,6 +105,9 @@ class CircuitBreaker:
         )
         self.clock = clock
         self.name = name
+        self.events = events
+        self.endpoint = endpoint
+        self._opened_at: float | None = None
         self._cond = threading.Condition(threading.Lock())
         self._state = CircuitState.CLOSED
         self._consecutive = 0
@@ -160,7 +170,7 @@ class CircuitBreaker:
 
     # -- decisions --------------------------------------------------------------------------
 
-    def _permit_locked(self, now: float) -> float:
+    def _permit_locked(self, now: float, notes: list[dict[str, Any]]) -> float:
         """0.0 when the caller may attempt now (it may be the probe), else seconds to wait."""
         if self._state is CircuitState.CLOSED:
             return 0.0
@@ -170,6 +180,7 @@ class CircuitBreaker:
             self._state = CircuitState.HALF_OPEN
             self._probe_since = now
             self._probes += 1
+            notes.append({"kind": "circuit_half_open"})
             logger.info("circuit%s half-open: letting one probe through", self._label())
             return 0.0
         # HALF_OPEN
@@ -217,14 +228,18 @@ class CircuitBreaker:
         :class:`CircuitOpenError`, or with ``wait=True`` returns the seconds to wait
         before asking again.
         """
-        with self._cond:
-            now = self.clock()
-            delay = self._permit_locked(now)
-            if delay <= 0.0:
-                return 0.0
-            if wait:
-                return delay
-            raise self._error_locked(now)
+        notes: list[dict[str, Any]] = []
+        try:
+            with self._cond:
+                now = self.clock()
+                delay = self._permit_locked(now, notes)
+                if delay <= 0.0:
+                    return 0.0
+                if wait:
+                    return delay
+                raise self._error_locked(now)
+        finally:
+            self._emit(notes)
 
     def wait_for_permission(self, timeout: float | None) -> None:
         """Block until the caller may attempt, or raise CircuitOpenError after ``timeout``.
@@ -235,23 +250,28 @@ class CircuitBreaker:
         # Bounded by the injected clock and by real time alike, so a fake clock that
         # nobody advances cannot turn a bounded wait into an endless one.
         real_deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            deadline = None if timeout is None else self.clock() + timeout
-            while True:
-                now = self.clock()
-                delay = self._permit_locked(now)
-                if delay <= 0.0:
-                    return
-                remaining = None if deadline is None else deadline - now
-                if real_deadline is not None:
-                    real_left = real_deadline - time.monotonic()
-                    remaining = real_left if remaining is None else min(remaining, real_left)
-                if remaining is not None and remaining <= 0:
-                    raise self._error_locked(now)
-                self._cond.wait(delay if remaining is None else min(delay, remaining))
+        notes: list[dict[str, Any]] = []
+        try:
+            with self._cond:
+                deadline = None if timeout is None else self.clock() + timeout
+                while True:
+                    now = self.clock()
+                    delay = self._permit_locked(now, notes)
+                    if delay <= 0.0:
+                        return
+                    remaining = None if deadline is None else deadline - now
+                    if real_deadline is not None:
+                        real_left = real_deadline - time.monotonic()
+                        remaining = real_left if remaining is None else min(remaining, real_left)
+                    if remaining is not None and remaining <= 0:
+                        raise self._error_locked(now)
+                    self._cond.wait(delay if remaining is None else min(delay, remaining))
+        finally:
+            self._emit(notes)
 
     def record_success(self) -> None:
         """Report a successful attempt: the circuit closes."""
+        notes: list[dict[str, Any]] = []
         with self._cond:
             self._successes += 1
             was = self._state
@@ -262,10 +282,13 @@ class CircuitBreaker:
             self._retry_at = 0.0
             if was is not CircuitState.CLOSED:
                 logger.info("circuit%s closed: connecting works again", self._label())
+                self._closed_locked(notes)
                 self._cond.notify_all()
+        self._emit(notes)
 
     def record_failure(self, exc: BaseException | None = None) -> None:
         """Report a failed attempt; may open (or re-open) the circuit."""
+        notes: list[dict[str, Any]] = []
         with self._cond:
             now = self.clock()
             self._failures += 1
@@ -276,13 +299,18 @@ class CircuitBreaker:
                 # The probe failed (or a straggler from before): open again, longer.
                 if self.max_reset_timeout is not None:
                     self._interval = min(self.max_reset_timeout, self._interval * 2.0)
-                self._open_locked(now)
+                self._open_locked(now, notes)
             elif self._state is CircuitState.CLOSED:
                 if self._consecutive >= self.failure_threshold:
-                    self._open_locked(now)
+                    self._open_locked(now, notes)
             # OPEN: a late failure from an attempt that started earlier; nothing changes.
+        self._emit(notes)
 
-    def _open_locked(self, now: float) -> None:
+    def _open_locked(self, now: float, notes: list[dict[str, Any]]) -> None:
+        if self._opened_at is None:
+            self._opened_at = now
+        notes.append({"kind": "circuit_opened", "attempt": self._consecutive,
+                      "delay": self._interval, "error": self._last_error})
         self._state = CircuitState.OPEN
         self._retry_at = now + self._interval
         self._probe_since = None
@@ -304,13 +332,38 @@ class CircuitBreaker:
 
     def reset(self) -> None:
         """Close the circuit and forget the failures (e.g. after reconfiguring)."""
+        notes: list[dict[str, Any]] = []
         with self._cond:
+            if self._state is not CircuitState.CLOSED:
+                self._closed_locked(notes)
             self._state = CircuitState.CLOSED
             self._consecutive = 0
             self._interval = self.reset_timeout
             self._probe_since = None
             self._retry_at = 0.0
             self._cond.notify_all()
+        self._emit(notes)
+
+    def _closed_locked(self, notes: list[dict[str, Any]]) -> None:
+        since = self._opened_at
+        self._opened_at = None
+        notes.append({"kind": "circuit_closed",
+                      "duration": None if since is None else self.clock() - since})
+
+    def _emit(self, notes: list[dict[str, Any]]) -> None:
+        """Emit the transitions noted under the lock (called after releasing it)."""
+        bus = self.events
+        if not notes or bus is None:
+            return
+        from .events import EventKind, error_info
+
+        for note in notes:
+            kind = EventKind(note.pop("kind"))
+            if not bus.wants(kind):
+                continue
+            if "error" in note:
+                note["error_info"] = error_info(note.pop("error"))
+            bus.emit(kind, endpoint=self.endpoint, **note)
 
     def call(self, fn: Callable[..., T], *args: Any, wait: float | None = 0.0, **kwargs: Any) -> T:
         """Run ``fn`` under the breaker; ``wait`` seconds may be spent waiting for permission."""
@@ -482,6 +535,12 @@ class ConnectGuard:
         if not isinstance(circuit_wait, bool):
             raise ConfigError("circuit_wait", f"must be True or False, got {circuit_wait!r}")
         return cls(policy, breaker, circuit_wait)
+
+    def bind_events(self, bus: EventBus | None) -> None:
+        """Send the pool-wide circuit's transitions to ``bus`` (a breaker given with
+        events of its own keeps them)."""
+        if self.breaker is not None and self.breaker.events is None:
+            self.breaker.events = bus
 
     def connect(self, dial: Callable[[], T], timeout: float | None = None) -> T:
         """One login with ``dial``, through the breaker.

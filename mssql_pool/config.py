@@ -20,8 +20,8 @@ validate_after     0.5          skip the check if the connection came back less 
 reset              "auto"       "auto", "rollback", "full" or ``fn(raw_conn)``, see reset.py
 leak_timeout       None         WARNING with the checkout stack when held longer than this (a
                                 debugging aid: it captures a stack on every checkout)
-reconnect_timeout  300.0        ``reconnect_failed(pool)`` called when refilling fails this long
-reconnect_failed   None         callback for the above
+reconnect_timeout  300.0        a ``reconnect_failed`` event when connecting fails this long
+reconnect_failed   None         ``fn(pool)`` called on that event (a listener on the event thread)
 name               "pool-N"     used in logs, thread names, stats and ``repr``
 background         True         run the maintenance thread (False: call ``run_maintenance()``)
 maintenance_interval 1.0        seconds between maintenance passes
@@ -37,6 +37,7 @@ circuit_breaker    "auto"       pool-wide CircuitBreaker (instance or its argume
                                 none (conninfo pools have one per endpoint)
 circuit_wait       False        True: callers wait for an open circuit's probe even when the
                                 pool has no connection at all (False: refused at once then)
+listeners          ()           ``fn(event)`` or ``(fn, kinds)`` pairs: pool events, events.py
 clock/sleep/random monotonic... injection points for tests (monotonic clock only)
 ================== ============ ==========================================================
 """
@@ -96,12 +97,19 @@ class PoolConfig:
     connect_policy: Any = "auto"
     circuit_breaker: Any = "auto"
     circuit_wait: bool = False
+    listeners: tuple[Any, ...] = ()
 
     def __repr__(self) -> str:
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("clock", "sleep", "random") and value is f.default:
+                continue
+            if f.name == "listeners":
+                if value:
+                    names = ", ".join(getattr(fn, "__qualname__", type(fn).__name__)
+                                      for fn, _ in value)
+                    shown.append(f"listeners=[{names}]")
                 continue
             if f.name == "connect_policy" and not isinstance(value, str):
                 shown.append(f"connect_policy={value!r}")
@@ -234,7 +242,16 @@ def make_config(**opts: Any) -> PoolConfig:
         check_name(name)
     o.update(endpoint_options(o))
     _guard_options(o)
+    _listeners_option(o)
     return PoolConfig(**o)
+
+
+def _listeners_option(o: dict[str, Any]) -> None:
+    """Validate ``listeners``: callables or ``(fn, kinds)`` pairs, kinds known."""
+    if "listeners" in o:
+        from .events import listener_pairs
+
+        o["listeners"] = listener_pairs(o["listeners"])
 
 
 def _guard_options(o: dict[str, Any]) -> None:

@@ -88,7 +88,7 @@ class ConnectionRecord:
         "raw", "seq", "generation", "created_at", "expires_at", "returned_at", "checkout_at",
         "state", "flags", "dead", "_info", "autocommit", "stack", "leak_warned", "pid",
         "pinged_at", "conn_properties", "landing", "replay_timeout",
-        "trusted", "free", "learn", "reading",
+        "trusted", "free", "learn", "reading", "close_code",
     )
 
     def __init__(self, raw: Any, seq: int, generation: int, now: float, expires_at: float,
@@ -98,6 +98,7 @@ class ConnectionRecord:
         self.trusted = seq                # ordinal of its opening or last passed check;
                                           # suspect when below the pool's mark
         self.generation = generation      # drain() bumps the pool's generation
+        self.close_code: str | None = None   # discard reason code for the event (events.py)
         self.created_at = now
         self.expires_at = expires_at      # jittered max_lifetime (inf when off)
         self.returned_at = now            # last time it became idle (or was checked)
@@ -122,6 +123,12 @@ class ConnectionRecord:
         self.free: int | None = None
         self.learn = False
         self.reading = 0                  # token of the statement whose rows are pending
+
+    @property
+    def spid(self) -> int | None:
+        """The server session id, when identification read it (``landing.spid``)."""
+        landing = self.landing
+        return None if landing is None else landing.spid
 
     @property
     def info(self) -> dict[str, Any]:

@@ -64,13 +64,17 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._driver import routed_address
 from ._dsn import redact
 from .breaker import CircuitBreaker
 from .classify import ErrorKind, classify
 from .errors import CircuitOpenError, ConfigError, RedirectError
+from .events import EventKind, error_info
+
+if TYPE_CHECKING:
+    from .events import EventBus
 
 __all__ = [
     "Endpoint",
@@ -110,10 +114,11 @@ AZURE_GATEWAY_SUFFIXES: tuple[str, ...] = (
     ".database.cloudapi.de", ".sql.azuresynapse.net", ".database.fabric.microsoft.com",
 )
 
-#: The identification query: server name, then the node's address and port (SQL Server).
+#: The identification query: server name, the node's address and port (SQL Server), and
+#: the session id (for events and server-side correlation).
 IDENTIFY_SQL = ("SELECT CONVERT(nvarchar(128), @@SERVERNAME), "
                 "CONVERT(nvarchar(48), CONNECTIONPROPERTY('local_net_address')), "
-                "CONVERT(int, CONNECTIONPROPERTY('local_tcp_port'))")
+                "CONVERT(int, CONNECTIONPROPERTY('local_tcp_port')), @@SPID")
 _IDENTIFY_FALLBACK = "SELECT @@SERVERNAME"
 
 #: Counter keys merged into ``pool.get_stats()``.
@@ -223,13 +228,15 @@ class Landing:
     ``endpoint`` is the address dialled; ``node`` what the server said about itself
     (``@@SERVERNAME``, plus ``address:port`` where ``CONNECTIONPROPERTY`` answers), None
     when identification is off or failed; ``redirected`` True/False when the node's
-    port tells, None when unknown; ``at`` the pool clock's time of the connect.
+    port tells, None when unknown; ``at`` the pool clock's time of the connect;
+    ``spid`` the server session id, when identification asked for it.
     """
 
     endpoint: Endpoint
     node: str | None = None
     redirected: bool | None = None
     at: float = 0.0
+    spid: int | None = None
 
     def __str__(self) -> str:
         via = "" if self.node is None else f" -> {self.node}"
@@ -306,9 +313,26 @@ class Endpoints:
         self._primary: Endpoint | None = None if primary_from_conninfo else self._fixed[0]
         self._current: Endpoint | None = self._primary
         self._counters = dict.fromkeys(ENDPOINT_COUNTERS, 0)
+        #: Where ``failover``, ``redirect`` and the circuits' events go (the pool's bus).
+        self.events: EventBus | None = None
         for ep in self._fixed:
             self._state(ep)
         _instances.add(self)
+
+    def bind_events(self, bus: EventBus | None) -> None:
+        """Emit ``failover`` and ``redirect`` to ``bus``, and every endpoint circuit's
+        transitions (circuits made later are bound when made)."""
+        self.events = bus
+        with self._lock:
+            states = list(self._states.values())
+        for st in states:
+            self._bind_breaker(st.breaker, st.endpoint)
+
+    def _bind_breaker(self, breaker: CircuitBreaker | None, ep: Endpoint) -> None:
+        if breaker is not None and self.events is not None and breaker.events is None:
+            breaker.events = self.events
+            if breaker.endpoint is None:
+                breaker.endpoint = str(ep)
 
     # -- observation ------------------------------------------------------------------
 
@@ -534,7 +558,7 @@ class Endpoints:
                 failed: list[tuple[Endpoint, BaseException]],
                 skipped: list[CircuitOpenError]) -> Landing:
         ep = st.endpoint
-        node, port = self._identify_node(raw, ep)
+        node, port, spid = self._identify_node(raw, ep)
         redirected = None if port is None else port != (ep.port or 1433)
         now = self._clock()
         moved_from = None
@@ -558,28 +582,41 @@ class Endpoints:
                 if previous is not None and (failed or skipped):
                     self._counters["failovers"] += 1
                 self._current = ep
+        bus = self.events
         if moved_from is not None:
             logger.info("pool %r: failover behind %s: now on node %s (was %s)", self.name, ep,
                         node, moved_from)
+            if bus is not None:
+                bus.emit(EventKind.FAILOVER, endpoint=str(ep), from_endpoint=str(ep),
+                         to_endpoint=str(ep), node=node, reason=f"node was {moved_from}")
         if switched and previous is not None:
             why = "; ".join(f"{e}: {_short(x)}" for e, x in failed) or \
                 "; ".join(str(x) for x in skipped) or "configuration"
             logger.info("pool %r: failover from %s to %s (%s)", self.name, previous, ep, why)
-        return Landing(ep, node, redirected, now)
+            if bus is not None and (failed or skipped):
+                last = failed[-1][1] if failed else (skipped[-1] if skipped else None)
+                bus.emit(EventKind.FAILOVER, endpoint=str(ep), from_endpoint=str(previous),
+                         to_endpoint=str(ep), node=node, reason=why,
+                         error_info=error_info(last))
+        if redirected and bus is not None:
+            bus.emit(EventKind.REDIRECT, endpoint=str(ep), node=node, spid=spid)
+        return Landing(ep, node, redirected, now, spid)
 
-    def _identify_node(self, raw: Any, ep: Endpoint) -> tuple[str | None, int | None]:
+    def _identify_node(self, raw: Any, ep: Endpoint
+                       ) -> tuple[str | None, int | None, int | None]:
+        """(node, its port, the session id) as far as identification tells."""
         spec = self._identify
         if spec is None:
             spec = len(self._fixed) + (1 if self._dynamic else 0) > 1 or ep.is_azure_gateway
         if spec is False:
-            return None, None
+            return None, None, None
         if callable(spec):
             try:
                 found = spec(raw)
             except Exception as exc:
                 logger.debug("pool %r: identify callable failed: %s", self.name, redact(exc))
-                return None, None
-            return (None if found is None else str(found)), None
+                return None, None, None
+            return (None if found is None else str(found)), None, None
         sql = self._identify_sql or IDENTIFY_SQL
         row = _query_row(raw, sql)
         if row is None and self._identify_sql is None:
@@ -589,13 +626,14 @@ class Endpoints:
         elif row is not None and self._identify_sql is None:
             self._identify_sql = sql
         if not row:
-            return None, None
+            return None, None, None
         name = None if row[0] is None else str(row[0]).strip()
         addr = row[1] if len(row) > 1 else None
         port = row[2] if len(row) > 2 and isinstance(row[2], int) else None
+        spid = row[3] if len(row) > 3 and isinstance(row[3], int) else None
         if addr is not None and port is not None:
-            return f"{name} ({addr}:{port})", port
-        return name, port
+            return f"{name} ({addr}:{port})", port, spid
+        return name, port, spid
 
     # -- internals --------------------------------------------------------------------
 
@@ -622,8 +660,10 @@ class Endpoints:
             if not isinstance(made, CircuitBreaker):
                 raise ConfigError("endpoint_breaker", f"the factory must return a "
                                                       f"CircuitBreaker, got {made!r}")
+            self._bind_breaker(made, ep)
             return made
-        return CircuitBreaker(**dict(spec), clock=self._clock, name=f"{self.name} {ep}")
+        return CircuitBreaker(**dict(spec), clock=self._clock, name=f"{self.name} {ep}",
+                              events=self.events, endpoint=str(ep))
 
     def _set_primary_locked(self, ep: Endpoint) -> None:
         if ep == self._primary:

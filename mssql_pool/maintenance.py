@@ -15,8 +15,9 @@ pool wakes it (a slot freed below ``min_size``, ``drain()``). A pass:
    ``leak_timeout``, with the stack where it was checked out;
 6. refills to ``min_size``, one connection at a time, never during the pool-wide connect
    backoff (the ``connect_policy``'s pause after a failed connect, shared with callers);
-   once connecting has failed for ``reconnect_timeout`` seconds, ``reconnect_failed(pool)``
-   is called (once per outage), on time: the thread wakes for it.
+   once connecting has failed for ``reconnect_timeout`` seconds, a ``reconnect_failed``
+   event is emitted (once per outage), on time: the thread wakes for it. The
+   ``reconnect_failed(pool)`` option is a listener of that event.
 
 Every decision is a method of the pool's :class:`~mssql_pool._state.PoolState`
 (``sweep``, ``take_for_ping``, ``pinged``, ``reserve_refill``); this module does the pings
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING
 from ._dsn import redact
 from ._state import Effects
 from .connection import ConnectionRecord
+from .events import EventKind, error_info
 from .health import run_check
 
 if TYPE_CHECKING:
@@ -126,6 +128,8 @@ class Maintenance:
             logger.warning("pool %r: connection #%d held for more than %s s (leak_timeout); "
                            "checked out at:\n%s", pool.name, rec.seq, cfg.leak_timeout,
                            rec.stack or "(stack unknown)")
+            pool.events.emit(EventKind.LEAK_SUSPECTED, conn_id=rec.seq, spid=rec.spid,
+                             duration=now - rec.checkout_at)
         # One at a time: the other idle connections stay available while one is pinged.
         for rec in to_ping:
             if state.take_for_ping(rec):
@@ -141,6 +145,9 @@ class Maintenance:
             run_check(pool.config.check, rec.raw)
         except Exception as exc:
             error = redact(exc)
+            rec.close_code = "keepalive_failed"
+            pool.events.emit(EventKind.KEEPALIVE_FAILED, conn_id=rec.seq, spid=rec.spid,
+                             error_info=error_info(exc))
         except BaseException:
             pool.connector.apply(state.pinged(rec, pool.config.clock(), "interrupted",
                                               keepalive=True, mark=mark))
@@ -167,11 +174,11 @@ class Maintenance:
             self._reported = True
             logger.error("pool %r: could not reconnect for %.1f s: %s", pool.name, overdue,
                          redact(state.last_error) if state.last_error else "(no error)")
-            if cfg.reconnect_failed is not None:
-                try:
-                    cfg.reconnect_failed(pool)
-                except Exception:
-                    logger.exception("pool %r: reconnect_failed callback raised", pool.name)
+            # The reconnect_failed option is a listener of this event (pool.py).
+            outage = pool.connector.outage()
+            pool.events.emit(EventKind.RECONNECT_FAILED, duration=overdue,
+                             attempt=None if outage is None else outage[1],
+                             error_info=error_info(state.last_error))
 
     def next_delay(self) -> float:
         """Seconds until the next pass: the interval, or sooner when a refill may retry

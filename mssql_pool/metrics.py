@@ -71,6 +71,23 @@ connects_rejected_total            counter  connects_rejected        --
 and the sum (rate(sum) / rate(count) = the mean). ``connections_ms`` and ``usage_ms``
 are exported only when the pool reports them.
 
+**Event metrics.** For a pool with events (a :class:`~mssql_pool.ConnectionPool`), the
+collector is also a listener of every event (:mod:`mssql_pool.events`) and exports what
+happened from the events themselves, the one record of recovery that the alerts, traces
+and the demo's report read too:
+
+=================================  =======  =============================================
+name (after ``mssql_pool_``)       type     meaning
+=================================  =======  =============================================
+events_total{kind="..."}           counter  events of each kind (every kind, from 0)
+discards_total{reason="..."}       counter  ``discard`` events by reason (dead, idle...)
+reconnecting                       gauge    1 from ``reconnect_started`` until
+                                            ``reconnect_succeeded``/``_aborted``, else 0
+reconnect_failed_total             counter  ``reconnect_failed`` events: alert on its rate
+=================================  =======  =============================================
+
+Listeners run on their own thread, so an event is counted a moment after it happened.
+
 Keys that a pool reports but this table does not know are exported as gauges named
 ``mssql_pool_<key>`` (a gauge is never wrong about a value that may go down; a
 counter that went down would be). Keys absent from a pool's stats are simply not
@@ -87,9 +104,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import ConfigError
+from .events import DISCARD_REASONS, EventKind, PoolEvent
 from .stats import STATS
 
-__all__ = ["PoolCollector", "register", "unregister", "METRICS"]
+__all__ = ["PoolCollector", "EventCounts", "register", "unregister", "METRICS"]
 
 
 class _StatsSource(Protocol):
@@ -135,6 +153,32 @@ def _prometheus() -> Any:
     return core
 
 
+class EventCounts:
+    """A listener counting one pool's events (what the event metrics export)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.kinds: dict[EventKind, int] = dict.fromkeys(EventKind, 0)
+        self.discards: dict[str, int] = dict.fromkeys(sorted(DISCARD_REASONS), 0)
+        self.reconnecting = False
+
+    def __call__(self, event: PoolEvent) -> None:
+        kind = event.kind
+        with self._lock:
+            self.kinds[kind] += 1
+            if kind is EventKind.DISCARD:
+                reason = event.reason if event.reason in self.discards else "other"
+                self.discards[reason or "other"] += 1
+            elif kind is EventKind.RECONNECT_STARTED:
+                self.reconnecting = True
+            elif kind in (EventKind.RECONNECT_SUCCEEDED, EventKind.RECONNECT_ABORTED):
+                self.reconnecting = False
+
+    def snapshot(self) -> tuple[dict[EventKind, int], dict[str, int], bool]:
+        with self._lock:
+            return dict(self.kinds), dict(self.discards), self.reconnecting
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return float(value)
@@ -161,6 +205,7 @@ class PoolCollector:
         self.namespace = namespace
         self._lock = threading.Lock()
         self._pools: list[_StatsSource] = []
+        self._counts: dict[int, EventCounts] = {}     # id(pool) -> its event listener
         if isinstance(pools, Iterable):
             for pool in pools:
                 self.add(pool)
@@ -183,27 +228,69 @@ class PoolCollector:
             if any(p.name == name for p in self._pools):
                 raise ConfigError("pool", f"another exported pool is already named {name!r}")
             self._pools.append(pool)
+            add_listener = getattr(pool, "add_listener", None)
+            if add_listener is not None:
+                counts = EventCounts()
+                add_listener(counts)
+                self._counts[id(pool)] = counts
 
     def remove(self, pool: _StatsSource) -> None:
         """Stop exporting ``pool`` (no error if it was not exported)."""
         with self._lock:
             self._pools = [p for p in self._pools if p is not pool]
+            counts = self._counts.pop(id(pool), None)
+        if counts is not None:
+            getattr(pool, "remove_listener", lambda fn: None)(counts)
 
     def _full(self, name: str) -> str:
         return f"{self.namespace}_{name}"
 
     def describe(self) -> list[Any]:
         """The metric families this collector can produce (without samples)."""
-        return list(self._families([]))
+        return list(self._families([], []))
 
     def collect(self) -> Iterator[Any]:
         """Called by prometheus_client on every scrape."""
         samples: list[tuple[str, Mapping[str, Any]]] = []
-        for pool in self.pools:
+        events: list[tuple[str, EventCounts]] = []
+        with self._lock:
+            pools = list(self._pools)
+            counts = dict(self._counts)
+        for pool in pools:
             samples.append((pool.name, dict(pool.get_stats())))
-        return self._families(samples)
+            if id(pool) in counts:
+                events.append((pool.name, counts[id(pool)]))
+        return self._families(samples, events)
 
-    def _families(self, samples: list[tuple[str, Mapping[str, Any]]]) -> Iterator[Any]:
+    def _event_families(self, events: list[tuple[str, EventCounts]]) -> Iterator[Any]:
+        core = _prometheus()
+        by_kind = core.CounterMetricFamily(
+            self._full("events"), "Pool events by kind (see mssql_pool.events).",
+            labels=["pool", "kind"])
+        discards = core.CounterMetricFamily(
+            self._full("discards"), "Connections discarded, by reason (discard events).",
+            labels=["pool", "reason"])
+        reconnecting = core.GaugeMetricFamily(
+            self._full("reconnecting"),
+            "1 while the pool cannot connect (reconnect_started until it ends), else 0.",
+            labels=["pool"])
+        failed = core.CounterMetricFamily(
+            self._full("reconnect_failed"),
+            "reconnect_failed events: connecting failed for reconnect_timeout seconds.",
+            labels=["pool"])
+        for pool_name, counts in events:
+            kinds, reasons, on = counts.snapshot()
+            for kind, n in kinds.items():
+                by_kind.add_metric([pool_name, kind.value], float(n))
+            for reason, n in reasons.items():
+                discards.add_metric([pool_name, reason], float(n))
+            reconnecting.add_metric([pool_name], 1.0 if on else 0.0)
+            failed.add_metric([pool_name], float(kinds[EventKind.RECONNECT_FAILED]))
+        yield from (by_kind, discards, reconnecting, failed)
+
+    def _families(self, samples: list[tuple[str, Mapping[str, Any]]],
+                  events: list[tuple[str, EventCounts]]) -> Iterator[Any]:
+        yield from self._event_families(events)
         core = _prometheus()
         conns = core.GaugeMetricFamily(
             self._full("connections"),

@@ -61,6 +61,7 @@ from .errors import (
     RetryExhausted,
     TooManyRequests,
 )
+from .events import EventBus, EventKind, Listener, error_info
 from .health import run_check
 from .maintenance import Maintenance
 from .reset import (
@@ -81,6 +82,28 @@ logger = logging.getLogger("mssql_pool.pool")
 T = TypeVar("T")
 
 _pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+_CHECKOUT = EventKind.CHECKOUT
+_CHECKIN = EventKind.CHECKIN
+_RESET_NAMES = {NONE: "none", ROLLBACK: "rollback", FULL: "full", CALLBACK: "callback"}
+
+
+class _ReconnectFailedCallback:
+    """The ``reconnect_failed`` option, as a listener of ``reconnect_failed`` events:
+    ``fn(pool)``, the pool held weakly (a listener thread must not keep it alive)."""
+
+    def __init__(self, pool: ConnectionPool, fn: Callable[[Any], object]) -> None:
+        self.pool = weakref.ref(pool)
+        self.fn = fn
+
+    def __call__(self, event: Any) -> None:
+        pool = self.pool()
+        if pool is None:
+            return
+        try:
+            self.fn(pool)
+        except Exception:   # logged where the maintenance thread used to call it
+            logging.getLogger("mssql_pool.maintenance").exception(
+                "pool %r: reconnect_failed callback raised", pool.name)
 
 
 class ConnectionPool:
@@ -109,8 +132,15 @@ class ConnectionPool:
             min_size=cfg.min_size, max_size=cfg.max_size, has_check=cfg.check is not None,
             validate_after=cfg.validate_after, max_waiting=cfg.max_waiting,
             circuit_wait=cfg.circuit_wait, track_busy=self._track_leaks)
+        #: The listener registry and dispatcher of this pool's events (events.py).
+        self.events: EventBus = EventBus(cfg.name, clock=cfg.clock, listeners=cfg.listeners)
+        if cfg.reconnect_failed is not None:
+            self.events.add(_ReconnectFailedCallback(self, cfg.reconnect_failed),
+                            kinds=[EventKind.RECONNECT_FAILED])
         #: Endpoint choice, failover partners, redirects (None for ``connect=`` pools).
         self.endpoints: _endpoints.Endpoints | None = _endpoints.make_endpoints(cfg)
+        if self.endpoints is not None:
+            self.endpoints.bind_events(self.events)
         #: The connect policy and the pool-wide circuit in front of every login
         #: (options ``connect_policy``, ``circuit_breaker``, ``circuit_wait``).
         #: ``circuit_breaker="auto"`` adds no pool circuit: conninfo pools have endpoint
@@ -121,16 +151,28 @@ class ConnectionPool:
             connect_policy=cfg.connect_policy, circuit_breaker=cfg.circuit_breaker,
             circuit_wait=cfg.circuit_wait, clock=cfg.clock, sleep=cfg.sleep,
             random=cfg.random, name=cfg.name, other_circuits=True)
+        self.connect_guard.bind_events(self.events)
         self._take_fast = self.state.take_fast      # the hot path, bound once
         self._release = self.state.release
         self._maintenance = Maintenance(self)
         #: Opens and closes this pool's driver connections.
         self.connector = Connector(cfg, self.state, self.connect_guard, self.endpoints,
-                                   self._maintenance.wake)
+                                   self._maintenance.wake, self.events)
         _pools.add(self)
         logger.info("pool %r created: %s", self.name, self.config)
         if cfg.background:
             self._maintenance.start()
+
+    # ------------------------------------------------------------------ events
+    def add_listener(self, fn: Listener, kinds: Any = None) -> Listener:
+        """Call ``fn(event)`` with each :class:`~mssql_pool.events.PoolEvent` of ``kinds``
+        (event kinds or their names; None: all). ``fn`` runs on its own named thread,
+        never under the pool's lock; see :mod:`mssql_pool.events`. Returns ``fn``."""
+        return self.events.add(fn, kinds)
+
+    def remove_listener(self, fn: Listener) -> bool:
+        """Stop calling ``fn``; returns whether it was a listener."""
+        return self.events.remove(fn)
 
     @property
     def last_connect_error(self) -> BaseException | None:
@@ -153,6 +195,8 @@ class ConnectionPool:
         if rec is not None:
             if self._track_leaks:
                 self._track_busy(rec)
+            if _CHECKOUT in self.events._by_kind:
+                self.events.emit(_CHECKOUT, conn_id=rec.seq, spid=rec.spid, duration=0.0)
             return PooledConnection(rec, self)
         return self._getconn_slow(now, self.config.timeout if timeout is None else timeout)
 
@@ -193,6 +237,9 @@ class ConnectionPool:
                     except Exception as exc:
                         if is_disconnect(exc):
                             self.mark_suspects()
+                        rec.close_code = "check_failed"
+                        self.events.emit(EventKind.CHECK_FAILED, conn_id=rec.seq, spid=rec.spid,
+                                         error_info=error_info(exc))
                         fx = state.checked(rec, clock(), mark, redact(exc), result.waiter)
                         held = None
                         connector.apply(fx)
@@ -205,11 +252,16 @@ class ConnectionPool:
                 rec.replay_timeout = NO_REPLAY if result.check else timeout
                 if self._track_leaks:
                     self._track_busy(rec)
+                if _CHECKOUT in self.events._by_kind:
+                    self.events.emit(_CHECKOUT, conn_id=rec.seq, spid=rec.spid,
+                                     duration=clock() - start,
+                                     reason="checked" if result.check else None)
                 return PooledConnection(rec, self)
         except BaseException:
             if isinstance(held, Wait):
                 connector.apply(state.cancel(held.waiter, clock()))
             elif isinstance(held, Take):
+                held.rec.close_code = "other"
                 connector.apply(state.abandon(held.rec, clock(),
                                               "the caller was interrupted during its check"))
             raise
@@ -303,34 +355,56 @@ class ConnectionPool:
         reason = rec.dead
         done = NONE
         flags = rec.flags
-        try:
-            if reason is None and (flags or self._always_reset):
-                decision = plan(flags, self._reset_mode)
-                if isinstance(decision, str):
-                    reason = decision
-                elif decision == FULL and self._no_full_reset:
-                    reason = NO_FULL_RESET
-                elif decision != NONE:
-                    try:
-                        self._do_reset(rec, decision)
-                        done = decision
-                    except ResetUnsupported:
-                        self._found_no_full_reset()
-                        reason = NO_FULL_RESET
-                    except Exception as exc:
-                        self.report_error(rec, exc)
-                        reason = f"its reset failed: {redact(exc)}"
-        except BaseException:
-            # Interrupted mid-reset: the session is in an unknown state.
-            rec.flags = 0
-            self.connector.apply(self.state.release(rec, self._clock(),
-                                                    "interrupted during its reset"))
-            raise
+        bus = self.events
+        if reason is not None:
+            rec.close_code = "dead"
+        elif flags or self._always_reset:
+            try:
+                reason, done = self._reset_for_return(rec, flags)
+            except BaseException:
+                # Interrupted mid-reset: the session is in an unknown state.
+                rec.flags = 0
+                rec.close_code = "reset_failed"
+                self.connector.apply(self.state.release(rec, self._clock(),
+                                                        "interrupted during its reset"))
+                raise
         if flags:
             rec.flags = 0
-        fx = self._release(rec, self._clock(), reason, done)
+        now = self._clock()
+        if reason is None and _CHECKIN in bus._by_kind:
+            # before the state can hand it to anyone: a connection's events stay in order
+            bus.emit(_CHECKIN, conn_id=rec.seq, spid=rec.spid, duration=now - rec.checkout_at,
+                     reset=_RESET_NAMES.get(done, "none"))
+        fx = self._release(rec, now, reason, done)
         if fx is not None:
             self.connector.apply(fx)
+
+    def _reset_for_return(self, rec: ConnectionRecord, flags: int) -> tuple[str | None, int]:
+        """The reset a returned connection needs, run: (why to discard it or None, the
+        reset done). A reset round trip is a ``reset`` event."""
+        decision = plan(flags, self._reset_mode)
+        if isinstance(decision, str) or (decision == FULL and self._no_full_reset):
+            rec.close_code = "reset_failed"
+            return (decision if isinstance(decision, str) else NO_FULL_RESET), NONE
+        if decision == NONE:
+            return None, NONE
+        begun = self._clock()
+        try:
+            self._do_reset(rec, decision)
+        except ResetUnsupported:
+            self._found_no_full_reset()
+            rec.close_code = "reset_failed"
+            return NO_FULL_RESET, NONE
+        except Exception as exc:
+            self.report_error(rec, exc)
+            rec.close_code = "reset_failed"
+            self.events.emit(EventKind.RESET, conn_id=rec.seq, spid=rec.spid,
+                             reset=_RESET_NAMES[decision], error_info=error_info(exc),
+                             duration=self._clock() - begun)
+            return f"its reset failed: {redact(exc)}", NONE
+        self.events.emit(EventKind.RESET, conn_id=rec.seq, spid=rec.spid,
+                         reset=_RESET_NAMES[decision], duration=self._clock() - begun)
+        return None, decision
 
     def _found_no_full_reset(self) -> None:
         """The server has no sp_reset_connection: found out once, said once."""
@@ -458,6 +532,9 @@ class ConnectionPool:
             except Exception as exc:
                 failed += 1
                 error = redact(exc)
+                rec.close_code = "check_failed"
+                self.events.emit(EventKind.CHECK_FAILED, conn_id=rec.seq, spid=rec.spid,
+                                 error_info=error_info(exc))
                 if is_disconnect(exc):
                     self.mark_suspects()
             except BaseException:
@@ -478,6 +555,10 @@ class ConnectionPool:
             self.connector.reap_orphans()
         self._maintenance.stop(timeout)
         self.connector.join(timeout)
+        self.connector.abort_outage()
+        # Delivers what is queued, joins the listener threads; later events (busy
+        # connections coming back) reach listeners on the returning thread.
+        self.events.close(timeout)
         if was_open:
             logger.info("pool %r closed", self.name)
 
@@ -549,7 +630,7 @@ class ConnectionPool:
         self.connector.orphans.clear()
         self._maintenance = Maintenance(self)
         self.connector = Connector(self.config, self.state, self.connect_guard,
-                                   self.endpoints, self._maintenance.wake)
+                                   self.endpoints, self._maintenance.wake, self.events)
         if self.config.background and not self.state.closed:
             self._maintenance.start()
 

@@ -68,6 +68,7 @@ from .errors import (
     RetryExhausted,
     UnbalancedTransactionError,
 )
+from .events import EventKind
 from .retry import ExponentialBackoff, RetryPolicy
 
 __all__ = [
@@ -290,6 +291,30 @@ def _rollback(conn: Any, info: ErrorInfo | None, classifier: Classifier) -> None
         _invalidate(conn, "rollback failed")
 
 
+def _retrying(pool: Any, state: RetryPolicy) -> RetryPolicy:
+    """A ``retry_attempt`` event for the attempt ``state`` just recorded (pool events)."""
+    bus = getattr(pool, "events", None)
+    if bus is not None and state.history and bus.wants(EventKind.RETRY_ATTEMPT):
+        rec = state.history[-1]
+        bus.emit(EventKind.RETRY_ATTEMPT, attempt=rec.attempt, delay=rec.delay,
+                 duration=rec.duration, error_info=_info(state, rec.error),
+                 reason=state.name or None)
+    return state
+
+
+def _commit_unknown(pool: Any, info: ErrorInfo, state: RetryPolicy, *, idempotent: bool,
+                    verify: bool) -> None:
+    """A ``commit_unknown`` event (pool events); ``reason`` says what happens next."""
+    bus = getattr(pool, "events", None)
+    if bus is not None:
+        bus.emit(EventKind.COMMIT_UNKNOWN, error_info=info, attempt=state.attempt,
+                 reason="rerun" if idempotent else ("verify" if verify else "raised"))
+
+
+def _info(state: RetryPolicy, exc: BaseException) -> ErrorInfo:
+    return (state.classifier or get_default_classifier()).classify(exc)
+
+
 def _acquire(pool: _Pool, policy: RetryPolicy) -> Any:
     remaining = policy.remaining()
     if remaining is None:
@@ -331,7 +356,7 @@ def run_transaction(
         except _CommitOutcome as outcome:
             exc = outcome.error
             if not outcome.ambiguous:
-                state = state.increment(exc)  # raises exc or RetryExhausted
+                state = _retrying(pool, state.increment(exc))  # raises exc or RetryExhausted
             else:
                 decided = _resolve_ambiguous(
                     pool, outcome, state, idempotent=idempotent, verify=verify,
@@ -339,11 +364,11 @@ def run_transaction(
                 )
                 if isinstance(decided, _Landed):
                     return cast(T, decided.result)
-                state = decided
+                state = _retrying(pool, decided)
         except Exception as exc:
             if _users_own(exc, classifier):
                 raise          # the application's own error, rolled back: never retried
-            state = state.increment(exc)  # raises exc or RetryExhausted
+            state = _retrying(pool, state.increment(exc))  # raises exc or RetryExhausted
         state.wait()
         state = state.begin()
 
@@ -421,6 +446,7 @@ def _resolve_ambiguous(
     logger.warning(
         "connection lost while COMMIT was in flight (%s): outcome unknown", info.describe()
     )
+    _commit_unknown(pool, info, state, idempotent=idempotent, verify=verify is not None)
     if idempotent:
         return _next_or_exhausted(state, exc, "idempotent unit re-run after an unknown commit")
     if verify is None:
@@ -441,7 +467,7 @@ def _resolve_ambiguous(
             break
         except Exception as verr:
             try:
-                vstate = vstate.increment(verr)
+                vstate = _retrying(pool, vstate.increment(verr))
             except Exception as final:
                 raise CommitUnknownError(
                     "the connection was lost while COMMIT was in flight and verify() could "
@@ -555,6 +581,6 @@ def run(
         except Exception as exc:
             if _users_own(exc, classifier):
                 raise
-            state = state.increment(exc)
+            state = _retrying(pool, state.increment(exc))
         state.wait()
         state = state.begin()

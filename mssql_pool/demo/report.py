@@ -26,6 +26,8 @@ class DemoReport:
     faults: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     retry_kinds: dict[str, int] = field(default_factory=dict)
+    pool_events: dict[str, int] = field(default_factory=dict)
+    discards: dict[str, int] = field(default_factory=dict)
     unexpected: dict[str, int] = field(default_factory=dict)
     unknown_detail: list[str] = field(default_factory=list)
     invariant: dict[str, Any] = field(default_factory=dict)
@@ -67,6 +69,8 @@ def recovery_rows(
     events = sorted(rec.events)
     times = [t for t, _ in events]
 
+    from_events = any(kind == "login" for _, kind in events)
+
     def span(n: int) -> dict[str, int]:
         i, j = bisect.bisect_left(times, bounds[n]), bisect.bisect_left(times, bounds[n + 1])
         counts = Counter(kind for _, kind in events[i:j])
@@ -79,8 +83,10 @@ def recovery_rows(
             "app_errors": counts["error"],
             "commit_unknown": counts["unknown"],
             "retries": counts["retry"],
-            "logins": delta("connections_num"),
-            "logins_failed": delta("connections_errors"),
+            # the pool's connect / connect_failed events (stats deltas without them)
+            "logins": counts["login"] if from_events else delta("connections_num"),
+            "logins_failed": counts["login_failed"] if from_events
+            else delta("connections_errors"),
         }
 
     rows = [_row("(before the first fault)", 0.0, **span(0))]
@@ -113,7 +119,7 @@ def timeline_series(rec: Recorder, end: float) -> dict[str, list[int]]:
     series = {k: [0] * n for k in ("commit", "retry", "error", "unknown")}
     for t, kind in rec.events:
         i = int(t / BUCKET)
-        if 0 <= i < n:
+        if 0 <= i < n and kind in series:
             series[kind][i] += 1
     return series
 
@@ -194,4 +200,15 @@ def print_report(report: DemoReport, out: TextIO) -> None:
             )
             + "\n"
         )
+    ev = report.pool_events
+    if ev:
+        order = ("connect", "connect_failed", "check_failed", "discard", "reconnect_started",
+                 "reconnect_attempt", "reconnect_succeeded", "reconnect_failed", "failover",
+                 "redirect", "circuit_opened", "circuit_closed", "retry_attempt",
+                 "commit_unknown")
+        parts = [f"{k} {ev[k]}" for k in order if ev.get(k)]
+        if report.discards:
+            why = ", ".join(f"{k} {v}" for k, v in sorted(report.discards.items()))
+            parts = [p + f" ({why})" if p.startswith("discard ") else p for p in parts]
+        w(f"pool events: {'; '.join(parts)}\n")
     w(f"result: {'PASS' if report.ok else 'FAIL'} (exit {0 if report.ok else 1})\n")

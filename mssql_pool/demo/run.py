@@ -184,6 +184,7 @@ def run_demo(
             timeout=30.0,
             name="demo",
             identify=True,  # ask each new connection which node it reached: counts redirects
+            listeners=[rec],  # the report reads the pool's events
         )
         if metrics_port is not None:
             from prometheus_client import CollectorRegistry, start_http_server
@@ -254,6 +255,8 @@ def run_demo(
         report.faults = recovery_rows(plans, rec, report.elapsed, start_stats, report.pool_stats)
         report.counts = dict(rec.counts)
         report.retry_kinds = dict(rec.retry_kinds)
+        report.pool_events = dict(rec.pool_events)   # complete: close() delivered them
+        report.discards = dict(rec.discards)
         report.unexpected = dict(rec.unexpected)
         report.unknown_detail = list(rec.unknown_detail)
         report.timeline = timeline_series(rec, report.elapsed)
@@ -288,8 +291,7 @@ def _demo_policy(rec: Recorder) -> Any:
         deadline=60.0,
         backoff=ExponentialBackoff(base=0.05, factor=2.0, cap=1.0, jitter="full"),
         retry_on=retry_if_retryable | retry_if_kind(ErrorKind.QUERY_TIMEOUT),
-        on_retry=rec.on_retry,
-        name="demo",
+        name="demo",   # its retries reach the report as the pool's retry_attempt events
     )
 
 

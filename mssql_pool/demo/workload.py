@@ -22,7 +22,9 @@ QUERY_TIMEOUT = 2  # seconds (pymssql timeout and login_timeout; process-wide in
 
 
 class Recorder:
-    """Thread-safe counters and a timeline of what the workers saw."""
+    """Thread-safe counters and a timeline of what the workers saw, and of the pool's
+    events: it is a listener of the pool (``__call__``), so retries, logins and the
+    recovery steps in the report are the pool's own events (mssql_pool.events)."""
 
     def __init__(self, threads: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -38,9 +40,29 @@ class Recorder:
         self.retry_kinds: Counter[str] = Counter()
         self.unexpected: Counter[str] = Counter()
         self.unknown_detail: list[str] = []
+        self.pool_events: Counter[str] = Counter()   # every pool event, by kind
+        self.discards: Counter[str] = Counter()      # discard events, by reason
 
     def now(self) -> float:
         return self.clock() - self.t0
+
+    def __call__(self, event: Any) -> None:
+        """A pool listener: counts every event; retries and logins go on the timeline
+        (at the event's own time, on the same monotonic clock as the workers')."""
+        kind = event.kind.value
+        t = event.time - self.t0
+        with self.lock:
+            self.pool_events[kind] += 1
+            if kind == "discard":
+                self.discards[event.reason or "other"] += 1
+            elif kind == "connect":
+                self.events.append((t, "login"))
+            elif kind == "connect_failed" and event.reason != "circuit_open":
+                self.events.append((t, "login_failed"))
+            elif kind == "retry_attempt":
+                self.counts["retry"] += 1
+                self.retry_kinds[_kind_of_record(event)] += 1
+                self.events.append((t, "retry"))
 
     def on_retry(self, record: Any) -> None:
         t = self.now()
@@ -77,9 +99,11 @@ class Recorder:
 
 
 def _kind_of_record(record: Any) -> str:
-    """``kind number`` of a retry record (AttemptRecord), e.g. ``deadlock 1205``."""
-    kind = getattr(record, "kind", None)
-    number = getattr(record, "number", None)
+    """``kind number`` of a retry record (AttemptRecord, or a ``retry_attempt`` event),
+    e.g. ``deadlock 1205``."""
+    info = getattr(record, "error_info", None)
+    kind = getattr(record, "kind", None) if info is None else info.kind
+    number = getattr(record, "number", None) if info is None else info.number
     if kind is None:
         error = getattr(record, "error", None)
         try:

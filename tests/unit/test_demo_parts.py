@@ -122,3 +122,39 @@ def test_plot_is_written(tmp_path: Path) -> None:
     path = tmp_path / "t.png"
     write_plot(report, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_demo_recorder_reads_the_pools_events() -> None:
+    """Retries and logins in the demo's report are the pool's own events."""
+    import pymssql
+
+    from mssql_pool.classify import classify
+    from mssql_pool.events import EventKind, PoolEvent
+
+    rec = demo.Recorder(1, clock=lambda: 100.0)
+    info = classify(pymssql.OperationalError(1205, b"deadlock victim"))
+
+    def ev(kind: EventKind, t: float, **kw: object) -> PoolEvent:
+        return PoolEvent(kind, 100.0 + t, 0.0, "demo", **kw)  # type: ignore[arg-type]
+
+    for event in (ev(EventKind.CONNECT, 0.5, conn_id=1),
+                  ev(EventKind.RETRY_ATTEMPT, 1.2, attempt=1, error_info=info),
+                  ev(EventKind.CONNECT_FAILED, 1.3),
+                  ev(EventKind.CONNECT_FAILED, 1.4, reason="circuit_open"),
+                  ev(EventKind.DISCARD, 1.5, conn_id=1, reason="dead"),
+                  ev(EventKind.CONNECT, 2.2, conn_id=2)):
+        rec(event)
+    assert rec.retry_kinds == {"deadlock 1205": 1} and rec.counts["retry"] == 1
+    assert rec.pool_events["connect_failed"] == 2 and rec.discards == {"dead": 1}
+    plan = demo.FaultPlan("restart", "server restart", 1.0, 1.0)
+    plan.started, plan.ended = 1.0, 2.0
+    rows = recovery_rows([plan], rec, 3.0)
+    # the circuit's refusal is no login; the stats deltas are not consulted
+    assert (rows[0]["logins"], rows[0]["logins_failed"]) == (1, 0)
+    assert (rows[1]["logins"], rows[1]["logins_failed"], rows[1]["retries"]) == (1, 1, 1)
+    report = demo.DemoReport("embedded", 1, 3.0, 1, elapsed=3.0, faults=rows)
+    report.pool_events, report.discards = dict(rec.pool_events), dict(rec.discards)
+    out = io.StringIO()
+    demo.print_report(report, out)
+    assert "pool events: connect 2; connect_failed 2; discard 1 (dead 1); retry_attempt 1" \
+        in out.getvalue()

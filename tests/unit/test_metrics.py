@@ -198,3 +198,59 @@ def test_every_key_of_a_real_pool_is_documented() -> None:
     finally:
         pool.close()
     assert not missing, f"add these to metrics.METRICS and its table: {sorted(missing)}"
+
+
+def test_event_metrics_come_from_the_pools_events() -> None:
+    """events_total, discards_total, reconnecting and reconnect_failed_total are counted
+    by the collector's listener on the pool; they agree with the stats of the same
+    decisions."""
+    from fakedb import FakeClock, FakeDB
+
+    import mssql_pool
+
+    db, clock = FakeDB(), FakeClock()
+    registry = CollectorRegistry()
+    lab = (("pool", "ev"),)
+    pool = mssql_pool.ConnectionPool(
+        connect=db.connect, min_size=1, max_size=3, name="ev", validate_after=0.0,
+        background=False, clock=clock, sleep=clock.sleep, connect_policy=None,
+        reconnect_timeout=1.0)
+    try:
+        collector = register(pool, registry)
+        with pool.connection(timeout=5.0) as conn:
+            raw = conn.raw
+        db.kill(raw)
+        with pool.connection(timeout=5.0):
+            pass
+        db.shutdown()
+        for conn in db.open_connections():
+            db.kill(conn)
+        pool.check()
+        for _ in range(6):
+            pool.run_maintenance()
+            clock.advance(0.5)
+        assert pool.events.flush(10)
+        got = scrape(registry)
+        stats = pool.get_stats()
+
+        def kind(k: str) -> float:
+            return got[("mssql_pool_events_total", (("kind", k), ("pool", "ev")))]
+
+        assert kind("checkout") == stats["requests_num"] == 2
+        assert kind("connect") == stats["connections_num"]
+        assert kind("connect_failed") == stats["connections_errors"] > 0
+        assert kind("check_failed") == stats["checks_failed"] == 2
+        assert kind("failover") == 0                         # every kind, from zero
+        assert got[("mssql_pool_discards_total", (("pool", "ev"), ("reason", "check_failed")))] \
+            == 2
+        assert got[("mssql_pool_reconnecting", lab)] == 1
+        assert got[("mssql_pool_reconnect_failed_total", lab)] == 1
+        db.restart()
+        clock.advance(10)
+        pool.run_maintenance()
+        assert pool.events.flush(10)
+        assert scrape(registry)[("mssql_pool_reconnecting", lab)] == 0
+        unregister(pool, registry)
+        assert collector.pools == () and pool.events.listeners == ()
+    finally:
+        pool.close()

@@ -117,6 +117,8 @@ def test_refill_backoff_and_reconnect_failed(make_pool: Any, db: FakeDB,
         clock.advance(0.5)
     # exponential backoff: far fewer attempts than passes
     assert 3 <= sum(attempts) < 15
+    # the callback is a listener of the reconnect_failed event: it runs on its own thread
+    assert pool.events.flush(10)
     assert reported == [pool]
     db.restart()
     clock.advance(60)
