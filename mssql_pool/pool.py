@@ -70,6 +70,7 @@ from .reset import (
     NO_FULL_RESET,
     NONE,
     ROLLBACK,
+    Reset,
     ResetUnsupported,
     full_reset,
     plan,
@@ -379,7 +380,7 @@ class ConnectionPool:
         if fx is not None:
             self.connector.apply(fx)
 
-    def _reset_for_return(self, rec: ConnectionRecord, flags: int) -> tuple[str | None, int]:
+    def _reset_for_return(self, rec: ConnectionRecord, flags: int) -> tuple[str | None, Reset]:
         """The reset a returned connection needs, run: (why to discard it or None, the
         reset done). A reset round trip is a ``reset`` event."""
         decision = plan(flags, self._reset_mode)
@@ -414,7 +415,7 @@ class ConnectionPool:
                         "connections whose session state changed are closed instead of "
                         "reset", self.name)
 
-    def _do_reset(self, rec: ConnectionRecord, decision: int) -> None:
+    def _do_reset(self, rec: ConnectionRecord, decision: Reset) -> None:
         raw = rec.raw
         if decision == ROLLBACK:
             rollback_work(raw, rec)

@@ -74,6 +74,7 @@ statement text seen before and a small tokenizer otherwise: cheap enough for eve
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import Any
 
@@ -82,11 +83,22 @@ from ._scan import DISCARD, FAILED, HELD, PENDING, SESSION, TXN, WORK, scan
 
 __all__ = [
     "WORK", "SESSION", "DISCARD", "TXN", "scan_sql", "PYMSSQL_BASELINE", "full_reset",
-    "rollback_work", "plan", "NONE", "ROLLBACK", "FULL", "CALLBACK", "ResetUnsupported",
+    "rollback_work", "plan", "Reset", "NONE", "ROLLBACK", "FULL", "CALLBACK", "ResetUnsupported",
     "NO_FULL_RESET", "HELD", "PENDING", "FAILED", "LEARN_BATCH",
 ]
 
-NONE, ROLLBACK, FULL, CALLBACK = 0, 1, 2, 3
+class Reset(enum.IntEnum):
+    """The reset :func:`plan` picks for a returned connection (an int: the state machine
+    counts them as ``resets_none``, ``resets_rollback`` and ``resets_full``)."""
+
+    NONE = 0        #: nothing to undo: no round trip
+    ROLLBACK = 1    #: roll back the work (:func:`rollback_work`)
+    FULL = 2        #: reset the session (:func:`full_reset`)
+    CALLBACK = 3    #: the user's ``reset(raw_conn)`` callable
+
+
+#: The members under their short names (``reset.FULL`` is ``Reset.FULL``).
+NONE, ROLLBACK, FULL, CALLBACK = Reset.NONE, Reset.ROLLBACK, Reset.FULL, Reset.CALLBACK
 
 #: What pymssql sends after login (``_mssql.pyx``), restored after sp_reset_connection.
 PYMSSQL_BASELINE = (
@@ -99,7 +111,7 @@ PYMSSQL_BASELINE = (
 scan_sql = scan
 
 
-def plan(flags: int, mode: str | Callable[[Any], object]) -> int | str:
+def plan(flags: int, mode: str | Callable[[Any], object]) -> Reset | str:
     """Decide the reset for a returned connection. A str result is a reason to discard."""
     if flags & DISCARD:
         return "it holds session state no reset can clear (app role, app lock, read-only key)"
