@@ -1,6 +1,6 @@
 """Where connections go: primary, failover partners, Azure redirects, per-endpoint circuits.
 
-A pool built from ``conninfo`` dials through one :class:`Endpoints` object. Its job, at
+A pool built from ``conninfo`` dials through one :class:`EndpointRouter`. Its job, at
 each new connection:
 
 1. **Order and stickiness.** The endpoints are tried in order, starting with the one
@@ -78,7 +78,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Endpoint",
-    "Endpoints",
+    "EndpointRouter",
     "Landing",
     "DEFAULT_ENDPOINT_BREAKER",
     "FAILOVER_NUMBERS",
@@ -252,11 +252,11 @@ def is_failover_error(exc: BaseException) -> bool:
     return not FAILOVER_NUMBERS.isdisjoint(info.numbers)
 
 
-# --------------------------------------------------------------------------- Endpoints
+# --------------------------------------------------------------------------- EndpointRouter
 
 
 class _State:
-    """Per-endpoint state (under the Endpoints lock, except the breaker's own)."""
+    """Per-endpoint state (under the router's lock, except the breaker's own)."""
 
     __slots__ = ("endpoint", "breaker", "hold_until", "hold_for", "hold_error", "node",
                  "connects",
@@ -275,7 +275,7 @@ class _State:
         self.redirected: bool | None = None
 
 
-class Endpoints:
+class EndpointRouter:
     """The ordered endpoints of one pool, with sticky choice and per-endpoint circuits.
 
     ``endpoints`` lists fixed endpoints in order (primary first). With
@@ -390,7 +390,7 @@ class Endpoints:
 
     def __repr__(self) -> str:
         eps = ", ".join(str(ep) + ("*" if ep == self._current else "") for ep in self.order())
-        return f"<Endpoints {self.name!r} [{eps}]>"
+        return f"<EndpointRouter {self.name!r} [{eps}]>"
 
     # -- connecting ----------------------------------------------------------------------
 
@@ -688,7 +688,10 @@ class Endpoints:
         return [cur, *[ep for ep in order if ep != cur]]
 
 
-_instances: weakref.WeakSet[Endpoints] = weakref.WeakSet()
+#: The router's old name (easy to confuse with :class:`Endpoint`, one address).
+Endpoints = EndpointRouter
+
+_instances: weakref.WeakSet[EndpointRouter] = weakref.WeakSet()
 
 
 def _after_fork() -> None:
@@ -835,15 +838,15 @@ def _breaker_arguments(breaker: Any) -> Mapping[str, Any]:
     return MappingProxyType(dict(breaker))
 
 
-def make_endpoints(config: Any) -> Endpoints | None:
-    """The :class:`Endpoints` of a pool's config (None for ``connect=`` pools)."""
+def make_endpoints(config: Any) -> EndpointRouter | None:
+    """The :class:`EndpointRouter` of a pool's config (None for ``connect=`` pools)."""
     if config.conninfo is None:
         return None
     servers = config.servers
     breaker = config.endpoint_breaker
     if breaker == "auto":
         breaker = DEFAULT_ENDPOINT_BREAKER
-    return Endpoints(
+    return EndpointRouter(
         servers if servers is not None else (config.failover_partners or ()),
         primary_from_conninfo=servers is None,
         breaker=breaker,

@@ -68,13 +68,16 @@ from ._driver import DEAD, NOT_SENT, autocommit_state, dead_on_arrival
 from ._scan import TXN, scan
 from .errors import ConnectionCheckFailed
 
-__all__ = ["run_check", "DEFAULT_CHECK", "may_replay"]
+__all__ = ["check_connection", "DEFAULT_CHECK", "may_replay"]
 
 DEFAULT_CHECK = "SELECT 1"
 
 
-def run_check(check: str | Callable[[Any], object] | None, raw: Any) -> None:
-    """Run ``check`` on the driver connection ``raw``; raise if it fails."""
+def check_connection(check: str | Callable[[Any], object] | None, raw: Any) -> None:
+    """Run the pool's health ``check`` on the driver connection ``raw``; raise if it fails.
+
+    (Not the ``mssql-pool check`` command: that is :func:`mssql_pool._check.diagnose`.)
+    """
     if check is None:
         check = DEFAULT_CHECK
     if callable(check):
@@ -88,6 +91,10 @@ def run_check(check: str | Callable[[Any], object] | None, raw: Any) -> None:
             cur.fetchall()
     finally:
         cur.close()
+
+
+#: The old name of :func:`check_connection`.
+run_check = check_connection
 
 
 def may_replay(exc: BaseException, raw: Any, operation: object) -> bool:
