@@ -196,7 +196,31 @@ def _no_replay(proxy: PooledConnection) -> None:
         rec.replay_timeout = no_replay
 
 
-class MssqlPoolAdapter(Pool):
+class _Gauges:
+    """The pool's stats and QueuePool-style gauges, for tools that read them (the sync and
+    the asyncio adapters alike; each says its own ``size``)."""
+
+    mssql_pool: Any
+
+    def get_stats(self) -> dict[str, int]:
+        """The pool's documented stats dict."""
+        return self.mssql_pool.get_stats()  # type: ignore[no-any-return]
+
+    def checkedin(self) -> int:
+        return self.mssql_pool.get_stats()["pool_available"]  # type: ignore[no-any-return]
+
+    def checkedout(self) -> int:
+        s = self.mssql_pool.get_stats()
+        return s["pool_size"] - s["pool_available"]  # type: ignore[no-any-return]
+
+    def overflow(self) -> int:
+        return 0
+
+    def timeout(self) -> float:
+        return self.mssql_pool.config.timeout  # type: ignore[no-any-return]
+
+
+class MssqlPoolAdapter(_Gauges, Pool):
     """A ``sqlalchemy.pool.Pool`` whose connections come from a mssql_pool pool.
 
     ``MssqlPoolAdapter(pool)`` (or :func:`as_sqlalchemy_pool`) wraps an existing
@@ -210,6 +234,8 @@ class MssqlPoolAdapter(Pool):
     needed. Closing or invalidating a connection through SQLAlchemy discards it from
     the pool.
     """
+
+    mssql_pool: ConnectionPool
 
     def __init__(
         self,
@@ -383,26 +409,8 @@ class MssqlPoolAdapter(Pool):
             f"expired={s['connections_expired']} timeouts={s['requests_timeouts']}"
         )
 
-    def get_stats(self) -> dict[str, int]:
-        """The pool's documented stats dict."""
-        return self.mssql_pool.get_stats()
-
-    # QueuePool-style gauges, for tools that read them.
     def size(self) -> int:
         return self.mssql_pool.get_stats()["pool_max"]
-
-    def checkedin(self) -> int:
-        return self.mssql_pool.get_stats()["pool_available"]
-
-    def checkedout(self) -> int:
-        s = self.mssql_pool.get_stats()
-        return s["pool_size"] - s["pool_available"]
-
-    def overflow(self) -> int:
-        return 0
-
-    def timeout(self) -> float:
-        return self.mssql_pool.config.timeout
 
     def __repr__(self) -> str:
         return f"<MssqlPoolAdapter {self.mssql_pool!r}>"
