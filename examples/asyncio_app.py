@@ -23,7 +23,8 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from mssql_pool import AsyncConnection, AsyncConnectionPool
+from mssql_pool import AsyncConnectionPool
+from mssql_pool.aio import AsyncConnection
 
 pool: AsyncConnectionPool | None = None
 

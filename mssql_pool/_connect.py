@@ -36,7 +36,7 @@ from .reset import NO_FULL_RESET
 if TYPE_CHECKING:
     from .breaker import ConnectGuard
     from .config import PoolConfig
-    from .endpoints import Endpoints
+    from .endpoints import EndpointRouter
     from .retry import RetryPolicy
 
 __all__ = ["Connector", "ConnectBackoff", "inherited"]
@@ -107,7 +107,7 @@ class Connector:
     """Opens and closes the driver connections of one pool (see the module docstring)."""
 
     def __init__(self, config: PoolConfig, state: PoolState, guard: ConnectGuard,
-                 endpoints: Endpoints | None, wake_maintenance: Callable[[], None],
+                 endpoints: EndpointRouter | None, wake_maintenance: Callable[[], None],
                  events: EventBus | None = None) -> None:
         self.config = config
         #: Where connect, connect_failed, reconnect_*, reap_idle, retire_lifetime and

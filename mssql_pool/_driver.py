@@ -1,4 +1,5 @@
-"""The one module that knows the shapes of driver exceptions.
+"""The one module that knows pymssql and FreeTDS: the shapes of their exceptions and the
+driver calls the pool makes beyond DB-API.
 
 pymssql reports the same kind of failure in several shapes (listed below, and in
 docs/retries.md, "pymssql's shapes and quirks"); python-tds and raw sockets add their
@@ -25,16 +26,29 @@ Shapes handled:
 * python-tds (``pytds.tds_base.Error`` subclasses with ``msg_no``/``number``), imported
   lazily and only if installed.
 * ``OSError`` / ``ConnectionError`` / ``TimeoutError`` from sockets.
+
+Beyond exceptions, the rest of the package asks this module (and only this module) about
+pymssql's private surface: whether a connection is pymssql's (:func:`is_pymssql`), its
+autocommit state, its one-batch ``_conn.execute_non_query`` (:func:`non_query`), the
+``sp_reset_connection`` RPC through ``_conn.init_procedure`` (:func:`reset_rpc`), which
+failed statement certainly never left the client or failed on a dead connection
+(:func:`dead_on_arrival`), where FreeTDS was routed when a login failed
+(:func:`routed_address`), and how pymssql wraps ``_mssql`` errors as DB-API errors
+(:func:`as_dbapi_error`, :func:`commit_error`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "RawError", "extract", "numbers_in_text", "rollback", "is_no_transaction", "reset_unsupported",
+    "is_pymssql", "autocommit_state", "pymssql_autocommit", "non_query", "default_mode_non_query",
+    "reset_rpc", "dead_on_arrival", "NOT_SENT", "DEAD", "routed_address", "as_dbapi_error",
+    "commit_error",
 ]
 
 # "DB-Lib error message 20009", "SQL Server message 40613", "Msg 1205", "Error 10054".
@@ -460,3 +474,156 @@ def reset_unsupported(exc: BaseException) -> bool:
     except Exception:  # pragma: no cover - defensive
         return False
     return 2812 in raw.numbers and not raw.dead and "sp_reset_connection" in raw.text.lower()
+
+
+# --------------------------------------------------------------------------- the connection
+
+
+def is_pymssql(raw: Any) -> bool:
+    """True when ``raw`` is a pymssql connection (not a ``connect=`` factory's own driver)."""
+    return type(raw).__module__.startswith("pymssql")
+
+
+def autocommit_state(raw: Any) -> bool | None:
+    """pymssql's ``autocommit_state``; None when the driver does not say."""
+    return getattr(raw, "autocommit_state", None)
+
+
+def pymssql_autocommit(raw: Any) -> bool | None:
+    """For a pymssql connection (or a test double that splits its commit like one): its
+    autocommit state; None for any other driver."""
+    if not (is_pymssql(raw) or getattr(raw, "_split_commit", False)):
+        return None
+    return bool(getattr(raw, "autocommit_state", False))
+
+
+def non_query(raw: Any) -> Callable[[str], object] | None:
+    """pymssql's ``_conn.execute_non_query``: one batch, one round trip, results discarded;
+    None for a driver without it."""
+    return getattr(getattr(raw, "_conn", None), "execute_non_query", None)
+
+
+def default_mode_non_query(raw: Any) -> Callable[[str], object] | None:
+    """:func:`non_query` when ``raw`` is in pymssql's default mode (autocommit off: its own
+    BEGIN TRAN is open); None otherwise."""
+    execute = non_query(raw)
+    if execute is None or getattr(raw, "autocommit_state", True):
+        return None
+    return execute
+
+
+def reset_rpc(raw: Any) -> Callable[[], object] | None:
+    """A call that sends ``sp_reset_connection`` as an RPC (pymssql's
+    ``_conn.init_procedure(name).execute()``); None when the driver cannot send one."""
+    init_procedure = getattr(getattr(raw, "_conn", None), "init_procedure", None)
+    if init_procedure is None:
+        return None
+    return lambda: init_procedure("sp_reset_connection").execute()
+
+
+# --------------------------------------------------------------------------- a dead connection
+
+#: :func:`dead_on_arrival`: the statement never left the client.
+NOT_SENT = "not sent"
+#: :func:`dead_on_arrival`: the statement was written to a connection whose peer had closed.
+DEAD = "dead"
+
+_DEAD_NUMBER = 20047
+_NOT_CONNECTED = "Not connected to any MS SQL server"
+
+
+def dead_on_arrival(exc: BaseException) -> str | None:
+    """How a statement failed on a connection that was already dead, or None.
+
+    :data:`NOT_SENT` for ``InterfaceError('Not connected to any MS SQL server')``: pymssql
+    raises it before any I/O. :data:`DEAD` for a bare 20047 "DBPROCESS is dead or not
+    enabled" (``args == (20047, text)`` naming no other DB-Library error): pymssql wrote
+    the batch to a socket whose peer had closed, and the read failed; FreeTDS reports a
+    reset before the request reached the server, after it ran, after its reply began and a
+    peer that closed while idle all the same way, so the statement may have run. Anything
+    else (20017 unexpected EOF, 20004 read failed, 20006 write failed, 20003 timeout...)
+    is None.
+    """
+    args = exc.args
+    if type(exc).__name__ == "InterfaceError":
+        if len(args) == 1 and _to_text(args[0]).strip() == _NOT_CONNECTED:
+            return NOT_SENT
+        return None
+    if len(args) != 2 or args[0] != _DEAD_NUMBER:
+        return None
+    text = _to_text(args[1])
+    if "DBPROCESS is dead" not in text \
+            or any(n != _DEAD_NUMBER for n in numbers_in_text(text)):
+        return None
+    return DEAD
+
+
+# --------------------------------------------------------------------------- FreeTDS routing
+
+# FreeTDS/DB-Library lines: "DB-Lib error message 20009, severity 9:\n<text> (host,port)".
+_DBLIB_LINE = re.compile(r"DB-Lib error message (\d+), severity \d+:\s*\n?([^\n]*)")
+_ROUTED_ADDR = re.compile(r"\(([^(),\s]+),(\d{1,5})\)\s*$")
+_SERVER_MSG = re.compile(r"SQL Server message \d+|Msg \d+")
+
+
+def _error_text(exc: BaseException) -> str:
+    """The full text of a driver error (pymssql connect errors carry (number, bytes))."""
+    parts: list[str] = []
+    for arg in exc.args:
+        items = arg if isinstance(arg, tuple) else (arg,)
+        for item in items:
+            if isinstance(item, (bytes, bytearray)):
+                parts.append(bytes(item).decode("utf-8", "replace"))
+            elif isinstance(item, str):
+                parts.append(item)
+    return "\n".join(parts) if parts else str(exc)
+
+
+def routed_address(exc: BaseException) -> tuple[tuple[str, int] | None, bool]:
+    """``(address, bare)`` for a failed pymssql connect.
+
+    ``address`` is the ``(host, port)`` FreeTDS was *routed* to when the failure happened
+    there (None when the failure was at the dialled address or the text names none);
+    ``bare`` is True when FreeTDS said nothing but "connection failed" there: no refusal,
+    no timeout, no server message (a second routing hop, a loop, or a silent close).
+    """
+    text = _error_text(exc)
+    lines = _DBLIB_LINE.findall(text)
+    address = None
+    for _number, line in lines:
+        m = _ROUTED_ADDR.search(line.strip())
+        if m:
+            address = (m.group(1), int(m.group(2)))
+    if address is None:
+        return None, False
+    numbers = {int(n) for n, _ in lines}
+    server_said = bool(_SERVER_MSG.search(text)) or "Login failed" in text
+    bare = numbers == {20002} and not server_said and not text.split("DB-Lib", 1)[0].strip()
+    return address, bare
+
+
+# --------------------------------------------------------------------------- DB-API wrapping
+
+
+def as_dbapi_error(exc: Exception) -> Exception:
+    """``_mssql`` exceptions (not DB-API errors) as pymssql.OperationalError."""
+    import pymssql  # noqa: PLC0415
+
+    if isinstance(exc, pymssql.Error):
+        return exc
+    args = exc.args
+    if len(args) == 1 and isinstance(args[0], tuple):
+        args = args[0]           # ((number, text),) -> (number, text), as cursor errors
+    return pymssql.OperationalError(*args)
+
+
+def commit_error(exc: Exception) -> Exception:
+    """What pymssql's ``commit()`` raises when COMMIT TRAN fails."""
+    import pymssql  # noqa: PLC0415
+
+    if isinstance(exc, pymssql.Error):
+        return exc
+    detail = exc.args[0] if exc.args else exc
+    error = pymssql.OperationalError(f"Cannot commit transaction: {detail}")
+    error.__cause__ = error.__context__ = exc   # where the number is, as with pymssql
+    return error

@@ -32,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from .connection import ConnectionRecord, ConnState
-from .reset import NONE, ROLLBACK
+from .reset import Reset
 from .stats import PoolStats
 
 __all__ = [
@@ -404,9 +404,9 @@ class PoolState:
 
     # ------------------------------------------------------------------ checkin
     def release(self, rec: ConnectionRecord, now: float, reason: str | None = None,
-                reset: int = NONE) -> Effects | None:
-        """A borrower gave ``rec`` back, reset (``reset``: :data:`~mssql_pool.reset.NONE`,
-        ``ROLLBACK``, or a full or callback reset) or to be discarded (``reason``).
+                reset: Reset = Reset.NONE) -> Effects | None:
+        """A borrower gave ``rec`` back, reset (``reset``: :class:`~mssql_pool.reset.Reset`:
+        none, a rollback, or a full or callback reset) or to be discarded (``reason``).
         Reused: to the oldest waiter, else idle (None returned: nothing to do). Else
         closed, its slot passed on."""
         lock = self.lock
@@ -414,9 +414,9 @@ class PoolState:
         try:
             st = self.stats
             st.usage_s += now - rec.checkout_at
-            if not reset:                    # reset.NONE
+            if reset == Reset.NONE:
                 st.resets_none += 1
-            elif reset == ROLLBACK:
+            elif reset == Reset.ROLLBACK:
                 st.resets_rollback += 1
             else:
                 st.resets_full += 1

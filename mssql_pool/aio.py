@@ -42,11 +42,10 @@ from concurrent.futures import Future
 from typing import Any, TypeVar, cast
 
 from ._dsn import redact
-from .classify import Classifier, ErrorInfo, get_default_classifier
+from .classify import Classifier, get_default_classifier
 from .config import Conninfo
 from .connection import PooledConnection, PooledCursor
 from .errors import (
-    CommitUnknownError,
     ConfigError,
     PoolClosed,
     PoolError,
@@ -58,19 +57,19 @@ from .events import EventBus, Listener
 from .pool import ConnectionPool
 from .retry import RetryPolicy, is_testing
 from .transaction import (
+    _after_verify,
+    _before_verify,
     _begin,
     _check_policy,
     _commit,
-    _commit_unknown,
     _CommitOutcome,
     _isolation_sql,
     _Landed,
-    _next_or_exhausted,
-    _record,
     _retrying,
     _rollback,
     _unit_error_info,
     _users_own,
+    _verify_gave_up,
 )
 
 __all__ = ["AsyncConnection", "AsyncConnectionPool", "AsyncCursor", "run_transaction"]
@@ -411,7 +410,7 @@ class AsyncConnection:
     every cursor call that talks to the server are awaited. ``await conn.close()`` (or
     leaving ``async with``) gives the connection back. ``run_sync(fn, *args)`` runs
     ``fn(sync_conn, *args)`` in a worker thread on the pool's blocking proxy
-    (:class:`~mssql_pool.PooledConnection`), for code written for the sync pool.
+    (:class:`~mssql_pool.connection.PooledConnection`), for code written for the sync pool.
     """
 
     __slots__ = ("_proxy", "_pool", "_op", "_returning", "_interrupted", "__weakref__")
@@ -1079,19 +1078,12 @@ async def _resolve_ambiguous(
     verify: Callable[[AsyncConnection], Awaitable[bool]] | None,
     classifier: Classifier,
 ) -> RetryPolicy | _Landed:
+    decided = _before_verify(pool, outcome, state, idempotent=idempotent,
+                             verify=verify is not None, classifier=classifier)
+    if decided is not None:
+        return decided
+    assert verify is not None        # without one, _before_verify raised
     exc = outcome.error
-    info: ErrorInfo = classifier.classify(exc)
-    logger.warning("connection lost while COMMIT was in flight (%s): outcome unknown",
-                   info.describe())
-    _commit_unknown(pool, info, state, idempotent=idempotent, verify=verify is not None)
-    if idempotent:
-        return _next_or_exhausted(state, exc, "idempotent unit re-run after an unknown commit")
-    if verify is None:
-        raise CommitUnknownError(
-            "the connection was lost while COMMIT was in flight: the unit may or may not "
-            f"have been applied ({info.describe()}). It was not re-run. Pass verify= or "
-            "idempotent=True to let mssql_pool find out.",
-            original=exc, attempts=_record(state, exc)) from exc
     vstate = state
     while True:
         try:
@@ -1105,15 +1097,8 @@ async def _resolve_ambiguous(
             try:
                 vstate = _retrying(pool, vstate.increment(verr))
             except Exception as final:
-                raise CommitUnknownError(
-                    "the connection was lost while COMMIT was in flight and verify() could "
-                    f"not tell whether the unit landed: {type(final).__name__}: {final}",
-                    original=exc, attempts=_record(vstate, exc)) from exc
+                raise _verify_gave_up(vstate, exc, final) from exc
             await _pause(vstate)
             vstate = vstate.begin()
-    if landed:
-        logger.warning("verify() says the unit landed despite the lost COMMIT; not re-running")
-        return _Landed(outcome.result)
-    logger.warning("verify() says the unit did not land; re-running it")
-    return _next_or_exhausted(vstate, exc, "re-run after verify() returned False")
+    return _after_verify(landed, outcome, vstate)
 

@@ -47,6 +47,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._driver import commit_error, default_mode_non_query, is_pymssql
 from ._driver import rollback as driver_rollback
 from ._scan import FAILED, HELD, PENDING, statement_flags
 from ._scan import _stmt_cache as _scan_cache
@@ -149,15 +150,6 @@ def _driver_error(pool: ConnectionPool, rec: ConnectionRecord, exc: BaseExceptio
     pool.report_error(rec, exc)
 
 
-def _pymssql_eager(raw: Any) -> Any:
-    """pymssql's ``execute_non_query`` when ``raw`` is a pymssql connection in its default
-    mode (autocommit off: its own BEGIN TRAN is open); None otherwise."""
-    execute = getattr(getattr(raw, "_conn", None), "execute_non_query", None)
-    if execute is None or getattr(raw, "autocommit_state", True):
-        return None
-    return execute
-
-
 def quiet_mask(rec: ConnectionRecord, pool: ConnectionPool) -> int:
     """Work out (once per connection) which statement bits leave nothing behind, so that
     the proxy need not record them: their connection goes back without a round trip.
@@ -179,7 +171,7 @@ def quiet_mask(rec: ConnectionRecord, pool: ConnectionPool) -> int:
     mask = 0
     cfg = pool.config
     props = (rec.conn_properties or "").lower()
-    if type(rec.raw).__module__.startswith("pymssql") and cfg.reset == "auto" \
+    if is_pymssql(rec.raw) and cfg.reset == "auto" \
             and cfg.configure is None and "isolation" not in props \
             and "implicit_transactions" not in props:
         if rec.autocommit:
@@ -188,18 +180,6 @@ def quiet_mask(rec: ConnectionRecord, pool: ConnectionPool) -> int:
             rec.learn = True
     rec.free = mask
     return mask
-
-
-def _commit_error(exc: Exception) -> Exception:
-    """What pymssql's ``commit()`` raises when COMMIT TRAN fails."""
-    import pymssql
-
-    if isinstance(exc, pymssql.Error):
-        return exc
-    detail = exc.args[0] if exc.args else exc
-    error = pymssql.OperationalError(f"Cannot commit transaction: {detail}")
-    error.__cause__ = error.__context__ = exc   # where the number is, as with pymssql
-    return error
 
 
 def _closed_error() -> PoolError:
@@ -280,7 +260,7 @@ class PooledConnection:
         what it raises (``OperationalError("Cannot commit transaction: ...")``); in
         autocommit mode and on other drivers, the driver's own ``commit()``."""
         rec = self._live()
-        execute = _pymssql_eager(self.raw)
+        execute = default_mode_non_query(self.raw)
         if execute is None:
             self._driver_call(rec, "commit")
             self._ended(rec, known=self._autocommit_known(rec))
@@ -288,7 +268,7 @@ class PooledConnection:
         try:
             execute(COMMIT_REOPEN)
         except Exception as exc:
-            error = _commit_error(exc)
+            error = commit_error(exc)
             _driver_error(self.lender, rec, error)
             if error is exc:
                 raise
@@ -300,7 +280,7 @@ class PooledConnection:
         TRAN;BEGIN TRAN``, which ends a nested BEGIN TRAN too); in autocommit mode and on
         other drivers, the driver's own ``rollback()``."""
         rec = self._live()
-        if _pymssql_eager(self.raw) is None:
+        if default_mode_non_query(self.raw) is None:
             self._driver_call(rec, "rollback")
             self._ended(rec, known=self._autocommit_known(rec))
             return
@@ -315,7 +295,7 @@ class PooledConnection:
         """False for pymssql in autocommit mode whose baseline is not known (a
         ``configure`` callback or ``conn_properties`` may have turned implicit transactions
         on, and then its no-op commit()/rollback() would leave one open)."""
-        if not type(self.raw).__module__.startswith("pymssql"):
+        if not is_pymssql(self.raw):
             return True
         free = rec.free if rec.free is not None else quiet_mask(rec, self.lender)
         return bool(free & HELD)

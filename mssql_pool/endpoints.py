@@ -1,6 +1,6 @@
 """Where connections go: primary, failover partners, Azure redirects, per-endpoint circuits.
 
-A pool built from ``conninfo`` dials through one :class:`Endpoints` object. Its job, at
+A pool built from ``conninfo`` dials through one :class:`EndpointRouter`. Its job, at
 each new connection:
 
 1. **Order and stickiness.** The endpoints are tried in order, starting with the one
@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 import weakref
@@ -67,6 +66,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from ._driver import routed_address
 from ._dsn import redact
 from .breaker import CircuitBreaker
 from .classify import ErrorKind, classify
@@ -78,7 +78,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Endpoint",
-    "Endpoints",
+    "EndpointRouter",
     "Landing",
     "DEFAULT_ENDPOINT_BREAKER",
     "FAILOVER_NUMBERS",
@@ -126,11 +126,6 @@ ENDPOINT_COUNTERS = ("redirects", "failovers", "endpoint_switches", "redirect_er
                      "connects_rejected")
 
 _MIN_TDS = (7, 4)
-
-# FreeTDS/DB-Library lines: "DB-Lib error message 20009, severity 9:\n<text> (host,port)".
-_DBLIB_LINE = re.compile(r"DB-Lib error message (\d+), severity \d+:\s*\n?([^\n]*)")
-_ROUTED_ADDR = re.compile(r"\(([^(),\s]+),(\d{1,5})\)\s*$")
-_SERVER_MSG = re.compile(r"SQL Server message \d+|Msg \d+")
 
 BreakerSpec = Mapping[str, Any] | Callable[["Endpoint"], CircuitBreaker] | None
 IdentifySpec = bool | str | Callable[[Any], "str | None"] | None
@@ -251,53 +246,17 @@ class Landing:
 # --------------------------------------------------------------------------- errors
 
 
-def _error_text(exc: BaseException) -> str:
-    """The full text of a driver error (pymssql connect errors carry (number, bytes))."""
-    parts: list[str] = []
-    for arg in exc.args:
-        items = arg if isinstance(arg, tuple) else (arg,)
-        for item in items:
-            if isinstance(item, (bytes, bytearray)):
-                parts.append(bytes(item).decode("utf-8", "replace"))
-            elif isinstance(item, str):
-                parts.append(item)
-    return "\n".join(parts) if parts else str(exc)
-
-
-def routed_address(exc: BaseException) -> tuple[tuple[str, int] | None, bool]:
-    """``(address, bare)`` for a failed pymssql connect.
-
-    ``address`` is the ``(host, port)`` FreeTDS was *routed* to when the failure happened
-    there (None when the failure was at the dialled address or the text names none);
-    ``bare`` is True when FreeTDS said nothing but "connection failed" there: no refusal,
-    no timeout, no server message (a second routing hop, a loop, or a silent close).
-    """
-    text = _error_text(exc)
-    lines = _DBLIB_LINE.findall(text)
-    address = None
-    for _number, line in lines:
-        m = _ROUTED_ADDR.search(line.strip())
-        if m:
-            address = (m.group(1), int(m.group(2)))
-    if address is None:
-        return None, False
-    numbers = {int(n) for n, _ in lines}
-    server_said = bool(_SERVER_MSG.search(text)) or "Login failed" in text
-    bare = numbers == {20002} and not server_said and not text.split("DB-Lib", 1)[0].strip()
-    return address, bare
-
-
 def is_failover_error(exc: BaseException) -> bool:
     """True for errors that say the database is moving (see :data:`FAILOVER_NUMBERS`)."""
     info = classify(exc)
     return not FAILOVER_NUMBERS.isdisjoint(info.numbers)
 
 
-# --------------------------------------------------------------------------- Endpoints
+# --------------------------------------------------------------------------- EndpointRouter
 
 
 class _State:
-    """Per-endpoint state (under the Endpoints lock, except the breaker's own)."""
+    """Per-endpoint state (under the router's lock, except the breaker's own)."""
 
     __slots__ = ("endpoint", "breaker", "hold_until", "hold_for", "hold_error", "node",
                  "connects",
@@ -316,7 +275,7 @@ class _State:
         self.redirected: bool | None = None
 
 
-class Endpoints:
+class EndpointRouter:
     """The ordered endpoints of one pool, with sticky choice and per-endpoint circuits.
 
     ``endpoints`` lists fixed endpoints in order (primary first). With
@@ -431,7 +390,7 @@ class Endpoints:
 
     def __repr__(self) -> str:
         eps = ", ".join(str(ep) + ("*" if ep == self._current else "") for ep in self.order())
-        return f"<Endpoints {self.name!r} [{eps}]>"
+        return f"<EndpointRouter {self.name!r} [{eps}]>"
 
     # -- connecting ----------------------------------------------------------------------
 
@@ -729,7 +688,10 @@ class Endpoints:
         return [cur, *[ep for ep in order if ep != cur]]
 
 
-_instances: weakref.WeakSet[Endpoints] = weakref.WeakSet()
+#: The router's old name (easy to confuse with :class:`Endpoint`, one address).
+Endpoints = EndpointRouter
+
+_instances: weakref.WeakSet[EndpointRouter] = weakref.WeakSet()
 
 
 def _after_fork() -> None:
@@ -876,15 +838,15 @@ def _breaker_arguments(breaker: Any) -> Mapping[str, Any]:
     return MappingProxyType(dict(breaker))
 
 
-def make_endpoints(config: Any) -> Endpoints | None:
-    """The :class:`Endpoints` of a pool's config (None for ``connect=`` pools)."""
+def make_endpoints(config: Any) -> EndpointRouter | None:
+    """The :class:`EndpointRouter` of a pool's config (None for ``connect=`` pools)."""
     if config.conninfo is None:
         return None
     servers = config.servers
     breaker = config.endpoint_breaker
     if breaker == "auto":
         breaker = DEFAULT_ENDPOINT_BREAKER
-    return Endpoints(
+    return EndpointRouter(
         servers if servers is not None else (config.failover_partners or ()),
         primary_from_conninfo=servers is None,
         breaker=breaker,

@@ -64,17 +64,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ._driver import _to_text, numbers_in_text
+from ._driver import DEAD, NOT_SENT, autocommit_state, dead_on_arrival
 from ._scan import TXN, scan
 from .errors import ConnectionCheckFailed
 
-__all__ = ["run_check", "DEFAULT_CHECK", "may_replay"]
+__all__ = ["check_connection", "DEFAULT_CHECK", "may_replay"]
 
 DEFAULT_CHECK = "SELECT 1"
 
 
-def run_check(check: str | Callable[[Any], object] | None, raw: Any) -> None:
-    """Run ``check`` on the driver connection ``raw``; raise if it fails."""
+def check_connection(check: str | Callable[[Any], object] | None, raw: Any) -> None:
+    """Run the pool's health ``check`` on the driver connection ``raw``; raise if it fails.
+
+    (Not the ``mssql-pool check`` command: that is :func:`mssql_pool._check.diagnose`.)
+    """
     if check is None:
         check = DEFAULT_CHECK
     if callable(check):
@@ -90,31 +93,26 @@ def run_check(check: str | Callable[[Any], object] | None, raw: Any) -> None:
         cur.close()
 
 
-_DEAD = 20047
-_NOT_CONNECTED = "Not connected to any MS SQL server"
+#: The old name of :func:`check_connection`.
+run_check = check_connection
 
 
 def may_replay(exc: BaseException, raw: Any, operation: object) -> bool:
     """Whether a failed first statement may run again on a replacement connection.
 
-    True for ``InterfaceError('Not connected to any MS SQL server')`` (raised before any
-    I/O), and for a bare 20047 "DBPROCESS is dead" (``args == (20047, text)`` naming no
-    other DB-Library error) when ``raw.autocommit_state is False`` (the work of a session
-    that died is rolled back by the server) and the scan of ``operation`` finds nothing
-    that could end or escape that transaction (:data:`mssql_pool._scan.TXN`: transaction
-    control, a procedure call, dynamic SQL). Everything else is False. The caller
-    guarantees the rest: the statement is the first of an unchecked checkout that began
-    at the baseline transaction count (nothing else ran on the connection).
+    True when the driver says the statement never left the client
+    (:data:`mssql_pool._driver.NOT_SENT`), and when it failed on a connection that was
+    already dead (:data:`mssql_pool._driver.DEAD`) while the connection was in pymssql's
+    default mode (autocommit off: the work of a session that died is rolled back by the
+    server) and the scan of ``operation`` finds nothing that could end or escape that
+    transaction (:data:`mssql_pool._scan.TXN`: transaction control, a procedure call,
+    dynamic SQL). Everything else is False. The caller guarantees the rest: the statement
+    is the first of an unchecked checkout that began at the baseline transaction count
+    (nothing else ran on the connection).
     """
-    args = exc.args
-    if type(exc).__name__ == "InterfaceError":
-        return len(args) == 1 and _to_text(args[0]).strip() == _NOT_CONNECTED
-    if len(args) != 2 or args[0] != _DEAD:
-        return False
-    text = _to_text(args[1])
-    if "DBPROCESS is dead" not in text \
-            or any(n != _DEAD for n in numbers_in_text(text)):
-        return False
-    if getattr(raw, "autocommit_state", None) is not False:
+    shape = dead_on_arrival(exc)
+    if shape == NOT_SENT:
+        return True
+    if shape != DEAD or autocommit_state(raw) is not False:
         return False
     return not scan(operation) & TXN

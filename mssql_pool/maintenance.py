@@ -38,7 +38,7 @@ from ._dsn import redact
 from ._state import Effects
 from .connection import ConnectionRecord
 from .events import EventKind, error_info
-from .health import run_check
+from .health import check_connection
 
 if TYPE_CHECKING:
     from .pool import ConnectionPool
@@ -142,7 +142,7 @@ class Maintenance:
         mark = state.suspect_before
         error: str | None = None
         try:
-            run_check(pool.config.check, rec.raw)
+            check_connection(pool.config.check, rec.raw)
         except Exception as exc:
             error = redact(exc)
             rec.close_code = "keepalive_failed"

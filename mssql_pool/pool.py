@@ -62,7 +62,7 @@ from .errors import (
     TooManyRequests,
 )
 from .events import EventBus, EventKind, Listener, error_info
-from .health import run_check
+from .health import check_connection
 from .maintenance import Maintenance
 from .reset import (
     CALLBACK,
@@ -70,6 +70,7 @@ from .reset import (
     NO_FULL_RESET,
     NONE,
     ROLLBACK,
+    Reset,
     ResetUnsupported,
     full_reset,
     plan,
@@ -138,7 +139,7 @@ class ConnectionPool:
             self.events.add(_ReconnectFailedCallback(self, cfg.reconnect_failed),
                             kinds=[EventKind.RECONNECT_FAILED])
         #: Endpoint choice, failover partners, redirects (None for ``connect=`` pools).
-        self.endpoints: _endpoints.Endpoints | None = _endpoints.make_endpoints(cfg)
+        self.endpoints: _endpoints.EndpointRouter | None = _endpoints.make_endpoints(cfg)
         if self.endpoints is not None:
             self.endpoints.bind_events(self.events)
         #: The connect policy and the pool-wide circuit in front of every login
@@ -233,7 +234,7 @@ class ConnectionPool:
                 if result.check:
                     mark = state.suspect_before
                     try:
-                        run_check(self._check, rec.raw)
+                        check_connection(self._check, rec.raw)
                     except Exception as exc:
                         if is_disconnect(exc):
                             self.mark_suspects()
@@ -379,7 +380,7 @@ class ConnectionPool:
         if fx is not None:
             self.connector.apply(fx)
 
-    def _reset_for_return(self, rec: ConnectionRecord, flags: int) -> tuple[str | None, int]:
+    def _reset_for_return(self, rec: ConnectionRecord, flags: int) -> tuple[str | None, Reset]:
         """The reset a returned connection needs, run: (why to discard it or None, the
         reset done). A reset round trip is a ``reset`` event."""
         decision = plan(flags, self._reset_mode)
@@ -414,7 +415,7 @@ class ConnectionPool:
                         "connections whose session state changed are closed instead of "
                         "reset", self.name)
 
-    def _do_reset(self, rec: ConnectionRecord, decision: int) -> None:
+    def _do_reset(self, rec: ConnectionRecord, decision: Reset) -> None:
         raw = rec.raw
         if decision == ROLLBACK:
             rollback_work(raw, rec)
@@ -528,7 +529,7 @@ class ConnectionPool:
             mark = state.suspect_before
             error: str | None = None
             try:
-                run_check(self._check, rec.raw)
+                check_connection(self._check, rec.raw)
             except Exception as exc:
                 failed += 1
                 error = redact(exc)

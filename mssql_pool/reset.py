@@ -48,7 +48,7 @@ changed is discarded instead (the next borrower must never see it). A callable
 ``reset(raw_conn)`` replaces the built-in logic and runs whenever anything was executed;
 if it raises, the connection is discarded.
 
-**Full reset on pymssql** (``raw._conn.init_procedure`` present):
+**Full reset on pymssql** (:func:`mssql_pool._driver.reset_rpc` can send the RPC):
 
 1. if the borrower toggled ``autocommit``, put it back first (pymssql sends ROLLBACK TRAN
    or BEGIN TRAN for the toggle; doing it before step 2 keeps that valid);
@@ -74,19 +74,31 @@ statement text seen before and a small tokenizer otherwise: cheap enough for eve
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import Any
 
-from ._driver import reset_unsupported
+from ._driver import autocommit_state, non_query, reset_rpc, reset_unsupported
 from ._scan import DISCARD, FAILED, HELD, PENDING, SESSION, TXN, WORK, scan
 
 __all__ = [
     "WORK", "SESSION", "DISCARD", "TXN", "scan_sql", "PYMSSQL_BASELINE", "full_reset",
-    "rollback_work", "plan", "NONE", "ROLLBACK", "FULL", "CALLBACK", "ResetUnsupported",
+    "rollback_work", "plan", "Reset", "NONE", "ROLLBACK", "FULL", "CALLBACK", "ResetUnsupported",
     "NO_FULL_RESET", "HELD", "PENDING", "FAILED", "LEARN_BATCH",
 ]
 
-NONE, ROLLBACK, FULL, CALLBACK = 0, 1, 2, 3
+class Reset(enum.IntEnum):
+    """The reset :func:`plan` picks for a returned connection (an int: the state machine
+    counts them as ``resets_none``, ``resets_rollback`` and ``resets_full``)."""
+
+    NONE = 0        #: nothing to undo: no round trip
+    ROLLBACK = 1    #: roll back the work (:func:`rollback_work`)
+    FULL = 2        #: reset the session (:func:`full_reset`)
+    CALLBACK = 3    #: the user's ``reset(raw_conn)`` callable
+
+
+#: The members under their short names (``reset.FULL`` is ``Reset.FULL``).
+NONE, ROLLBACK, FULL, CALLBACK = Reset.NONE, Reset.ROLLBACK, Reset.FULL, Reset.CALLBACK
 
 #: What pymssql sends after login (``_mssql.pyx``), restored after sp_reset_connection.
 PYMSSQL_BASELINE = (
@@ -99,7 +111,7 @@ PYMSSQL_BASELINE = (
 scan_sql = scan
 
 
-def plan(flags: int, mode: str | Callable[[Any], object]) -> int | str:
+def plan(flags: int, mode: str | Callable[[Any], object]) -> Reset | str:
     """Decide the reset for a returned connection. A str result is a reason to discard."""
     if flags & DISCARD:
         return "it holds session state no reset can clear (app role, app lock, read-only key)"
@@ -137,10 +149,10 @@ def rollback_work(raw: Any, rec: Any = None) -> None:
     leaves nothing in pymssql's open transaction under READ COMMITTED, so from then on the
     proxy no longer records one (:data:`WORK` becomes a quiet bit for this connection).
     """
-    execute_non_query = getattr(getattr(raw, "_conn", None), "execute_non_query", None)
+    execute_non_query = non_query(raw)
     if execute_non_query is None:
         raw.rollback()
-    elif raw.autocommit_state:
+    elif autocommit_state(raw):
         execute_non_query(ROLLBACK_BATCH)
     elif rec is not None and rec.learn:
         cur = raw.cursor(as_dict=False)
@@ -172,13 +184,12 @@ def full_reset(raw: Any, *, autocommit: bool | None, conn_properties: str | None
 
     ``autocommit`` is the mode the connection was created in (None when unknown).
     """
-    inner: Any = getattr(raw, "_conn", None)
-    init_procedure = getattr(inner, "init_procedure", None)
-    if init_procedure is not None:
-        if autocommit is not None and bool(raw.autocommit_state) != autocommit:
+    send_reset = reset_rpc(raw)
+    if send_reset is not None:
+        if autocommit is not None and bool(autocommit_state(raw)) != autocommit:
             raw.autocommit(autocommit)
         try:
-            init_procedure("sp_reset_connection").execute()
+            send_reset()
         except Exception as exc:
             if reset_unsupported(exc):
                 raise ResetUnsupported(str(exc)) from exc
@@ -186,9 +197,12 @@ def full_reset(raw: Any, *, autocommit: bool | None, conn_properties: str | None
         batch = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED;" + (
             PYMSSQL_BASELINE if conn_properties is None else conn_properties
         )
-        if autocommit is False or (autocommit is None and not raw.autocommit_state):
+        if autocommit is False or (autocommit is None and not autocommit_state(raw)):
             batch += " BEGIN TRAN"
-        inner.execute_non_query(batch)
+        execute_non_query = non_query(raw)
+        if execute_non_query is None:
+            raise RuntimeError("the driver connection sends RPCs but has no execute_non_query")
+        execute_non_query(batch)
     else:
         hook = getattr(raw, "reset_session", None)
         if hook is None:

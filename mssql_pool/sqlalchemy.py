@@ -46,6 +46,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
+from ._driver import as_dbapi_error, autocommit_state
 from ._dsn import parse_conninfo, redact
 from .config import PoolConfig
 from .connection import SETTLED, PooledConnection, _driver_error
@@ -119,7 +120,7 @@ class _EngineConnection(PooledConnection):
     def rollback(self) -> None:
         rec = self.record
         raw = self.raw
-        if rec is None or getattr(raw, "autocommit_state", True):
+        if rec is None or autocommit_state(raw) is not False:
             super().rollback()     # closed proxy (raises) or autocommit (pymssql: no-op)
             return
         _no_replay(self)           # as after pymssql's own rollback() on the proxy
@@ -129,7 +130,7 @@ class _EngineConnection(PooledConnection):
             rollback_work(raw, rec)
         except Exception as exc:
             _driver_error(self.lender, rec, exc)
-            raise _as_dbapi_error(exc) from exc
+            raise as_dbapi_error(exc) from exc
         rec.flags &= ~SETTLED      # IF @@TRANCOUNT > 0 ROLLBACK asked the server
 
     def commit(self) -> None:
@@ -195,19 +196,31 @@ def _no_replay(proxy: PooledConnection) -> None:
         rec.replay_timeout = no_replay
 
 
-def _as_dbapi_error(exc: Exception) -> Exception:
-    """``_mssql`` exceptions (not DB-API errors) as pymssql.OperationalError."""
-    import pymssql
+class _Gauges:
+    """The pool's stats and QueuePool-style gauges, for tools that read them (the sync and
+    the asyncio adapters alike; each says its own ``size``)."""
 
-    if isinstance(exc, pymssql.Error):
-        return exc
-    args = exc.args
-    if len(args) == 1 and isinstance(args[0], tuple):
-        args = args[0]           # ((number, text),) -> (number, text), as cursor errors
-    return pymssql.OperationalError(*args)
+    mssql_pool: Any
+
+    def get_stats(self) -> dict[str, int]:
+        """The pool's documented stats dict."""
+        return self.mssql_pool.get_stats()  # type: ignore[no-any-return]
+
+    def checkedin(self) -> int:
+        return self.mssql_pool.get_stats()["pool_available"]  # type: ignore[no-any-return]
+
+    def checkedout(self) -> int:
+        s = self.mssql_pool.get_stats()
+        return s["pool_size"] - s["pool_available"]  # type: ignore[no-any-return]
+
+    def overflow(self) -> int:
+        return 0
+
+    def timeout(self) -> float:
+        return self.mssql_pool.config.timeout  # type: ignore[no-any-return]
 
 
-class MssqlPoolAdapter(Pool):
+class MssqlPoolAdapter(_Gauges, Pool):
     """A ``sqlalchemy.pool.Pool`` whose connections come from a mssql_pool pool.
 
     ``MssqlPoolAdapter(pool)`` (or :func:`as_sqlalchemy_pool`) wraps an existing
@@ -221,6 +234,8 @@ class MssqlPoolAdapter(Pool):
     needed. Closing or invalidating a connection through SQLAlchemy discards it from
     the pool.
     """
+
+    mssql_pool: ConnectionPool
 
     def __init__(
         self,
@@ -394,26 +409,8 @@ class MssqlPoolAdapter(Pool):
             f"expired={s['connections_expired']} timeouts={s['requests_timeouts']}"
         )
 
-    def get_stats(self) -> dict[str, int]:
-        """The pool's documented stats dict."""
-        return self.mssql_pool.get_stats()
-
-    # QueuePool-style gauges, for tools that read them.
     def size(self) -> int:
         return self.mssql_pool.get_stats()["pool_max"]
-
-    def checkedin(self) -> int:
-        return self.mssql_pool.get_stats()["pool_available"]
-
-    def checkedout(self) -> int:
-        s = self.mssql_pool.get_stats()
-        return s["pool_size"] - s["pool_available"]
-
-    def overflow(self) -> int:
-        return 0
-
-    def timeout(self) -> float:
-        return self.mssql_pool.config.timeout
 
     def __repr__(self) -> str:
         return f"<MssqlPoolAdapter {self.mssql_pool!r}>"

@@ -53,7 +53,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 from ._dsn import redact
 from .aio import AsyncConnection, AsyncConnectionPool
 from .classify import get_default_classifier
-from .errors import CommitUnknownError, ConfigError
+from .errors import ConfigError
 from .errors import PoolTimeout as _PoolTimeout
 from .reset import SESSION
 from .retry import RetryPolicy, is_testing
@@ -64,9 +64,17 @@ from .sqlalchemy import (
     _dialect_url,
     _engine_timeout,
     _EngineConnection,
+    _Gauges,
     _translate_pool_args,
 )
-from .transaction import _check_policy, _CommitOutcome, _Landed, _next_or_exhausted, _record
+from .transaction import (
+    _after_verify,
+    _before_verify,
+    _check_policy,
+    _CommitOutcome,
+    _Landed,
+    _verify_gave_up,
+)
 
 try:  # SQLAlchemy 2.1 renamed await_only
     from sqlalchemy.util.concurrency import await_
@@ -263,9 +271,11 @@ class AsyncAdapt_mssql_pool_connection(AdaptedConnection):
 
 # --------------------------------------------------------------------------- the engine's pool
 
-class AsyncMssqlPoolAdapter(Pool):
+class AsyncMssqlPoolAdapter(_Gauges, Pool):
     """A ``sqlalchemy.pool.Pool`` for the async engine whose connections come from an
     :class:`~mssql_pool.AsyncConnectionPool` (see the module docstring)."""
+
+    mssql_pool: AsyncConnectionPool
 
     def __init__(self, pool: AsyncConnectionPool, *, logging_name: str | None = None,
                  echo: Any = None, events: list[tuple[Any, str]] | None = None,
@@ -370,24 +380,8 @@ class AsyncMssqlPoolAdapter(Pool):
                 f"checkouts={s['requests_num']} lost={s['connections_lost']} "
                 f"timeouts={s['requests_timeouts']} cancelled={s['statements_cancelled']}")
 
-    def get_stats(self) -> dict[str, int]:
-        return self.mssql_pool.get_stats()
-
     def size(self) -> int:
         return self.mssql_pool.config.max_size
-
-    def checkedin(self) -> int:
-        return self.mssql_pool.get_stats()["pool_available"]
-
-    def checkedout(self) -> int:
-        s = self.mssql_pool.get_stats()
-        return s["pool_size"] - s["pool_available"]
-
-    def overflow(self) -> int:
-        return 0
-
-    def timeout(self) -> float:
-        return self.mssql_pool.config.timeout
 
     def __repr__(self) -> str:
         return f"<AsyncMssqlPoolAdapter {self.mssql_pool!r}>"
@@ -586,19 +580,12 @@ async def run_transaction(
             if not outcome.ambiguous:
                 state = state.increment(exc)
             else:
-                info = classifier.classify(exc)
-                logger.warning("connection lost while COMMIT was in flight (%s): outcome "
-                               "unknown", info.describe())
-                if idempotent:
-                    state = _next_or_exhausted(state, exc, "idempotent unit re-run after an "
-                                                           "unknown commit")
-                elif verify is None:
-                    raise CommitUnknownError(
-                        "the connection was lost while COMMIT was in flight: the unit may or "
-                        f"may not have been applied ({info.describe()}). It was not re-run. "
-                        "Pass verify= or idempotent=True to let mssql_pool find out.",
-                        original=exc, attempts=_record(state, exc)) from exc
+                rerun = _before_verify(None, outcome, state, idempotent=idempotent,
+                                       verify=verify is not None, classifier=classifier)
+                if rerun is not None:
+                    state = rerun
                 else:
+                    assert verify is not None    # without one, _before_verify raised
                     decided = await _verify(opener, verify, outcome, state)
                     if isinstance(decided, _Landed):
                         return cast(T, decided.result)
@@ -625,15 +612,8 @@ async def _verify(opener: Callable[[], Any], verify: Callable[[Any], Awaitable[b
             try:
                 vstate = vstate.increment(verr)
             except Exception as final:
-                raise CommitUnknownError(
-                    "the connection was lost while COMMIT was in flight and verify() could "
-                    f"not tell whether the unit landed: {type(final).__name__}: {final}",
-                    original=exc, attempts=_record(vstate, exc)) from exc
+                raise _verify_gave_up(vstate, exc, final) from exc
             await _pause(vstate)
             vstate = vstate.begin()
-    if landed:
-        logger.warning("verify() says the unit landed despite the lost COMMIT; not re-running")
-        return _Landed(outcome.result)
-    logger.warning("verify() says the unit did not land; re-running it")
-    return _next_or_exhausted(vstate, exc, "re-run after verify() returned False")
+    return _after_verify(landed, outcome, vstate)
 

@@ -52,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar, cast
 
+from ._driver import pymssql_autocommit
 from ._driver import rollback as driver_rollback
 from .classify import (
     DEFAULT_CLASSIFIER,
@@ -145,10 +146,7 @@ def _raw(conn: Any) -> Any:
 
 def _pymssql_mode(conn: Any) -> bool | None:
     """For a pymssql connection: its autocommit state; None for any other driver."""
-    raw = _raw(conn)
-    if not (type(raw).__module__.startswith("pymssql") or getattr(raw, "_split_commit", False)):
-        return None
-    return bool(getattr(raw, "autocommit_state", False))
+    return pymssql_autocommit(_raw(conn))
 
 
 def _execute(conn: Any, sql: str) -> None:
@@ -442,24 +440,12 @@ def _resolve_ambiguous(
     classifier: Classifier,
 ) -> RetryPolicy | _Landed:
     """Decide what an ambiguous commit means; returns the next policy state or _Landed."""
+    decided = _before_verify(pool, outcome, state, idempotent=idempotent,
+                             verify=verify is not None, classifier=classifier)
+    if decided is not None:
+        return decided
+    assert verify is not None        # without one, _before_verify raised
     exc = outcome.error
-    first_result = outcome.result
-    info = classifier.classify(exc)
-    logger.warning(
-        "connection lost while COMMIT was in flight (%s): outcome unknown", info.describe()
-    )
-    _commit_unknown(pool, info, state, idempotent=idempotent, verify=verify is not None)
-    if idempotent:
-        return _next_or_exhausted(state, exc, "idempotent unit re-run after an unknown commit")
-    if verify is None:
-        record_state = _record(state, exc)
-        raise CommitUnknownError(
-            "the connection was lost while COMMIT was in flight: the unit may or may not "
-            f"have been applied ({info.describe()}). It was not re-run. Pass verify= or "
-            "idempotent=True to let mssql_pool find out.",
-            original=exc,
-            attempts=record_state,
-        ) from exc
     # verify= on a fresh connection, itself retried under the same policy.
     vstate = state
     while True:
@@ -471,19 +457,56 @@ def _resolve_ambiguous(
             try:
                 vstate = _retrying(pool, vstate.increment(verr))
             except Exception as final:
-                raise CommitUnknownError(
-                    "the connection was lost while COMMIT was in flight and verify() could "
-                    f"not tell whether the unit landed: {type(final).__name__}: {final}",
-                    original=exc,
-                    attempts=_record(vstate, exc),
-                ) from exc
+                raise _verify_gave_up(vstate, exc, final) from exc
             vstate.wait()
             vstate = vstate.begin()
+    return _after_verify(landed, outcome, vstate)
+
+
+def _before_verify(pool: Any, outcome: _CommitOutcome, state: RetryPolicy, *,
+                   idempotent: bool, verify: bool, classifier: Classifier) -> RetryPolicy | None:
+    """The steps of an ambiguous commit before ``verify=`` runs (sync and async alike): log
+    and count it, re-run an idempotent unit (the next policy state), or raise
+    :class:`CommitUnknownError` when there is no ``verify=``. None: run ``verify``."""
+    exc = outcome.error
+    info = classifier.classify(exc)
+    logger.warning(
+        "connection lost while COMMIT was in flight (%s): outcome unknown", info.describe()
+    )
+    _commit_unknown(pool, info, state, idempotent=idempotent, verify=verify)
+    if idempotent:
+        return _next_or_exhausted(state, exc, "idempotent unit re-run after an unknown commit")
+    if not verify:
+        raise CommitUnknownError(
+            "the connection was lost while COMMIT was in flight: the unit may or may not "
+            f"have been applied ({info.describe()}). It was not re-run. Pass verify= or "
+            "idempotent=True to let mssql_pool find out.",
+            original=exc,
+            attempts=_record(state, exc),
+        ) from exc
+    return None
+
+
+def _verify_gave_up(vstate: RetryPolicy, exc: BaseException,
+                    final: BaseException) -> CommitUnknownError:
+    """The error when ``verify=`` itself failed until the policy gave up."""
+    return CommitUnknownError(
+        "the connection was lost while COMMIT was in flight and verify() could "
+        f"not tell whether the unit landed: {type(final).__name__}: {final}",
+        original=exc,
+        attempts=_record(vstate, exc),
+    )
+
+
+def _after_verify(landed: bool, outcome: _CommitOutcome,
+                  vstate: RetryPolicy) -> RetryPolicy | _Landed:
+    """What ``verify=``'s answer means: the unit landed (its first result stands), or it
+    is re-run under the policy."""
     if landed:
         logger.warning("verify() says the unit landed despite the lost COMMIT; not re-running")
-        return _Landed(first_result)
+        return _Landed(outcome.result)
     logger.warning("verify() says the unit did not land; re-running it")
-    return _next_or_exhausted(vstate, exc, "re-run after verify() returned False")
+    return _next_or_exhausted(vstate, outcome.error, "re-run after verify() returned False")
 
 
 def _record(state: RetryPolicy, exc: BaseException) -> tuple[Any, ...]:

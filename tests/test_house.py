@@ -97,3 +97,51 @@ def test_the_test_server_has_no_import_cycles_hidden_in_functions() -> None:
     found = [hit for path in sorted(testing.glob("*.py"))
              for hit in _imports_inside_functions(path)]
     assert found == ["__init__.py:23 from ."], found
+
+
+#: pymssql's private surface and FreeTDS's wording: known to ``mssql_pool/_driver.py`` only.
+_DRIVER_ATTRIBUTES = {"init_procedure", "execute_non_query", "_split_commit"}
+#: The texts that code matches FreeTDS's and pymssql's messages with.
+_DRIVER_TEXTS = ("DBPROCESS is dead", "Not connected to any MS SQL server", "DB-Lib error message")
+#: Modules that import pymssql itself: the driver boundary, the opening of a connection,
+#: the command's diagnosis and the SQLAlchemy dialect built on pymssql's.
+_IMPORT_PYMSSQL = {"_driver.py", "_connect.py", "_check.py", "sqlalchemy_async.py", "backends.py"}
+
+
+def _driver_knowledge(path: Path) -> list[str]:
+    """Code (not docstrings or comments) in ``path`` that speaks pymssql's private API."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}
+    found: list[str] = []
+    for node in ast.walk(tree):
+        where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+        if isinstance(node, ast.Attribute) and node.attr in _DRIVER_ATTRIBUTES:
+            found.append(f"{where} .{node.attr}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and id(node) not in docstrings:
+            if node.value in _DRIVER_ATTRIBUTES or node.value.startswith(_DRIVER_TEXTS):
+                found.append(f"{where} {node.value[:40]!r}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr == "startswith" and any(
+                    isinstance(a, ast.Constant) and a.value == "pymssql" for a in node.args):
+            found.append(f"{where} a pymssql connection told by its module name")
+        elif isinstance(node, (ast.Import, ast.ImportFrom)) and path.name not in _IMPORT_PYMSSQL:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) \
+                else [node.module or ""]
+            if any(n.split(".")[0] == "pymssql" for n in names):
+                found.append(f"{where} import pymssql")
+    return found
+
+
+def test_pymssql_and_freetds_quirks_live_in_the_driver_module() -> None:
+    """``_driver.py`` is the one boundary to the driver: no other module of the package
+    calls pymssql's private ``_conn`` methods, matches FreeTDS's messages, tests for a
+    pymssql connection by its module name or builds pymssql's exceptions."""
+    package = ROOT / "mssql_pool"
+    paths = [p for p in sorted(package.glob("*.py")) + sorted(package.glob("demo/*.py"))
+             if p.name != "_driver.py"]
+    found = [hit for path in paths for hit in _driver_knowledge(path)]
+    assert found == [], found

@@ -17,7 +17,8 @@ from fakedb import FakeClock, FakeDB
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mssql_pool import CircuitBreaker, ConfigError, ConnectionPool, PoolTimeout
+from mssql_pool import ConfigError, ConnectionPool, PoolTimeout
+from mssql_pool.breaker import CircuitBreaker
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 

@@ -1,4 +1,4 @@
-"""Endpoints: order, stickiness, per-endpoint circuits, throttling holds, redirect errors.
+"""The endpoint router: order, stickiness, per-endpoint circuits, throttling holds, redirect errors.
 
 A fake network dials instead of pymssql (no sockets); errors have pymssql's connect shape
 ``OperationalError((number, b"text"))`` with FreeTDS's real texts, seen against the TDS
@@ -17,7 +17,7 @@ from mssql_pool.config import make_config
 from mssql_pool.endpoints import (
     DEFAULT_ENDPOINT_BREAKER,
     Endpoint,
-    Endpoints,
+    EndpointRouter,
     Landing,
     is_failover_error,
     make_endpoints,
@@ -91,9 +91,9 @@ class FakeNet:
         return [d["server"] for d in self.dials]
 
 
-def endpoints(clock: FakeClock, *partners: str, **kw: Any) -> Endpoints:
+def endpoints(clock: FakeClock, *partners: str, **kw: Any) -> EndpointRouter:
     kw.setdefault("breaker", {"failure_threshold": 1, "reset_timeout": 5.0})
-    return Endpoints([Endpoint.parse(p) for p in partners], primary_from_conninfo=True,
+    return EndpointRouter([Endpoint.parse(p) for p in partners], primary_from_conninfo=True,
                      clock=clock, name="t", **kw)
 
 

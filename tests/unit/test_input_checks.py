@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from mssql_pool import CircuitBreaker, ConfigError, ConnectionPool, MssqlPoolError
+from mssql_pool import ConfigError, ConnectionPool, MssqlPoolError
 from mssql_pool._dsn import parse_conninfo, redact, redact_conninfo
+from mssql_pool.breaker import CircuitBreaker
 from mssql_pool.config import MAX_NAME, make_config
 
 SECRET = "S3c retPW"
