@@ -201,8 +201,8 @@ class PoolState:
         self.n_growing = 0       # of which opened for waiters (at most one)
         self.closed = False
         self.generation = 0
-        self.suspect_before = 0  # records whose .trusted is below this are suspect
-        self.ordinal = 0         # last .trusted handed out
+        self.suspect_before = 0  # records whose .vouched is below this are suspect
+        self.ordinal = 0         # last .vouched handed out
         self.seq = 0             # last record number
         self.waiter_seq = 0
         self.next_connect_at = -_INF   # no connect starts before this (backoff)
@@ -235,7 +235,7 @@ class PoolState:
             if idle:
                 rec = idle[-1]
                 if (now - rec.returned_at < self.validate_after
-                        and rec.trusted >= self.suspect_before and now < rec.expires_at
+                        and rec.vouched >= self.suspect_before and now < rec.expires_at
                         and rec.generation == self.generation):
                     idle.pop()
                     rec.state = _BUSY
@@ -380,7 +380,7 @@ class PoolState:
             if error is None:
                 if self.suspect_before == mark:
                     self.ordinal += 1
-                    rec.trusted = self.ordinal
+                    rec.vouched = self.ordinal
                 rec.returned_at = now
                 st.requests_num += 1
                 if waiter is not None:
@@ -498,7 +498,7 @@ class PoolState:
                 self.seq += 1
                 rec.seq = self.seq
             self.ordinal += 1
-            rec.trusted = self.ordinal
+            rec.vouched = self.ordinal
             rec.generation = self.generation
             rec.returned_at = rec.pinged_at = now
             st = self.stats
@@ -623,7 +623,7 @@ class PoolState:
                 rec.pinged_at = now
                 if self.suspect_before == mark:
                     self.ordinal += 1
-                    rec.trusted = self.ordinal
+                    rec.vouched = self.ordinal
                 if self.closed:
                     self.n_busy -= 1
                     self._drop(rec)
@@ -732,7 +732,7 @@ class PoolState:
     def _needs_check(self, rec: ConnectionRecord, now: float) -> bool:
         if not self.has_check:
             return False
-        if rec.trusted < self.suspect_before or now - rec.returned_at >= self.validate_after:
+        if rec.vouched < self.suspect_before or now - rec.returned_at >= self.validate_after:
             self.stats.checks_run += 1
             return True
         self.stats.checks_skipped += 1

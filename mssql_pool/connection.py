@@ -86,16 +86,16 @@ class ConnectionRecord:
 
     __slots__ = (
         "raw", "seq", "generation", "created_at", "expires_at", "returned_at", "checkout_at",
-        "state", "flags", "dead", "_info", "autocommit", "stack", "leak_warned", "pid",
+        "state", "flags", "discard_reason", "_info", "autocommit", "stack", "leak_warned", "pid",
         "pinged_at", "conn_properties", "landing", "replay_timeout",
-        "trusted", "free", "learn", "reading", "close_code",
+        "vouched", "free", "learn", "reading", "close_code",
     )
 
     def __init__(self, raw: Any, seq: int, generation: int, now: float, expires_at: float,
                  autocommit: bool | None, pid: int) -> None:
         self.raw = raw
         self.seq = seq                    # creation order (the #n in logs)
-        self.trusted = seq                # ordinal of its opening or last passed check;
+        self.vouched = seq                # ordinal of its opening or last passed check;
                                           # suspect when below the pool's mark
         self.generation = generation      # drain() bumps the pool's generation
         self.close_code: str | None = None   # discard reason code for the event (events.py)
@@ -105,7 +105,7 @@ class ConnectionRecord:
         self.checkout_at = now
         self.state = ConnState.IDLE
         self.flags = 0                    # reset bits since the last reset
-        self.dead: str | None = None      # why it must be discarded
+        self.discard_reason: str | None = None   # set when it must be discarded: why
         self._info: dict[str, Any] | None = None
         self.autocommit = autocommit      # mode at creation, restored by a full reset
         self.stack: str | None = None     # checkout stack, kept only with leak_timeout
@@ -137,7 +137,8 @@ class ConnectionRecord:
         return self._info
 
     def __repr__(self) -> str:
-        return f"<ConnectionRecord #{self.seq} {self.state.value}{' dead' if self.dead else ''}>"
+        doomed = " to discard" if self.discard_reason else ""
+        return f"<ConnectionRecord #{self.seq} {self.state.value}{doomed}>"
 
 
 def _driver_error(pool: ConnectionPool, rec: ConnectionRecord, exc: BaseException) -> None:
@@ -349,8 +350,8 @@ class PooledConnection:
     def invalidate(self, reason: str | None = None) -> None:
         """Mark the connection dead: it is closed, not reused, when it comes back."""
         rec = self.record
-        if rec is not None and rec.dead is None:
-            rec.dead = reason or "invalidated by its user"
+        if rec is not None and rec.discard_reason is None:
+            rec.discard_reason = reason or "invalidated by its user"
 
     def mark_session_changed(self) -> None:
         """Ask for a full session reset on return (after using ``raw`` directly)."""
@@ -373,7 +374,7 @@ class PooledConnection:
     @property
     def invalidated(self) -> bool:
         rec = self.record
-        return rec is not None and rec.dead is not None
+        return rec is not None and rec.discard_reason is not None
 
     @property
     def info(self) -> dict[str, Any]:

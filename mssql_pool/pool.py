@@ -353,7 +353,7 @@ class ConnectionPool:
             raise PoolError(f"{conn!r} does not belong to pool {self.name!r}")
         conn.record = None
         conn.lender = None  # type: ignore[assignment]  # a returned proxy keeps no pool alive
-        reason = rec.dead
+        reason = rec.discard_reason
         done = NONE
         flags = rec.flags
         bus = self.events
@@ -436,8 +436,8 @@ class ConnectionPool:
             logger.exception("pool %r: classifying an error failed", self.name)
             return
         if dead:
-            if rec.dead is None:
-                rec.dead = f"disconnected: {redact(exc)}"
+            if rec.discard_reason is None:
+                rec.discard_reason = f"disconnected: {redact(exc)}"
                 self.state.count("connections_lost")
             self.mark_suspects()
         elif _endpoints.is_failover_error(exc):
@@ -453,8 +453,8 @@ class ConnectionPool:
         timeout = rec.replay_timeout
         rec.replay_timeout = NO_REPLAY     # never again through another cursor of ``rec``
         self.report_error(rec, error)
-        if rec.dead is None:               # a classifier that does not call it a disconnect
-            rec.dead = f"dead at its first statement: {redact(error)}"
+        if rec.discard_reason is None:   # a classifier that does not call it a disconnect
+            rec.discard_reason = f"dead at its first statement: {redact(error)}"
             self.state.count("connections_lost")
         self.mark_suspects()
         self.putconn(conn)
