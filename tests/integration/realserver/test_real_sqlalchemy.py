@@ -106,7 +106,12 @@ def test_orm_end_to_end(engine: Engine) -> None:
 def test_orm_deadlock_victim_is_rerun(engine: Engine) -> None:
     """Two ORM units update two rows in opposite orders: one is the deadlock victim (1205;
     on Babelfish its transaction is already gone, so a plain rollback would raise 3903).
-    run_transaction re-runs it; both land exactly once."""
+    run_transaction re-runs it; both land exactly once.
+
+    The increments are SQL expressions (``balance = balance + 1``), not a read in Python and a
+    literal write: under Babelfish's snapshot reads a read-modify-write of the re-run can read
+    the winner's row before the winner commits and write back a stale value (a lost update
+    the workload makes, not the pool). On SQL Server the read blocks instead."""
     Base.metadata.create_all(engine)
     factory = sessionmaker(engine)
     with factory.begin() as session:
@@ -117,11 +122,11 @@ def test_orm_deadlock_victim_is_rerun(engine: Engine) -> None:
 
     def unit(session: Session, who: int, first: int, second: int) -> None:
         attempts[who] += 1
-        session.get(Owner, first).balance += 1
+        session.get(Owner, first).balance = Owner.balance + 1
         session.flush()
         if attempts[who] == 1:
             barrier.wait()      # both hold their first row: a certain deadlock
-        session.get(Owner, second).balance += 1
+        session.get(Owner, second).balance = Owner.balance + 1
         session.flush()
 
     def run(who: int, first: int, second: int) -> None:
