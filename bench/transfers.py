@@ -1,6 +1,8 @@
 """Money transfers through ``run_transaction`` on a real server: transfers per second.
 
-Eight threads (``--threads``) move money between ten accounts for ``--seconds`` through
+Eight threads (``--threads``) move money between ten accounts (``--accounts``; the fewer,
+the more often two units lock the same rows in opposite orders and one is a deadlock
+victim, re-run by ``run_transaction``) for ``--seconds`` through
 one ``ConnectionPool`` with default options, then the same with ``?autocommit=true``.
 Each unit: two UPDATEs and a ledger INSERT, committed by ``run_transaction``. Prints the
 committed units, the logins the pool made (a login per unit means every commit cost the
@@ -22,18 +24,18 @@ import pymssql
 import mssql_pool
 from mssql_pool._dsn import parse_conninfo
 
-ACCOUNTS = 10
 INITIAL = 1000
 
 
-def run(url: str, threads: int, seconds: float, autocommit: bool) -> dict[str, Any]:
+def run(url: str, threads: int, seconds: float, autocommit: bool,
+        accounts: int = 10) -> dict[str, Any]:
     table = f"bench_xfer_{uuid.uuid4().hex[:8]}"
     kw = parse_conninfo(url)
     admin = pymssql.connect(**{**kw, "autocommit": True})
     cur = admin.cursor()
     cur.execute(f"CREATE TABLE dbo.{table} (id INT PRIMARY KEY, balance BIGINT NOT NULL)")
     cur.execute(f"CREATE TABLE dbo.{table}_ledger (tid BIGINT NOT NULL, amount INT NOT NULL)")
-    for i in range(ACCOUNTS):
+    for i in range(accounts):
         cur.execute(f"INSERT INTO dbo.{table} VALUES (%d, %d)", (i, INITIAL))
     counts = [0] * threads
     stop = threading.Event()
@@ -48,7 +50,7 @@ def run(url: str, threads: int, seconds: float, autocommit: bool) -> dict[str, A
         n = 0
         while not stop.is_set():
             n += 1
-            src, dst = (n + w) % ACCOUNTS, (n * 7 + w + 1) % ACCOUNTS
+            src, dst = (n + w) % accounts, (n * 7 + w + 1) % accounts
             if src != dst:
                 pool.run_transaction(transfer, w * 10_000_000 + n, src, dst, 1 + n % 50)
                 counts[w] += 1
@@ -73,7 +75,7 @@ def run(url: str, threads: int, seconds: float, autocommit: bool) -> dict[str, A
         cur.execute(f"SELECT SUM(balance) FROM dbo.{table}")
         total = cur.fetchone()[0]
         return {"units": sum(counts), "seconds": elapsed, "logins": logins,
-                "money_ok": total == ACCOUNTS * INITIAL}
+                "money_ok": total == accounts * INITIAL}
     finally:
         cur.execute(f"DROP TABLE IF EXISTS dbo.{table}")
         cur.execute(f"DROP TABLE IF EXISTS dbo.{table}_ledger")
@@ -85,11 +87,12 @@ def main() -> None:
     ap.add_argument("--url", required=True)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--accounts", type=int, default=10)
     args = ap.parse_args()
     print(f"| pool | units in {args.seconds:g} s | units/s | logins during the run | money ok |")
     print("| --- | ---: | ---: | ---: | --- |")
     for autocommit in (False, True):
-        r = run(args.url, args.threads, args.seconds, autocommit)
+        r = run(args.url, args.threads, args.seconds, autocommit, args.accounts)
         name = "autocommit=true" if autocommit else "default"
         print(f"| {name} | {r['units']} | {r['units'] / r['seconds']:.0f} | {r['logins']} "
               f"| {r['money_ok']} |")
