@@ -55,6 +55,7 @@ from .errors import PoolTimeout as _PoolTimeout
 from .pool import ConnectionPool
 from .reset import SESSION, rollback_work, scan_sql
 from .retry import RetryPolicy
+from .transaction import _check_unit
 from .transaction import run_transaction as _run_transaction
 
 __all__ = [
@@ -690,10 +691,7 @@ def run_transaction(
     ``verify(session) -> bool`` (run in a fresh session) says whether the unit landed.
     SQLAlchemy's ``DBAPIError`` wrappers are classified by their ``.orig``.
     """
-    if not callable(fn):
-        raise ConfigError("fn", f"must be callable, got {fn!r}")
-    if verify is not None and not callable(verify):
-        raise ConfigError("verify", f"must be callable(session) -> bool, got {verify!r}")
+    _check_unit(fn, verify, target="session")
     source = _UnitSource(_opener(session_factory_or_engine))
 
     def unit(u: _Unit) -> T:
