@@ -157,6 +157,29 @@ def test_create_async_engine_validates_its_arguments(tds_server: Any) -> None:
 
 # --------------------------------------------------------------------------- run_transaction
 
+def test_async_run_transaction_checks_its_arguments(tds_server: Any) -> None:
+    async def noop(target: Any) -> None:
+        return None
+
+    async def main() -> None:
+        engine = engine_for(tds_server, min_size=0)
+        try:
+            with pytest.raises(ConfigError, match="not an AsyncSession: every attempt"):
+                await run_transaction(async_sessionmaker(engine)(), noop)
+            with pytest.raises(ConfigError, match="must be an async_sessionmaker .*got int"):
+                await run_transaction(42, noop)
+            with pytest.raises(ConfigError, match="returned str, not an AsyncSession"):
+                await run_transaction(lambda: "nope", noop)
+            with pytest.raises(ConfigError, match="fn: must be an async callable, got"):
+                await run_transaction(engine, "not callable")  # type: ignore[arg-type]
+            with pytest.raises(ConfigError, match=r"verify: must be an async callable\(session\)"):
+                await run_transaction(engine, noop, verify=1)  # type: ignore[arg-type]
+        finally:
+            await shutdown(engine)
+
+    asyncio.run(main())
+
+
 def test_async_run_transaction_reruns_and_reports_unknown_commits(tds_server: Any) -> None:
     records: list[Any] = []
 
