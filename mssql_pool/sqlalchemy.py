@@ -646,23 +646,30 @@ class _UnitSource:
 
 
 def _opener(source: Any) -> Callable[[], Session | Connection]:
-    if isinstance(source, Engine):
-        return source.connect
-    if isinstance(source, Session):
+    return _opener_for(source, Engine, Session, "a Session",
+                       "a sessionmaker (or callable returning a Session) or an Engine")
+
+
+def _opener_for(source: Any, engine: type[Any], session: type[Any], a_session: str,
+                accepted: str) -> Callable[[], Any]:
+    """How each attempt of a unit opens what ``fn`` is given (sync and async alike): an
+    ``engine``'s ``connect``, or a session factory's call checked to give a new
+    ``session``. ``a_session`` and ``accepted`` name them in the errors."""
+    if isinstance(source, engine):
+        return cast(Callable[[], Any], source.connect)
+    if isinstance(source, session):
         raise ConfigError("session_factory_or_engine",
-                          "pass a session factory (sessionmaker) or an Engine, not a Session: "
-                          "every attempt needs a fresh one")
+                          f"pass {accepted}, not {a_session}: every attempt needs a fresh one")
     if callable(source):
-        def open_session() -> Session:
-            session = source()
-            if not isinstance(session, Session):
+        def open_session() -> Any:
+            made = source()
+            if not isinstance(made, session):
                 raise ConfigError("session_factory_or_engine",
-                                  f"the factory returned {type(session).__name__}, not a Session")
-            return session
+                                  f"the factory returned {type(made).__name__}, not {a_session}")
+            return made
         return open_session
     raise ConfigError("session_factory_or_engine",
-                      f"must be a sessionmaker (or callable returning a Session) or an Engine, "
-                      f"got {type(source).__name__}")
+                      f"must be {accepted}, got {type(source).__name__}")
 
 
 def run_transaction(

@@ -64,6 +64,7 @@ from .sqlalchemy import (
     _engine_timeout,
     _EngineConnection,
     _Gauges,
+    _opener_for,
     _translate_pool_args,
 )
 from .transaction import (
@@ -453,24 +454,9 @@ def create_async_engine(url: str | URL, *, pool: AsyncConnectionPool | None = No
 # --------------------------------------------------------------------------- run_transaction
 
 def _opener(source: Any) -> Callable[[], AsyncSession | SAAsyncConnection]:
-    if isinstance(source, AsyncEngine):
-        return source.connect
-    if isinstance(source, AsyncSession):
-        raise ConfigError("session_factory_or_engine",
-                          "pass an async_sessionmaker or an AsyncEngine, not an AsyncSession: "
-                          "every attempt needs a fresh one")
-    if callable(source):
-        def open_session() -> AsyncSession:
-            session = source()
-            if not isinstance(session, AsyncSession):
-                raise ConfigError("session_factory_or_engine",
-                                  f"the factory returned {type(session).__name__}, "
-                                  "not an AsyncSession")
-            return session
-        return open_session
-    raise ConfigError("session_factory_or_engine",
-                      f"must be an async_sessionmaker or an AsyncEngine, got "
-                      f"{type(source).__name__}")
+    return _opener_for(source, AsyncEngine, AsyncSession, "an AsyncSession",
+                       "an async_sessionmaker (or callable returning an AsyncSession) or an "
+                       "AsyncEngine")
 
 
 async def _open(opener: Callable[[], Any]) -> Any:
