@@ -153,6 +153,10 @@ def test_create_async_engine_validates_its_arguments(tds_server: Any) -> None:
         create_async_engine(tds_server.url, min_size=5, max_size=2)
     with pytest.raises(ConfigError, match="poolclass"):
         create_async_engine(tds_server.url, poolclass=sqlalchemy.pool.NullPool)
+    with pytest.raises(ConfigError, match="connect_args: must be a mapping, got str"):
+        create_async_engine(tds_server.url, connect_args="x")
+    with pytest.raises(ConfigError, match="url: no host"):
+        create_async_engine("mssql+pymssql:///db")
 
 
 # --------------------------------------------------------------------------- run_transaction
