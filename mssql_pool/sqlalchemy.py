@@ -451,12 +451,22 @@ def _dialect_url(url: str | URL) -> URL:
     return u.set(drivername=driver)
 
 
-def _conninfo(u: URL, connect_args: Mapping[str, Any]) -> dict[str, Any]:
-    """pymssql.connect keyword arguments for an SQLAlchemy URL, via the pool's own parser."""
-    text = u.set(drivername="mssql").render_as_string(hide_password=False)
-    kwargs = parse_conninfo(text)
-    kwargs.update(connect_args)
-    return kwargs
+def _conninfo(u: URL, kwargs: dict[str, Any], opts: Mapping[str, Any]) -> Any:
+    """The conninfo of the pool an engine creates (sync and async alike): None when the
+    pool options name a ``connect`` factory, else pymssql.connect keyword arguments for
+    the URL, via the pool's own parser, updated with ``connect_args`` (popped from the
+    engine's ``kwargs`` in either case)."""
+    connect_args = kwargs.pop("connect_args", {})
+    if not isinstance(connect_args, Mapping):
+        raise ConfigError("connect_args", f"must be a mapping, got "
+                                          f"{type(connect_args).__name__}")
+    if "connect" in opts:
+        return None
+    if not u.host:
+        raise ConfigError("url", f"no host in {redact(u.render_as_string())}")
+    conninfo = parse_conninfo(u.set(drivername="mssql").render_as_string(hide_password=False))
+    conninfo.update(connect_args)
+    return conninfo
 
 
 def _translate_pool_args(sa_args: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
@@ -533,16 +543,7 @@ def create_engine(url: str | URL, *, pool: ConnectionPool | MssqlPoolAdapter | N
                                       f"got {type(pool).__name__}")
     else:
         adapter_args = _translate_pool_args(sa_pool_args, opts)
-        connect_args = kwargs.pop("connect_args", {})
-        if not isinstance(connect_args, Mapping):
-            raise ConfigError("connect_args", f"must be a mapping, got "
-                                              f"{type(connect_args).__name__}")
-        if "connect" in opts:
-            conninfo: Any = None
-        else:
-            if not u.host:
-                raise ConfigError("url", f"no host in {redact(u.render_as_string())}")
-            conninfo = _conninfo(u, connect_args)
+        conninfo = _conninfo(u, kwargs, opts)
         adapter = MssqlPoolAdapter(ConnectionPool(conninfo, **opts), **adapter_args)
     engine = sqlalchemy.create_engine(u, pool=adapter, **kwargs)
     _read_any_version(engine.dialect)

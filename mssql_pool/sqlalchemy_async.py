@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import pymssql
@@ -49,7 +49,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
-from ._dsn import redact
 from .aio import AsyncConnection, AsyncConnectionPool, _pause, _verified
 from .classify import get_default_classifier
 from .errors import ConfigError
@@ -436,17 +435,7 @@ def create_async_engine(url: str | URL, *, pool: AsyncConnectionPool | None = No
                                       f"{type(pool).__name__}")
         apool = pool
     else:
-        connect_args = kwargs.pop("connect_args", {})
-        if not isinstance(connect_args, Mapping):
-            raise ConfigError("connect_args", f"must be a mapping, got "
-                                              f"{type(connect_args).__name__}")
-        if "connect" in opts:
-            conninfo: Any = None
-        else:
-            if not u.host:
-                raise ConfigError("url", f"no host in {redact(u.render_as_string())}")
-            conninfo = _conninfo(u, connect_args)
-        apool = AsyncConnectionPool(conninfo, **opts)
+        apool = AsyncConnectionPool(_conninfo(u, kwargs, opts), **opts)
     adapter = AsyncMssqlPoolAdapter(apool, **adapter_args)
     return _sa_create_async_engine(u, pool=adapter, **kwargs)
 
