@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 __all__ = [
     "WORK", "SESSION", "DISCARD", "TXN", "HELD", "PENDING", "FAILED", "scan", "tokens",
@@ -116,6 +117,12 @@ _RAW = re.compile(
 )
 
 
+def _unquoted(body: str, close: str) -> str:
+    """A string's or a quoted name's text, from after its opening quote: the closing quote
+    dropped (an unterminated one has none), doubled ones undone."""
+    return (body[:-1] if body.endswith(close) else body).replace(close + close, close)
+
+
 def tokens(text: str) -> list[Token]:
     """Cut ``text`` into tokens (comments and whitespace dropped). Everything is
     lower-cased first: keywords and names compare without case, and the text of a string
@@ -128,19 +135,15 @@ def tokens(text: str) -> list[Token]:
     for t in _RAW.findall(text):
         c = t[0]
         if c == "n" and t[1:2] == "'":
-            body = t[2:]
-            append((STR, (body[:-1] if body.endswith("'") else body).replace("''", "'")))
+            append((STR, _unquoted(t[2:], "'")))
         elif c.isalpha() or c == "_":
             append((WORD, t))
         elif c == "'":
-            body = t[1:]
-            append((STR, (body[:-1] if body.endswith("'") else body).replace("''", "'")))
+            append((STR, _unquoted(t[1:], "'")))
         elif c == "[":
-            body = t[1:-1] if t.endswith("]") and len(t) > 1 else t[1:]
-            append((NAME, body.replace("]]", "]")))
+            append((NAME, _unquoted(t[1:], "]")))
         elif c == '"':
-            body = t[1:-1] if t.endswith('"') and len(t) > 1 else t[1:]
-            append((NAME, body.replace('""', '"')))
+            append((NAME, _unquoted(t[1:], '"')))
         elif c == "@":
             append((VAR, t))
         elif c == "#":
@@ -172,14 +175,11 @@ def _tokens_slow(text: str) -> list[Token]:
             continue
         value = m.group(kind)
         if kind == "str":
-            body = value[2:] if value[0] == "n" else value[1:]
-            append((STR, (body[:-1] if body.endswith("'") else body).replace("''", "'")))
+            append((STR, _unquoted(value[2:] if value[0] == "n" else value[1:], "'")))
         elif kind == "bracket":
-            body = value[1:-1] if value.endswith("]") and len(value) > 1 else value[1:]
-            append((NAME, body.replace("]]", "]")))
+            append((NAME, _unquoted(value[1:], "]")))
         elif kind == "quoted":
-            body = value[1:-1] if value.endswith('"') and len(value) > 1 else value[1:]
-            append((NAME, body.replace('""', '"')))
+            append((NAME, _unquoted(value[1:], '"')))
         else:
             append((_KIND[kind], value))
     return out
@@ -405,11 +405,31 @@ def _scan_tokens(toks: Sequence[Token], depth: int = 0) -> int:
 
 _cache: dict[str, int] = {}
 _CACHE_MAX = 4096
+_V = TypeVar("_V")
 # Fast path: a batch that starts with one of these words and contains none of the hints
 # (lower-cased substrings every rule above needs) is plain work, without tokenizing.
 _PLAIN_START = re.compile(r"\s*(?:select|insert|update|delete|merge)\b")
 _HINTS = ("#", "set", "use", "exec", "commit", "rollback", "tran", "context_info", "cursor",
           "dbcc", "sp_", "revert", "symmetric", "master")
+
+
+def _text(sql: object) -> str:
+    """A batch as text: bytes are decoded as UTF-8, anything else is ``str()``'d."""
+    if isinstance(sql, str):
+        return sql
+    if isinstance(sql, (bytes, bytearray)):
+        return bytes(sql).decode("utf-8", "replace")
+    return str(sql)
+
+
+def _remember(cache: dict[str, _V], sql: object, value: _V) -> _V:
+    """Keep ``value`` for the statement text ``sql`` (only a str is kept; the cache is
+    emptied when full); returns ``value``."""
+    if isinstance(sql, str):
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[sql] = value
+    return value
 
 
 def scan(sql: object) -> int:
@@ -420,19 +440,13 @@ def scan(sql: object) -> int:
     cached: int | None = _cache.get(sql)  # type: ignore[call-overload]
     if cached is not None:
         return cached
-    text = sql if isinstance(sql, str) else (
-        bytes(sql).decode("utf-8", "replace") if isinstance(sql, (bytes, bytearray))
-        else str(sql))
+    text = _text(sql)
     low = text.lower()
     if _PLAIN_START.match(low) and not any(h in low for h in _HINTS):
         flags = WORK
     else:
         flags = _scan_tokens(tokens(text))
-    if isinstance(sql, str):
-        if len(_cache) >= _CACHE_MAX:
-            _cache.clear()
-        _cache[sql] = flags
-    return flags
+    return _remember(_cache, sql, flags)
 
 
 def describe(flags: int) -> str:
@@ -522,15 +536,9 @@ def pure_read(sql: object) -> bool:
     cached: bool | None = _read_cache.get(sql)  # type: ignore[call-overload]
     if cached is not None:
         return cached
-    text = sql if isinstance(sql, str) else (
-        bytes(sql).decode("utf-8", "replace") if isinstance(sql, (bytes, bytearray))
-        else str(sql))
+    text = _text(sql)
     result = not scan(text) & ~WORK and _pure_read_tokens(tokens(text))
-    if isinstance(sql, str):
-        if len(_read_cache) >= _CACHE_MAX:
-            _read_cache.clear()
-        _read_cache[sql] = result
-    return result
+    return _remember(_read_cache, sql, result)
 
 
 _stmt_cache: dict[str, int] = {}
@@ -543,8 +551,4 @@ def statement_flags(sql: object) -> int:
     if cached is not None:
         return cached
     flags = scan(sql) | (0 if pure_read(sql) else HELD)
-    if isinstance(sql, str):
-        if len(_stmt_cache) >= _CACHE_MAX:
-            _stmt_cache.clear()
-        _stmt_cache[sql] = flags
-    return flags
+    return _remember(_stmt_cache, sql, flags)

@@ -42,7 +42,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar, cast
 
 from ._dsn import redact
-from .classify import Classifier, get_default_classifier
+from .classify import Classifier
 from .config import Conninfo
 from .connection import PooledConnection, PooledCursor
 from .errors import (
@@ -60,16 +60,17 @@ from .transaction import (
     _after_verify,
     _before_verify,
     _begin,
-    _check_policy,
+    _check_unit,
     _commit,
     _CommitOutcome,
     _isolation_sql,
     _Landed,
     _retrying,
     _rollback,
+    _start,
     _unit_error_info,
     _users_own,
-    _verify_gave_up,
+    _verify_failed,
 )
 
 __all__ = ["AsyncConnection", "AsyncConnectionPool", "AsyncCursor", "run_transaction"]
@@ -1006,27 +1007,18 @@ async def run_transaction(
     in flight is cancelled on the server and the connection is discarded (its session
     ends, which rolls back). If the cancellation hit COMMIT, the unit may have landed.
     """
-    if not callable(fn):
-        raise ConfigError("fn", f"must be an async callable, got {fn!r}")
-    if verify is not None and not callable(verify):
-        raise ConfigError("verify", f"must be an async callable(conn) -> bool, got {verify!r}")
+    _check_unit(fn, verify, kind="an async callable")
     iso = _isolation_sql(isolation_level)
-    base = _check_policy(policy)
-    classifier = base.classifier if base.classifier is not None else get_default_classifier()
-    state = base.begin()
+    state, classifier = _start(policy)
     while True:
         try:
             return cast(T, await _one_unit(pool, fn, args, kwargs, iso, classifier, state))
         except _CommitOutcome as outcome:
-            exc = outcome.error
-            if not outcome.ambiguous:
-                state = _retrying(pool, state.increment(exc))
-            else:
-                decided = await _resolve_ambiguous(pool, outcome, state, idempotent=idempotent,
-                                                   verify=verify, classifier=classifier)
-                if isinstance(decided, _Landed):
-                    return cast(T, decided.result)
-                state = _retrying(pool, decided)
+            decided = await _resolve_commit(pool, outcome, state, idempotent=idempotent,
+                                            verify=verify, classifier=classifier)
+            if isinstance(decided, _Landed):
+                return cast(T, decided.result)
+            state = _retrying(pool, decided)
         except Exception as exc:
             if _users_own(exc, classifier):
                 raise          # the application's own error, rolled back: never retried
@@ -1069,7 +1061,7 @@ async def _one_unit(pool: AsyncConnectionPool, fn: Callable[..., Awaitable[Any]]
         await pool.putconn(conn)
 
 
-async def _resolve_ambiguous(
+async def _resolve_commit(
     pool: AsyncConnectionPool,
     outcome: _CommitOutcome,
     state: RetryPolicy,
@@ -1083,22 +1075,30 @@ async def _resolve_ambiguous(
     if decided is not None:
         return decided
     assert verify is not None        # without one, _before_verify raised
-    exc = outcome.error
+
+    async def check(vstate: RetryPolicy) -> bool:      # verify= on a fresh connection
+        vconn = await _acquire(pool, vstate)
+        try:
+            return bool(await verify(vconn))
+        finally:
+            await pool.putconn(vconn)
+
+    return await _verified(pool, check, outcome, state)
+
+
+async def _verified(pool: AsyncConnectionPool | None,
+                    check: Callable[[RetryPolicy], Awaitable[bool]], outcome: _CommitOutcome,
+                    state: RetryPolicy) -> RetryPolicy | _Landed:
+    """Await ``check`` (``verify=`` on a fresh connection) under the unit's policy until it
+    answers; what the answer means (:func:`~mssql_pool.transaction._after_verify`)."""
     vstate = state
     while True:
         try:
-            vconn = await _acquire(pool, vstate)
-            try:
-                landed = bool(await verify(vconn))
-            finally:
-                await pool.putconn(vconn)
+            landed = await check(vstate)
             break
         except Exception as verr:
-            try:
-                vstate = _retrying(pool, vstate.increment(verr))
-            except Exception as final:
-                raise _verify_gave_up(vstate, exc, final) from exc
-            await _pause(vstate)
-            vstate = vstate.begin()
+            vstate = _verify_failed(pool, vstate, verr, outcome.error)
+        await _pause(vstate)
+        vstate = vstate.begin()
     return _after_verify(landed, outcome, vstate)
 

@@ -265,22 +265,19 @@ _RANK = {kind: i for i, kind in enumerate(_PRECEDENCE)}
 
 def _default_number_kinds() -> dict[int, ErrorKind]:
     kinds: dict[int, ErrorKind] = {}
-    for n in EFCORE_TRANSIENT | AZURE_TRANSIENT:
-        kinds[n] = ErrorKind.TRANSIENT
-    for n in DISCONNECT_NUMBERS:
-        kinds[n] = ErrorKind.DISCONNECT
-    for n in THROTTLED_NUMBERS:
-        kinds[n] = ErrorKind.THROTTLED
-    for n in DEADLOCK_NUMBERS:
-        kinds[n] = ErrorKind.DEADLOCK
-    for n in LOCK_TIMEOUT_NUMBERS:
-        kinds[n] = ErrorKind.LOCK_TIMEOUT
-    for n in QUERY_TIMEOUT_NUMBERS:
-        kinds[n] = ErrorKind.QUERY_TIMEOUT
-    for n in AUTH_NUMBERS:
-        kinds[n] = ErrorKind.AUTH
-    for n in PROGRAMMING_NUMBERS:
-        kinds[n] = ErrorKind.PROGRAMMING
+    # A number in several lists gets the kind of the last one (64 is transient and a
+    # disconnect: a disconnect).
+    for numbers, kind in (
+        (EFCORE_TRANSIENT | AZURE_TRANSIENT, ErrorKind.TRANSIENT),
+        (DISCONNECT_NUMBERS, ErrorKind.DISCONNECT),
+        (THROTTLED_NUMBERS, ErrorKind.THROTTLED),
+        (DEADLOCK_NUMBERS, ErrorKind.DEADLOCK),
+        (LOCK_TIMEOUT_NUMBERS, ErrorKind.LOCK_TIMEOUT),
+        (QUERY_TIMEOUT_NUMBERS, ErrorKind.QUERY_TIMEOUT),
+        (AUTH_NUMBERS, ErrorKind.AUTH),
+        (PROGRAMMING_NUMBERS, ErrorKind.PROGRAMMING),
+    ):
+        kinds.update(dict.fromkeys(numbers, kind))
     return kinds
 
 

@@ -57,10 +57,8 @@ without a login: open circuit or throttling hold).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -68,6 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._driver import routed_address
 from ._dsn import redact
+from ._fork import ForkRegistry
 from .breaker import CircuitBreaker
 from .classify import ErrorKind, classify
 from .errors import CircuitOpenError, ConfigError, RedirectError
@@ -691,19 +690,7 @@ class EndpointRouter:
 #: The router's old name (easy to confuse with :class:`Endpoint`, one address).
 Endpoints = EndpointRouter
 
-_instances: weakref.WeakSet[EndpointRouter] = weakref.WeakSet()
-
-
-def _after_fork() -> None:
-    for eps in list(_instances):
-        try:
-            eps._after_fork_in_child()
-        except Exception:  # pragma: no cover - must never break the child
-            pass
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+_instances: ForkRegistry[EndpointRouter] = ForkRegistry()
 
 
 def _endpoint_healthy(exc: BaseException) -> bool:
@@ -860,4 +847,3 @@ def make_endpoints(config: Any) -> EndpointRouter | None:
 def circuit_open(exc: BaseException) -> bool:
     """True for a fast failure without a login (nothing to warn about per attempt)."""
     return isinstance(exc, CircuitOpenError)
-

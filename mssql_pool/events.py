@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextvars
 import enum
 import logging
-import os
 import threading
 import time
 import weakref
@@ -51,6 +50,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
 
+from ._fork import ForkRegistry
 from .classify import ErrorInfo, classify
 from .errors import ConfigError
 
@@ -631,19 +631,7 @@ def _listener_items(listeners: Iterable[Any]) -> Iterator[tuple[Listener, Any]]:
                                            f"pair, got {item!r}")
 
 
-_buses: weakref.WeakSet[EventBus] = weakref.WeakSet()
-
-
-def _after_fork() -> None:
-    for bus in list(_buses):
-        try:
-            bus._after_fork_in_child()
-        except Exception:  # pragma: no cover - must never break the child
-            pass
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+_buses: ForkRegistry[EventBus] = ForkRegistry()
 
 
 # --------------------------------------------------------------------------- for tests

@@ -25,7 +25,6 @@ parent's connections without touching their sockets and starts afresh.
 from __future__ import annotations
 
 import logging
-import os
 import traceback
 import weakref
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from typing import Any, TypeVar
 from . import endpoints as _endpoints
 from ._connect import Connector, inherited
 from ._dsn import redact
+from ._fork import ForkRegistry
 from ._state import (
     REFUSED_CIRCUIT,
     REFUSED_CLOSED,
@@ -82,7 +82,7 @@ __all__ = ["ConnectionPool"]
 logger = logging.getLogger("mssql_pool.pool")
 T = TypeVar("T")
 
-_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+_pools: ForkRegistry[ConnectionPool] = ForkRegistry()
 _CHECKOUT = EventKind.CHECKOUT
 _CHECKIN = EventKind.CHECKIN
 _RESET_NAMES = {NONE: "none", ROLLBACK: "rollback", FULL: "full", CALLBACK: "callback"}
@@ -634,15 +634,3 @@ class ConnectionPool:
                                    self.endpoints, self._maintenance.wake, self.events)
         if self.config.background and not self.state.closed:
             self._maintenance.start()
-
-
-def _after_fork() -> None:
-    for pool in list(_pools):
-        try:
-            pool._after_fork_in_child()
-        except Exception:  # pragma: no cover - must never break the child
-            pass
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)

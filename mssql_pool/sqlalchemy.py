@@ -55,6 +55,7 @@ from .errors import PoolTimeout as _PoolTimeout
 from .pool import ConnectionPool
 from .reset import SESSION, rollback_work, scan_sql
 from .retry import RetryPolicy
+from .transaction import _check_unit
 from .transaction import run_transaction as _run_transaction
 
 __all__ = [
@@ -450,12 +451,22 @@ def _dialect_url(url: str | URL) -> URL:
     return u.set(drivername=driver)
 
 
-def _conninfo(u: URL, connect_args: Mapping[str, Any]) -> dict[str, Any]:
-    """pymssql.connect keyword arguments for an SQLAlchemy URL, via the pool's own parser."""
-    text = u.set(drivername="mssql").render_as_string(hide_password=False)
-    kwargs = parse_conninfo(text)
-    kwargs.update(connect_args)
-    return kwargs
+def _conninfo(u: URL, kwargs: dict[str, Any], opts: Mapping[str, Any]) -> Any:
+    """The conninfo of the pool an engine creates (sync and async alike): None when the
+    pool options name a ``connect`` factory, else pymssql.connect keyword arguments for
+    the URL, via the pool's own parser, updated with ``connect_args`` (popped from the
+    engine's ``kwargs`` in either case)."""
+    connect_args = kwargs.pop("connect_args", {})
+    if not isinstance(connect_args, Mapping):
+        raise ConfigError("connect_args", f"must be a mapping, got "
+                                          f"{type(connect_args).__name__}")
+    if "connect" in opts:
+        return None
+    if not u.host:
+        raise ConfigError("url", f"no host in {redact(u.render_as_string())}")
+    conninfo = parse_conninfo(u.set(drivername="mssql").render_as_string(hide_password=False))
+    conninfo.update(connect_args)
+    return conninfo
 
 
 def _translate_pool_args(sa_args: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
@@ -532,16 +543,7 @@ def create_engine(url: str | URL, *, pool: ConnectionPool | MssqlPoolAdapter | N
                                       f"got {type(pool).__name__}")
     else:
         adapter_args = _translate_pool_args(sa_pool_args, opts)
-        connect_args = kwargs.pop("connect_args", {})
-        if not isinstance(connect_args, Mapping):
-            raise ConfigError("connect_args", f"must be a mapping, got "
-                                              f"{type(connect_args).__name__}")
-        if "connect" in opts:
-            conninfo: Any = None
-        else:
-            if not u.host:
-                raise ConfigError("url", f"no host in {redact(u.render_as_string())}")
-            conninfo = _conninfo(u, connect_args)
+        conninfo = _conninfo(u, kwargs, opts)
         adapter = MssqlPoolAdapter(ConnectionPool(conninfo, **opts), **adapter_args)
     engine = sqlalchemy.create_engine(u, pool=adapter, **kwargs)
     _read_any_version(engine.dialect)
@@ -645,23 +647,30 @@ class _UnitSource:
 
 
 def _opener(source: Any) -> Callable[[], Session | Connection]:
-    if isinstance(source, Engine):
-        return source.connect
-    if isinstance(source, Session):
+    return _opener_for(source, Engine, Session, "a Session",
+                       "a sessionmaker (or callable returning a Session) or an Engine")
+
+
+def _opener_for(source: Any, engine: type[Any], session: type[Any], a_session: str,
+                accepted: str) -> Callable[[], Any]:
+    """How each attempt of a unit opens what ``fn`` is given (sync and async alike): an
+    ``engine``'s ``connect``, or a session factory's call checked to give a new
+    ``session``. ``a_session`` and ``accepted`` name them in the errors."""
+    if isinstance(source, engine):
+        return cast(Callable[[], Any], source.connect)
+    if isinstance(source, session):
         raise ConfigError("session_factory_or_engine",
-                          "pass a session factory (sessionmaker) or an Engine, not a Session: "
-                          "every attempt needs a fresh one")
+                          f"pass {accepted}, not {a_session}: every attempt needs a fresh one")
     if callable(source):
-        def open_session() -> Session:
-            session = source()
-            if not isinstance(session, Session):
+        def open_session() -> Any:
+            made = source()
+            if not isinstance(made, session):
                 raise ConfigError("session_factory_or_engine",
-                                  f"the factory returned {type(session).__name__}, not a Session")
-            return session
+                                  f"the factory returned {type(made).__name__}, not {a_session}")
+            return made
         return open_session
     raise ConfigError("session_factory_or_engine",
-                      f"must be a sessionmaker (or callable returning a Session) or an Engine, "
-                      f"got {type(source).__name__}")
+                      f"must be {accepted}, got {type(source).__name__}")
 
 
 def run_transaction(
@@ -690,10 +699,7 @@ def run_transaction(
     ``verify(session) -> bool`` (run in a fresh session) says whether the unit landed.
     SQLAlchemy's ``DBAPIError`` wrappers are classified by their ``.orig``.
     """
-    if not callable(fn):
-        raise ConfigError("fn", f"must be callable, got {fn!r}")
-    if verify is not None and not callable(verify):
-        raise ConfigError("verify", f"must be callable(session) -> bool, got {verify!r}")
+    _check_unit(fn, verify, target="session")
     source = _UnitSource(_opener(session_factory_or_engine))
 
     def unit(u: _Unit) -> T:

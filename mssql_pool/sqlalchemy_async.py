@@ -34,11 +34,10 @@ Needs SQLAlchemy with its asyncio extra (greenlet): ``pip install mssql_pool[asy
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import pymssql
@@ -50,13 +49,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
-from ._dsn import redact
-from .aio import AsyncConnection, AsyncConnectionPool
+from .aio import AsyncConnection, AsyncConnectionPool, _pause, _verified
 from .classify import get_default_classifier
 from .errors import ConfigError
 from .errors import PoolTimeout as _PoolTimeout
 from .reset import SESSION
-from .retry import RetryPolicy, is_testing
+from .retry import RetryPolicy
 from .sqlalchemy import (
     _POOL_OPTIONS,
     _SA_POOL_ARGS,
@@ -65,15 +63,15 @@ from .sqlalchemy import (
     _engine_timeout,
     _EngineConnection,
     _Gauges,
+    _opener_for,
     _translate_pool_args,
 )
 from .transaction import (
-    _after_verify,
     _before_verify,
-    _check_policy,
+    _check_unit,
     _CommitOutcome,
     _Landed,
-    _verify_gave_up,
+    _start,
 )
 
 try:  # SQLAlchemy 2.1 renamed await_only
@@ -437,48 +435,17 @@ def create_async_engine(url: str | URL, *, pool: AsyncConnectionPool | None = No
                                       f"{type(pool).__name__}")
         apool = pool
     else:
-        connect_args = kwargs.pop("connect_args", {})
-        if not isinstance(connect_args, Mapping):
-            raise ConfigError("connect_args", f"must be a mapping, got "
-                                              f"{type(connect_args).__name__}")
-        if "connect" in opts:
-            conninfo: Any = None
-        else:
-            if not u.host:
-                raise ConfigError("url", f"no host in {redact(u.render_as_string())}")
-            conninfo = _conninfo(u, connect_args)
-        apool = AsyncConnectionPool(conninfo, **opts)
+        apool = AsyncConnectionPool(_conninfo(u, kwargs, opts), **opts)
     adapter = AsyncMssqlPoolAdapter(apool, **adapter_args)
     return _sa_create_async_engine(u, pool=adapter, **kwargs)
 
 
 # --------------------------------------------------------------------------- run_transaction
 
-async def _pause(state: RetryPolicy) -> None:
-    delay = state.next_delay
-    if delay > 0 and not is_testing():
-        await asyncio.sleep(delay)
-
-
 def _opener(source: Any) -> Callable[[], AsyncSession | SAAsyncConnection]:
-    if isinstance(source, AsyncEngine):
-        return source.connect
-    if isinstance(source, AsyncSession):
-        raise ConfigError("session_factory_or_engine",
-                          "pass an async_sessionmaker or an AsyncEngine, not an AsyncSession: "
-                          "every attempt needs a fresh one")
-    if callable(source):
-        def open_session() -> AsyncSession:
-            session = source()
-            if not isinstance(session, AsyncSession):
-                raise ConfigError("session_factory_or_engine",
-                                  f"the factory returned {type(session).__name__}, "
-                                  "not an AsyncSession")
-            return session
-        return open_session
-    raise ConfigError("session_factory_or_engine",
-                      f"must be an async_sessionmaker or an AsyncEngine, got "
-                      f"{type(source).__name__}")
+    return _opener_for(source, AsyncEngine, AsyncSession, "an AsyncSession",
+                       "an async_sessionmaker (or callable returning an AsyncSession) or an "
+                       "AsyncEngine")
 
 
 async def _open(opener: Callable[[], Any]) -> Any:
@@ -563,33 +530,23 @@ async def run_transaction(
     ``verify(session) -> bool``) are those of :mod:`mssql_pool.transaction`. A cancelled
     call never reports success and discards its connection.
     """
-    if not callable(fn):
-        raise ConfigError("fn", f"must be an async callable, got {fn!r}")
-    if verify is not None and not callable(verify):
-        raise ConfigError("verify", f"must be an async callable(session) -> bool, "
-                                    f"got {verify!r}")
+    _check_unit(fn, verify, kind="an async callable", target="session")
     opener = _opener(session_factory_or_engine)
-    base = _check_policy(policy)
-    classifier = base.classifier if base.classifier is not None else get_default_classifier()
-    state = base.begin()
+    state, classifier = _start(policy)
     while True:
         try:
             return cast(T, await _unit(opener, fn, args, kwargs, state))
         except _CommitOutcome as outcome:
-            exc = outcome.error
-            if not outcome.ambiguous:
-                state = state.increment(exc)
+            rerun = _before_verify(None, outcome, state, idempotent=idempotent,
+                                   verify=verify is not None, classifier=classifier)
+            if rerun is not None:
+                state = rerun
             else:
-                rerun = _before_verify(None, outcome, state, idempotent=idempotent,
-                                       verify=verify is not None, classifier=classifier)
-                if rerun is not None:
-                    state = rerun
-                else:
-                    assert verify is not None    # without one, _before_verify raised
-                    decided = await _verify(opener, verify, outcome, state)
-                    if isinstance(decided, _Landed):
-                        return cast(T, decided.result)
-                    state = decided
+                assert verify is not None    # without one, _before_verify raised
+                decided = await _verify(opener, verify, outcome, state)
+                if isinstance(decided, _Landed):
+                    return cast(T, decided.result)
+                state = decided
         except Exception as exc:
             state = state.increment(exc)
         await _pause(state)
@@ -598,22 +555,12 @@ async def run_transaction(
 
 async def _verify(opener: Callable[[], Any], verify: Callable[[Any], Awaitable[bool]],
                   outcome: _CommitOutcome, state: RetryPolicy) -> RetryPolicy | _Landed:
-    exc = outcome.error
-    vstate = state
-    while True:
+    async def check(vstate: RetryPolicy) -> bool:      # verify= in a fresh session
+        target = await _open(opener)
         try:
-            target = await _open(opener)
-            try:
-                landed = bool(await verify(target))
-            finally:
-                await target.close()
-            break
-        except Exception as verr:
-            try:
-                vstate = vstate.increment(verr)
-            except Exception as final:
-                raise _verify_gave_up(vstate, exc, final) from exc
-            await _pause(vstate)
-            vstate = vstate.begin()
-    return _after_verify(landed, outcome, vstate)
+            return bool(await verify(target))
+        finally:
+            await target.close()
+
+    return await _verified(None, check, outcome, state)
 

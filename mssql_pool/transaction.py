@@ -127,6 +127,24 @@ def _check_policy(policy: RetryPolicy | None) -> RetryPolicy:
     return policy.new() if policy.history or policy.started_at is not None else policy
 
 
+def _check_unit(fn: object, verify: object = None, *, kind: str = "callable",
+                target: str = "conn") -> None:
+    """``fn`` and ``verify=`` must be callables (``kind``: "an async callable" for the
+    asyncio runners; ``target``: what ``verify`` is given)."""
+    if not callable(fn):
+        raise ConfigError("fn", f"must be {kind}, got {fn!r}")
+    if verify is not None and not callable(verify):
+        raise ConfigError("verify", f"must be {kind}({target}) -> bool, got {verify!r}")
+
+
+def _start(policy: RetryPolicy | None) -> tuple[RetryPolicy, Classifier]:
+    """The policy state of a unit's first attempt, and the classifier that judges its
+    errors (the policy's own, else the default)."""
+    base = _check_policy(policy)
+    classifier = base.classifier if base.classifier is not None else get_default_classifier()
+    return base.begin(), classifier
+
+
 # --------------------------------------------------------------------------- commit protocol
 
 
@@ -342,29 +360,18 @@ def run_transaction(
     and :class:`CommitUnknownError` when the outcome of COMMIT is unknown and neither
     ``idempotent=True`` nor ``verify=`` lets the unit continue.
     """
-    if not callable(fn):
-        raise ConfigError("fn", f"must be callable, got {fn!r}")
-    if verify is not None and not callable(verify):
-        raise ConfigError("verify", f"must be callable(conn) -> bool, got {verify!r}")
+    _check_unit(fn, verify)
     iso = _isolation_sql(isolation_level)
-    base = _check_policy(policy)
-    classifier = base.classifier if base.classifier is not None else get_default_classifier()
-    state = base.begin()
+    state, classifier = _start(policy)
     while True:
         try:
             return cast(T, _one_unit(pool, fn, args, kwargs, iso, classifier, state))
         except _CommitOutcome as outcome:
-            exc = outcome.error
-            if not outcome.ambiguous:
-                state = _retrying(pool, state.increment(exc))  # raises exc or RetryExhausted
-            else:
-                decided = _resolve_ambiguous(
-                    pool, outcome, state, idempotent=idempotent, verify=verify,
-                    classifier=classifier,
-                )
-                if isinstance(decided, _Landed):
-                    return cast(T, decided.result)
-                state = _retrying(pool, decided)
+            decided = _resolve_commit(pool, outcome, state, idempotent=idempotent,
+                                      verify=verify, classifier=classifier)
+            if isinstance(decided, _Landed):
+                return cast(T, decided.result)
+            state = _retrying(pool, decided)
         except Exception as exc:
             if _users_own(exc, classifier):
                 raise          # the application's own error, rolled back: never retried
@@ -430,7 +437,7 @@ def _one_unit(
         return result
 
 
-def _resolve_ambiguous(
+def _resolve_commit(
     pool: Any,
     outcome: _CommitOutcome,
     state: RetryPolicy,
@@ -439,36 +446,47 @@ def _resolve_ambiguous(
     verify: Callable[[Any], bool] | None,
     classifier: Classifier,
 ) -> RetryPolicy | _Landed:
-    """Decide what an ambiguous commit means; returns the next policy state or _Landed."""
+    """Decide what a failed COMMIT means; returns the next policy state or _Landed."""
     decided = _before_verify(pool, outcome, state, idempotent=idempotent,
                              verify=verify is not None, classifier=classifier)
     if decided is not None:
         return decided
     assert verify is not None        # without one, _before_verify raised
-    exc = outcome.error
-    # verify= on a fresh connection, itself retried under the same policy.
+
+    def check(vstate: RetryPolicy) -> bool:      # verify= on a fresh connection
+        with _acquire(pool, vstate) as vconn:
+            return bool(verify(vconn))
+
+    return _verified(pool, check, outcome, state)
+
+
+def _verified(pool: Any, check: Callable[[RetryPolicy], bool], outcome: _CommitOutcome,
+              state: RetryPolicy) -> RetryPolicy | _Landed:
+    """Run ``check`` (``verify=`` on a fresh connection) under the unit's policy until it
+    answers; what the answer means (:func:`_after_verify`)."""
     vstate = state
     while True:
         try:
-            with _acquire(pool, vstate) as vconn:
-                landed = bool(verify(vconn))
+            landed = check(vstate)
             break
         except Exception as verr:
-            try:
-                vstate = _retrying(pool, vstate.increment(verr))
-            except Exception as final:
-                raise _verify_gave_up(vstate, exc, final) from exc
-            vstate.wait()
-            vstate = vstate.begin()
+            vstate = _verify_failed(pool, vstate, verr, outcome.error)
+        vstate.wait()
+        vstate = vstate.begin()
     return _after_verify(landed, outcome, vstate)
 
 
 def _before_verify(pool: Any, outcome: _CommitOutcome, state: RetryPolicy, *,
                    idempotent: bool, verify: bool, classifier: Classifier) -> RetryPolicy | None:
-    """The steps of an ambiguous commit before ``verify=`` runs (sync and async alike): log
-    and count it, re-run an idempotent unit (the next policy state), or raise
-    :class:`CommitUnknownError` when there is no ``verify=``. None: run ``verify``."""
+    """The steps of a failed COMMIT before ``verify=`` runs (sync and async alike). A
+    COMMIT that surely failed is an error like any other (the next policy state; raises
+    the error or RetryExhausted when it is not retried). An ambiguous one is logged and
+    counted, then an idempotent unit is re-run (the next policy state), or
+    :class:`CommitUnknownError` is raised when there is no ``verify=``. None: run
+    ``verify``."""
     exc = outcome.error
+    if not outcome.ambiguous:
+        return state.increment(exc)
     info = classifier.classify(exc)
     logger.warning(
         "connection lost while COMMIT was in flight (%s): outcome unknown", info.describe()
@@ -487,15 +505,20 @@ def _before_verify(pool: Any, outcome: _CommitOutcome, state: RetryPolicy, *,
     return None
 
 
-def _verify_gave_up(vstate: RetryPolicy, exc: BaseException,
-                    final: BaseException) -> CommitUnknownError:
-    """The error when ``verify=`` itself failed until the policy gave up."""
-    return CommitUnknownError(
-        "the connection was lost while COMMIT was in flight and verify() could "
-        f"not tell whether the unit landed: {type(final).__name__}: {final}",
-        original=exc,
-        attempts=_record(vstate, exc),
-    )
+def _verify_failed(pool: Any, vstate: RetryPolicy, verr: Exception,
+                   exc: BaseException) -> RetryPolicy:
+    """The policy state after ``verify=`` itself failed with ``verr`` (sync and async
+    alike); :class:`CommitUnknownError` (about the COMMIT's error ``exc``) when the
+    policy gives up."""
+    try:
+        return _retrying(pool, vstate.increment(verr))
+    except Exception as final:
+        raise CommitUnknownError(
+            "the connection was lost while COMMIT was in flight and verify() could "
+            f"not tell whether the unit landed: {type(final).__name__}: {final}",
+            original=exc,
+            attempts=_record(vstate, exc),
+        ) from exc
 
 
 def _after_verify(landed: bool, outcome: _CommitOutcome,
@@ -588,11 +611,8 @@ def run(
             "run() retries statements blindly and is only for idempotent work; pass "
             "idempotent=True, or use run_transaction() for a unit that must apply once",
         )
-    if not callable(fn):
-        raise ConfigError("fn", f"must be callable, got {fn!r}")
-    base = _check_policy(policy)
-    classifier = base.classifier if base.classifier is not None else get_default_classifier()
-    state = base.begin()
+    _check_unit(fn)
+    state, classifier = _start(policy)
     while True:
         try:
             with _acquire(pool, state) as conn:

@@ -60,42 +60,45 @@ class Recorder:
             elif kind == "connect_failed" and event.reason != "circuit_open":
                 self.events.append((t, "login_failed"))
             elif kind == "retry_attempt":
-                self.counts["retry"] += 1
-                self.retry_kinds[_kind_of_record(event)] += 1
-                self.events.append((t, "retry"))
+                self._retry(t, _kind_of_record(event))
 
     def on_retry(self, record: Any) -> None:
         t = self.now()
         kind = _kind_of_record(record)
         with self.lock:
-            self.counts["retry"] += 1
-            self.retry_kinds[kind] += 1
-            self.events.append((t, "retry"))
+            self._retry(t, kind)
 
     def commit(self, worker: int, tid: int) -> None:
         t = self.now()
         with self.lock:
-            self.counts["commit"] += 1
-            self.committed.add(tid)
-            self.events.append((t, "commit"))
+            self._outcome(t, "commit", self.committed, tid)
         self.commit_times[worker].append(t)  # only this worker appends to its list
 
     def commit_unknown(self, tid: int, exc: BaseException) -> None:
         t = self.now()
         with self.lock:
-            self.counts["unknown"] += 1
-            self.unknown.add(tid)
-            self.events.append((t, "unknown"))
+            self._outcome(t, "unknown", self.unknown, tid)
             if len(self.unknown_detail) < 5:
                 self.unknown_detail.append(_describe(exc.__cause__ or exc))
 
     def app_error(self, tid: int, exc: BaseException) -> None:
         t = self.now()
         with self.lock:
-            self.counts["error"] += 1
-            self.failed.add(tid)
-            self.events.append((t, "error"))
+            self._outcome(t, "error", self.failed, tid)
             self.unexpected[_describe(exc)] += 1
+
+    def _retry(self, t: float, kind: str) -> None:
+        """A retry of ``kind``, counted and on the timeline (under the lock)."""
+        self.counts["retry"] += 1
+        self.retry_kinds[kind] += 1
+        self.events.append((t, "retry"))
+
+    def _outcome(self, t: float, what: str, tids: set[int], tid: int) -> None:
+        """Transfer ``tid``'s outcome (``commit``, ``unknown``, ``error``), counted, kept
+        in ``tids`` and on the timeline (under the lock)."""
+        self.counts[what] += 1
+        tids.add(tid)
+        self.events.append((t, what))
 
 
 def _kind_of_record(record: Any) -> str:

@@ -83,6 +83,13 @@ async def core_transfer(conn: Any, tid: str, src: int, dst: int, amount: int) ->
     return tid
 
 
+async def two_accounts(engine: AsyncEngine) -> None:
+    """The tables, and accounts 0 and 1 with 1000 each."""
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+        await conn.execute(text("INSERT INTO acct (id, bal) VALUES (0, 1000), (1, 1000)"))
+
+
 def landed(tid: str) -> Any:
     async def verify(session: Any) -> bool:
         return (await session.get(Ledger, tid)) is not None
@@ -146,9 +153,36 @@ def test_create_async_engine_validates_its_arguments(tds_server: Any) -> None:
         create_async_engine(tds_server.url, min_size=5, max_size=2)
     with pytest.raises(ConfigError, match="poolclass"):
         create_async_engine(tds_server.url, poolclass=sqlalchemy.pool.NullPool)
+    with pytest.raises(ConfigError, match="connect_args: must be a mapping, got str"):
+        create_async_engine(tds_server.url, connect_args="x")
+    with pytest.raises(ConfigError, match="url: no host"):
+        create_async_engine("mssql+pymssql:///db")
 
 
 # --------------------------------------------------------------------------- run_transaction
+
+def test_async_run_transaction_checks_its_arguments(tds_server: Any) -> None:
+    async def noop(target: Any) -> None:
+        return None
+
+    async def main() -> None:
+        engine = engine_for(tds_server, min_size=0)
+        try:
+            with pytest.raises(ConfigError, match="not an AsyncSession: every attempt"):
+                await run_transaction(async_sessionmaker(engine)(), noop)
+            with pytest.raises(ConfigError, match="must be an async_sessionmaker .*got int"):
+                await run_transaction(42, noop)
+            with pytest.raises(ConfigError, match="returned str, not an AsyncSession"):
+                await run_transaction(lambda: "nope", noop)
+            with pytest.raises(ConfigError, match="fn: must be an async callable, got"):
+                await run_transaction(engine, "not callable")  # type: ignore[arg-type]
+            with pytest.raises(ConfigError, match=r"verify: must be an async callable\(session\)"):
+                await run_transaction(engine, noop, verify=1)  # type: ignore[arg-type]
+        finally:
+            await shutdown(engine)
+
+    asyncio.run(main())
+
 
 def test_async_run_transaction_reruns_and_reports_unknown_commits(tds_server: Any) -> None:
     records: list[Any] = []
@@ -156,9 +190,7 @@ def test_async_run_transaction_reruns_and_reports_unknown_commits(tds_server: An
     async def main() -> None:
         engine = engine_for(tds_server)
         try:
-            async with engine.begin() as conn:
-                await conn.run_sync(Base.metadata.create_all)
-                await conn.execute(text("INSERT INTO acct (id, bal) VALUES (0, 1000), (1, 1000)"))
+            await two_accounts(engine)
             Session = async_sessionmaker(engine)
             tds_server.fail_next(1205, match=r"UPDATE acct", severity=13)
             tds_server.fail_next(1222, match=r"INSERT INTO ledger")
@@ -198,6 +230,38 @@ def landed_core(tid: str) -> Any:
         return int(n) == 1
 
     return verify
+
+
+def test_async_verify_is_retried_under_the_policy_then_gives_up(tds_server: Any) -> None:
+    records: list[Any] = []
+
+    async def unreadable(conn: Any) -> bool:
+        await conn.execute(text("SELECT tid FROM no_such_table"))
+        return True
+
+    async def main() -> None:
+        engine = engine_for(tds_server)
+        try:
+            await two_accounts(engine)
+            tds_server.drop_next(match=r"COMMIT", after_execute=True)
+            tds_server.fail_next(40613, match=r"FROM ledger")     # verify's first try
+            assert await run_transaction(engine, core_transfer, "v1", 0, 1, 1,
+                                         verify=landed_core("v1"),
+                                         policy=policy(on_retry=records.append)) == "v1"
+            tds_server.drop_next(match=r"COMMIT", after_execute=True)
+            with pytest.raises(CommitUnknownError, match=r"verify\(\) could not tell") as ei:
+                await run_transaction(engine, core_transfer, "v2", 1, 0, 1, verify=unreadable,
+                                      policy=policy())
+            assert "208" in str(ei.value)                 # what verify() ran into
+            assert [a.error for a in ei.value.attempts] == [ei.value.original]  # the COMMIT
+        finally:
+            await shutdown(engine)
+
+    asyncio.run(main())
+    assert [r.number for r in records] == [40613]
+    bal, ledger = read_state(tds_server)
+    assert sorted(t for t, *_ in ledger) == ["v1", "v2"]   # each landed once, not re-run
+    assert bal == {0: 1000, 1: 1000}
 
 
 @pytest.mark.parametrize("seed", [7])

@@ -449,7 +449,7 @@ def test_forked_child_gets_fresh_locks_and_circuits() -> None:
         eps.connect(KW, net.dial)
     assert eps.breaker("primary:1433").state.value == "open"  # type: ignore[union-attr]
     eps._lock.acquire()                  # as if another thread held it at fork time
-    mod._after_fork()
+    mod._instances.after_fork()
     assert eps.breaker("primary:1433").state.value == "closed"  # type: ignore[union-attr]
     net.behaviour["primary"] = "up"
     eps.connect(KW, net.dial)            # no deadlock
