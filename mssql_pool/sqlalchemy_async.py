@@ -72,6 +72,9 @@ from .transaction import (
     _CommitOutcome,
     _Landed,
     _start,
+    _unit_error_info,
+    _users_own,
+    commit_outcome_unknown,
 )
 
 try:  # SQLAlchemy 2.1 renamed await_only
@@ -474,7 +477,8 @@ async def _unit(opener: Callable[[], Any], fn: Callable[..., Awaitable[Any]],
             if isinstance(target, AsyncSession):
                 await target.flush()   # a failed flush is an ordinary (retryable) error
         except Exception as exc:
-            if classifier.classify(exc).connection_dead:
+            info = _unit_error_info(exc, classifier)   # None: the application's own error
+            if info is not None and info.connection_dead:
                 await _discard(target)
             else:
                 try:
@@ -485,7 +489,9 @@ async def _unit(opener: Callable[[], Any], fn: Callable[..., Awaitable[Any]],
         try:
             await target.commit()
         except Exception as exc:
-            ambiguous = classifier.classify(exc).connection_dead
+            # built-in rules only: the caller's classifier decides what is retried, never
+            # whether the COMMIT may have landed
+            ambiguous = commit_outcome_unknown(exc)
             if ambiguous:
                 await _discard(target)
             else:
@@ -548,6 +554,8 @@ async def run_transaction(
                     return cast(T, decided.result)
                 state = decided
         except Exception as exc:
+            if _users_own(exc, classifier):
+                raise          # the application's own error, rolled back: never retried
             state = state.increment(exc)
         await _pause(state)
         state = state.begin()

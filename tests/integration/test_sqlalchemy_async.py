@@ -223,6 +223,73 @@ def test_async_run_transaction_reruns_and_reports_unknown_commits(tds_server: An
     assert bal == {0: 1000 - 5 + 3 - 1 - 1, 1: 1000 + 5 - 3 + 1 + 1}
 
 
+def test_async_units_own_error_reaches_the_caller_once_rolled_back(tds_server: Any) -> None:
+    """An error the application raises inside ``fn`` (not the driver's, not named by a
+    classifier rule) reaches the caller after one run, rolled back, the connection kept, as
+    with the other three runners."""
+    mine = OSError("the application's own file is missing")
+    calls: list[int] = []
+
+    async def unit(session: Any) -> None:
+        calls.append(1)
+        (await session.get(Acct, 0)).bal = Acct.bal - 1
+        await session.flush()
+        raise mine
+
+    async def main() -> tuple[int, int, int]:
+        engine = engine_for(tds_server)
+        try:
+            await two_accounts(engine)
+            stats = engine.pool.mssql_pool.get_stats
+            before = stats().get("connections_discarded", 0)
+            with pytest.raises(OSError) as caught:
+                await run_transaction(async_sessionmaker(engine), unit, policy=policy())
+            assert caught.value is mine
+            async with engine.connect() as conn:
+                bal = (await conn.execute(text("SELECT bal FROM acct WHERE id = 0"))).scalar()
+            return before, stats().get("connections_discarded", 0), int(bal)
+        finally:
+            await shutdown(engine)
+
+    before, after, bal = asyncio.run(main())
+    assert calls == [1]
+    assert after == before
+    assert bal == 1000
+
+
+@pytest.mark.parametrize("wrapper", [False, True], ids=["pymssql", "sqlalchemy"])
+@pytest.mark.parametrize("rule", [{"retryable": True}, {"kind": "transient"}],
+                         ids=["retryable", "transient"])
+def test_async_lost_commit_is_unknown_whatever_the_classifier(
+        tds_server: Any, rule: dict[str, Any], wrapper: bool) -> None:
+    """Whether a failed COMMIT may have landed is decided by the built-in rules, never by
+    the caller's classifier: a rule making every OperationalError (pymssql's, or
+    SQLAlchemy's wrapper of it) retryable or transient must not make a lost COMMIT run
+    twice."""
+    import pymssql
+
+    from mssql_pool.classify import Classifier
+
+    exc_type = sqlalchemy.exc.OperationalError if wrapper else pymssql.OperationalError
+    loose = Classifier().with_exception(exc_type, **rule)
+
+    async def main() -> None:
+        engine = engine_for(tds_server)
+        try:
+            await two_accounts(engine)
+            tds_server.drop_next(match=r"COMMIT", after_execute=True)
+            with pytest.raises(CommitUnknownError):
+                await run_transaction(async_sessionmaker(engine), orm_transfer, "u1", 0, 1, 1,
+                                      policy=policy(classifier=loose,
+                                                    retry_on=lambda e: loose.classify(e).retryable))
+        finally:
+            await shutdown(engine)
+
+    asyncio.run(main())
+    _bal, ledger = read_state(tds_server)
+    assert [t for t, *_ in ledger] == ["u1"]          # applied once, not re-run
+
+
 def landed_core(tid: str) -> Any:
     async def verify(conn: Any) -> bool:
         n = (await conn.execute(text("SELECT COUNT(*) FROM ledger WHERE tid = :t"),
