@@ -1086,11 +1086,12 @@ async def _resolve_commit(
     return await _verified(pool, check, outcome, state)
 
 
-async def _verified(pool: AsyncConnectionPool | None,
+async def _verified(pool: Any,
                     check: Callable[[RetryPolicy], Awaitable[bool]], outcome: _CommitOutcome,
                     state: RetryPolicy) -> RetryPolicy | _Landed:
     """Await ``check`` (``verify=`` on a fresh connection) under the unit's policy until it
-    answers; what the answer means (:func:`~mssql_pool.transaction._after_verify`)."""
+    answers; what the answer means (:func:`~mssql_pool.transaction._after_verify`).
+    ``pool``: anything whose ``events`` (or None) get the unit's events."""
     vstate = state
     while True:
         try:

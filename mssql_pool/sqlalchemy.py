@@ -635,15 +635,28 @@ class _Unit:
 
 
 class _UnitSource:
-    """The "pool" :func:`mssql_pool.transaction.run_transaction` draws units from."""
+    """The "pool" :func:`mssql_pool.transaction.run_transaction` draws units from; its
+    ``events`` are those of the mssql_pool pool under the engine, when there is one (the
+    unit's ``retry_attempt`` and ``commit_unknown`` events go there)."""
 
-    __slots__ = ("_open",)
+    __slots__ = ("_open", "events")
 
-    def __init__(self, open_target: Callable[[], Session | Connection]) -> None:
+    def __init__(self, open_target: Callable[[], Session | Connection], source: Any) -> None:
         self._open = open_target
+        self.events = pool_events(source)
 
     def connection(self, timeout: float | None = None) -> _Unit:
         return _Unit(self._open, timeout)
+
+
+def pool_events(source: Any) -> Any:
+    """The event bus of the mssql_pool pool behind an engine or a session factory bound to
+    one (sync or async), or None (another pool, or a factory we cannot see into)."""
+    bind = getattr(source, "kw", {}).get("bind") if not hasattr(source, "pool") else source
+    engine = getattr(bind, "sync_engine", bind)          # an AsyncEngine's sync side
+    engine = getattr(engine, "engine", engine)           # a Connection's engine
+    pool = getattr(getattr(engine, "pool", None), "mssql_pool", None)
+    return getattr(pool, "events", None)
 
 
 def _opener(source: Any) -> Callable[[], Session | Connection]:
@@ -700,7 +713,7 @@ def run_transaction(
     SQLAlchemy's ``DBAPIError`` wrappers are classified by their ``.orig``.
     """
     _check_unit(fn, verify, target="session")
-    source = _UnitSource(_opener(session_factory_or_engine))
+    source = _UnitSource(_opener(session_factory_or_engine), session_factory_or_engine)
 
     def unit(u: _Unit) -> T:
         result = fn(u.target, *args, **kwargs)

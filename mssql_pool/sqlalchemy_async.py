@@ -65,12 +65,14 @@ from .sqlalchemy import (
     _Gauges,
     _opener_for,
     _translate_pool_args,
+    pool_events,
 )
 from .transaction import (
     _before_verify,
     _check_unit,
     _CommitOutcome,
     _Landed,
+    _retrying,
     _start,
     _unit_error_info,
     _users_own,
@@ -538,30 +540,41 @@ async def run_transaction(
     """
     _check_unit(fn, verify, kind="an async callable", target="session")
     opener = _opener(session_factory_or_engine)
+    events = _Events(pool_events(session_factory_or_engine))  # retry_attempt, commit_unknown
     state, classifier = _start(policy)
     while True:
         try:
             return cast(T, await _unit(opener, fn, args, kwargs, state))
         except _CommitOutcome as outcome:
-            rerun = _before_verify(None, outcome, state, idempotent=idempotent,
+            rerun = _before_verify(events, outcome, state, idempotent=idempotent,
                                    verify=verify is not None, classifier=classifier)
             if rerun is not None:
-                state = rerun
+                state = _retrying(events, rerun)
             else:
                 assert verify is not None    # without one, _before_verify raised
-                decided = await _verify(opener, verify, outcome, state)
+                decided = await _verify(events, opener, verify, outcome, state)
                 if isinstance(decided, _Landed):
                     return cast(T, decided.result)
-                state = decided
+                state = _retrying(events, decided)
         except Exception as exc:
             if _users_own(exc, classifier):
                 raise          # the application's own error, rolled back: never retried
-            state = state.increment(exc)
+            state = _retrying(events, state.increment(exc))
         await _pause(state)
         state = state.begin()
 
 
-async def _verify(opener: Callable[[], Any], verify: Callable[[Any], Awaitable[bool]],
+class _Events:
+    """Where a unit's events go: the bus of the mssql_pool pool under the engine, if any."""
+
+    __slots__ = ("events",)
+
+    def __init__(self, events: Any) -> None:
+        self.events = events
+
+
+async def _verify(events: _Events, opener: Callable[[], Any],
+                  verify: Callable[[Any], Awaitable[bool]],
                   outcome: _CommitOutcome, state: RetryPolicy) -> RetryPolicy | _Landed:
     async def check(vstate: RetryPolicy) -> bool:      # verify= in a fresh session
         target = await _open(opener)
@@ -570,5 +583,5 @@ async def _verify(opener: Callable[[], Any], verify: Callable[[Any], Awaitable[b
         finally:
             await target.close()
 
-    return await _verified(None, check, outcome, state)
+    return await _verified(events, check, outcome, state)
 

@@ -175,4 +175,4 @@ def chaos(server: Any, stop: threading.Event, rnd: random.Random, counts: Counte
             if busy:
                 server.kill(rnd.choice(busy))
         elif what == "drop_commit":
-            server.drop_next(match=r"COMMIT", after_execute=True)
+            server.drop_next(match=r"\bCOMMIT\b", after_execute=True)

@@ -199,11 +199,11 @@ def test_async_dropped_commit_is_unknown_or_verified(tds_server: Any) -> None:
     async def main() -> None:
         async with make_pool(tds_server, min_size=1, max_size=2) as pool:
             setup_bank(pool.sync_pool)
-            tds_server.drop_next(match=r"COMMIT", after_execute=True)
+            tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
             with pytest.raises(CommitUnknownError) as ei:
                 await pool.run_transaction(transfer, "u1", 0, 1, 5, policy=policy())
             assert classify(ei.value.original).connection_dead
-            tds_server.drop_next(match=r"COMMIT", after_execute=True)
+            tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
             assert await pool.run_transaction(transfer, "u2", 2, 3, 5, policy=policy(),
                                               verify=landed("u2")) == "u2"
 
@@ -222,11 +222,11 @@ def test_async_verify_is_retried_under_the_policy_then_gives_up(tds_server: Any)
     async def main() -> None:
         async with make_pool(tds_server, min_size=1, max_size=2) as pool:
             setup_bank(pool.sync_pool)
-            tds_server.drop_next(match=r"COMMIT", after_execute=True)
+            tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
             tds_server.fail_next(40613, match=r"FROM ledger")     # verify's first try
             assert await pool.run_transaction(transfer, "v1", 0, 1, 5, verify=landed("v1"),
                                               policy=policy(on_retry=records.append)) == "v1"
-            tds_server.drop_next(match=r"COMMIT", after_execute=True)
+            tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
             with pytest.raises(CommitUnknownError, match=r"verify\(\) could not tell") as ei:
                 await pool.run_transaction(transfer, "v2", 2, 3, 5, verify=unreadable,
                                            policy=policy())

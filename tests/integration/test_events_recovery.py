@@ -203,7 +203,7 @@ def test_lost_commit_and_a_deadlock_retry(tds_server: Any) -> None:
 
     tds_server.fail_next(1205, match="INSERT INTO t")
     pool.run_transaction(insert, 1)
-    tds_server.drop_next(match="COMMIT", after_execute=True)
+    tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
     with pytest.raises(CommitUnknownError):
         pool.run_transaction(insert, 2)
     assert pool.events.flush(WAIT)

@@ -189,6 +189,8 @@ def test_async_run_transaction_reruns_and_reports_unknown_commits(tds_server: An
 
     async def main() -> None:
         engine = engine_for(tds_server)
+        engine.pool.mssql_pool.add_listener(events.append,
+                                            kinds=["retry_attempt", "commit_unknown"])
         try:
             await two_accounts(engine)
             Session = async_sessionmaker(engine)
@@ -207,17 +209,25 @@ def test_async_run_transaction_reruns_and_reports_unknown_commits(tds_server: An
 
             assert await run_transaction(Session, unit,
                                          policy=policy(on_retry=records.append)) == "s2"
-            tds_server.drop_next(match=r"COMMIT", after_execute=True)
+            tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
             with pytest.raises(CommitUnknownError):
                 await run_transaction(Session, orm_transfer, "s3", 0, 1, 1, policy=policy())
-            tds_server.drop_next(match=r"COMMIT", after_execute=True)
+            tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
             assert await run_transaction(engine, core_transfer, "s4", 0, 1, 1, policy=policy(),
                                          verify=landed_core("s4")) == "s4"
+            assert engine.pool.mssql_pool.events.flush()
         finally:
             await shutdown(engine)
 
+    events: list[Any] = []
     asyncio.run(main())
     assert [r.number for r in records[:2]] == [1205, 1222] and len(records) == 3
+    # the same story as events of the pool under the engine: three re-runs, then the two
+    # lost COMMITs (the session factory's raised, the engine's resolved by verify=)
+    assert [(e.kind.value, e.reason) for e in events] == [
+        ("retry_attempt", "test")] * 3 + [("commit_unknown", "raised"),
+                                          ("commit_unknown", "verify")]
+    assert [e.error_info.number for e in events[:2]] == [1205, 1222]
     bal, ledger = read_state(tds_server)
     assert sorted(t for t, *_ in ledger) == ["s1", "s2", "s3", "s4"]   # each exactly once
     assert bal == {0: 1000 - 5 + 3 - 1 - 1, 1: 1000 + 5 - 3 + 1 + 1}
@@ -277,7 +287,7 @@ def test_async_lost_commit_is_unknown_whatever_the_classifier(
         engine = engine_for(tds_server)
         try:
             await two_accounts(engine)
-            tds_server.drop_next(match=r"COMMIT", after_execute=True)
+            tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
             with pytest.raises(CommitUnknownError):
                 await run_transaction(async_sessionmaker(engine), orm_transfer, "u1", 0, 1, 1,
                                       policy=policy(classifier=loose,
@@ -310,12 +320,12 @@ def test_async_verify_is_retried_under_the_policy_then_gives_up(tds_server: Any)
         engine = engine_for(tds_server)
         try:
             await two_accounts(engine)
-            tds_server.drop_next(match=r"COMMIT", after_execute=True)
+            tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
             tds_server.fail_next(40613, match=r"FROM ledger")     # verify's first try
             assert await run_transaction(engine, core_transfer, "v1", 0, 1, 1,
                                          verify=landed_core("v1"),
                                          policy=policy(on_retry=records.append)) == "v1"
-            tds_server.drop_next(match=r"COMMIT", after_execute=True)
+            tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
             with pytest.raises(CommitUnknownError, match=r"verify\(\) could not tell") as ei:
                 await run_transaction(engine, core_transfer, "v2", 1, 0, 1, verify=unreadable,
                                       policy=policy())

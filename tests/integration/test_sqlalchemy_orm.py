@@ -130,8 +130,15 @@ def test_run_transaction_reruns_an_orm_unit_under_injected_deadlocks(
         dst.balance += amount
         return len(attempts)
 
+    events: list[Any] = []
+    pool = engine.pool.mssql_pool  # type: ignore[attr-defined]
+    pool.add_listener(events.append, kinds=["retry_attempt"])
     assert run_transaction(Factory, transfer, 30, policy=FAST) == 3
     assert len(set(map(id, attempts))) == 3          # a fresh Session for every attempt
+    assert pool.events.flush()
+    # each re-run is a retry_attempt event of the pool under the engine
+    assert [(e.attempt, e.error_info.number, e.reason) for e in events] == [
+        (1, 1205, "test"), (2, 1205, "test")]
     with Factory() as ses:
         assert [a.balance for a in ses.scalars(select(Account).order_by(Account.id))] == [
             70, 30]                                      # applied exactly once
@@ -187,7 +194,7 @@ def test_run_transaction_gives_up_after_the_policy(tds_server: TdsServer,
 def _seed_and_lose_the_commit(tds_server: TdsServer, engine: Engine) -> sessionmaker[Session]:
     Factory = sessionmaker(engine)
     run_transaction(Factory, lambda s: s.add(Account(id=1, balance=0)), policy=FAST)
-    tds_server.drop_next(match="COMMIT", after_execute=True)   # it lands, the reply is lost
+    tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)   # it lands, the reply is lost
     return Factory
 
 
@@ -217,8 +224,13 @@ def test_a_lost_commit_is_resolved_by_verify(tds_server: TdsServer, engine: Engi
         checked.append(ses)
         return ses.get(Account, 1).balance == 1  # type: ignore[union-attr]
 
+    events: list[Any] = []
+    pool = engine.pool.mssql_pool  # type: ignore[attr-defined]
+    pool.add_listener(events.append, kinds=["commit_unknown"])
     run_transaction(Factory, _bump, policy=FAST, verify=landed)
     assert len(checked) == 1 and _balance(engine) == 1
+    assert pool.events.flush()
+    assert [e.reason for e in events] == ["verify"]
 
 
 def test_a_lost_commit_of_an_idempotent_unit_is_rerun(tds_server: TdsServer,

@@ -105,7 +105,7 @@ def test_transfers_survive_chaos(tds_server: Any, verify: bool, seed: int) -> No
 def test_dropped_commit_without_verify_is_reported_unknown(tds_server: Any) -> None:
     with make_pool(tds_server, min_size=1, max_size=2) as pool:
         setup_bank(pool)
-        tds_server.drop_next(match=r"COMMIT", after_execute=True)
+        tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
         with pytest.raises(CommitUnknownError) as ei:
             pool.run_transaction(transfer, "u1", 0, 1, 5, policy=policy())
         assert classify(ei.value.original).connection_dead
@@ -116,7 +116,7 @@ def test_dropped_commit_without_verify_is_reported_unknown(tds_server: Any) -> N
 def test_dropped_commit_with_verify_returns_once(tds_server: Any) -> None:
     with make_pool(tds_server, min_size=1, max_size=2) as pool:
         setup_bank(pool)
-        tds_server.drop_next(match=r"COMMIT", after_execute=True)
+        tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
         assert pool.run_transaction(transfer, "u2", 0, 1, 5, policy=policy(),
                                     verify=landed("u2")) == "u2"
         assert_only_transfer(tds_server, "u2", 0, 1, 5)

@@ -95,7 +95,7 @@ def test_drop_next_after_commit_keeps_the_row(tds_server: TdsServer) -> None:
     cur.execute("CREATE TABLE orders (id INT PRIMARY KEY)")
     conn.commit()
     cur.execute("INSERT INTO orders VALUES (1)")
-    tds_server.drop_next(match=r"COMMIT", after_execute=True)
+    tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
     with pytest.raises(pymssql.OperationalError) as info:
         conn.commit()
     text = str(info.value)
@@ -112,7 +112,7 @@ def test_drop_next_before_execute_loses_the_row(tds_server: TdsServer) -> None:
     cur.execute("CREATE TABLE orders (id INT PRIMARY KEY)")
     conn.commit()
     cur.execute("INSERT INTO orders VALUES (1)")
-    tds_server.drop_next(match=r"COMMIT")
+    tds_server.drop_next(match=r"\bCOMMIT\b")
     with pytest.raises(pymssql.OperationalError):
         conn.commit()
     other = connect(tds_server)
