@@ -176,7 +176,8 @@ class Connector:
         connect error or None, the error the policy gave up with or None). A
         ``BaseException`` is reported (the slot freed) and raised."""
         clock = self.config.clock
-        begun = clock()
+        # connections_ms and the connect event's duration time the same span
+        begun = slot.started_at = clock()
         try:
             rec = self._dial(begun)
         except BaseException as exc:

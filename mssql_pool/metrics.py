@@ -99,7 +99,7 @@ from __future__ import annotations
 import re
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -107,7 +107,7 @@ from .errors import ConfigError
 from .events import DISCARD_REASONS, EventKind, PoolEvent
 from .stats import STATS
 
-__all__ = ["PoolCollector", "EventCounts", "register", "unregister", "METRICS"]
+__all__ = ["PoolCollector", "EventCounts", "register", "unregister", "METRICS", "EVENT_COUNTERS"]
 
 
 class _StatsSource(Protocol):
@@ -153,19 +153,120 @@ def _prometheus() -> Any:
     return core
 
 
+#: ``discard`` reasons that are not counted in ``connections_discarded`` (nothing was
+#: wrong with the connection), and those counted in ``connections_expired``.
+_RETIRED = frozenset({"idle", "lifetime", "drained", "pool_closed"})
+_EXPIRED = frozenset({"lifetime", "drained"})
+_RESET_KEYS = {"none": "resets_none", "rollback": "resets_rollback", "full": "resets_full",
+               "callback": "resets_full"}
+#: The ``get_stats()`` counters the collector rebuilds from events (every counter of
+#: :data:`mssql_pool.stats.STATS` but these three, which no event carries yet).
+_NOT_FROM_EVENTS = frozenset({"endpoint_switches", "redirect_errors", "connects_rejected"})
+EVENT_COUNTERS: tuple[str, ...] = tuple(
+    spec.key for spec in METRICS if spec.kind == "counter" and spec.key not in _NOT_FROM_EVENTS)
+
+
+def _checkout(e: PoolEvent, add: Callable[[str, float], None]) -> None:
+    add("requests_num", 1)
+    if e.reason == "skipped":
+        add("checks_skipped", 1)
+    _queued(e, add)
+
+
+def _checkout_failed(e: PoolEvent, add: Callable[[str, float], None]) -> None:
+    if e.reason == "timeout":
+        add("requests_timeouts", 1)
+    elif e.reason != "cancelled":     # the async pool's requests_cancelled, not an error
+        add("requests_errors", 1)
+    _queued(e, add)
+
+
+def _queued(e: PoolEvent, add: Callable[[str, float], None]) -> None:
+    if e.wait is not None:
+        add("requests_queued", 1)
+        add("requests_wait_ms", e.wait * 1000.0)
+
+
+def _checkin(e: PoolEvent, add: Callable[[str, float], None]) -> None:
+    add("usage_ms", (e.duration or 0.0) * 1000.0)
+    add(_RESET_KEYS.get(e.reset or "none", "resets_none"), 1)
+    if e.reason == "lost":
+        add("connections_lost", 1)
+
+
+def _connect(e: PoolEvent, add: Callable[[str, float], None]) -> None:
+    add("connections_num", 1)
+    add("connections_ms", (e.duration or 0.0) * 1000.0)
+
+
+def _connect_failed(e: PoolEvent, add: Callable[[str, float], None]) -> None:
+    if e.reason != "circuit_open":    # refused without a login
+        add("connections_errors", 1)
+
+
+def _discard(e: PoolEvent, add: Callable[[str, float], None]) -> None:
+    reason = e.reason
+    if reason not in _RETIRED:
+        add("connections_discarded", 1)
+    elif reason in _EXPIRED:
+        add("connections_expired", 1)
+    elif reason == "idle":
+        add("connections_idle_closed", 1)
+    if reason == "leaked":
+        add("connections_leaked", 1)
+
+
+def _counting(*keys: str) -> Callable[[PoolEvent, Callable[[str, float], None]], None]:
+    def count(e: PoolEvent, add: Callable[[str, float], None]) -> None:
+        for key in keys:
+            add(key, 1)
+    return count
+
+
+#: How each event moves the ``get_stats()`` counters (in their units: ms for ``*_ms``).
+_STAT_RULES: dict[EventKind, Callable[[PoolEvent, Callable[[str, float], None]], None]] = {
+    EventKind.CHECKOUT: _checkout,
+    EventKind.CHECKOUT_FAILED: _checkout_failed,
+    EventKind.CHECKIN: _checkin,
+    EventKind.CONNECT: _connect,
+    EventKind.CONNECT_FAILED: _connect_failed,
+    EventKind.DISCARD: _discard,
+    EventKind.CHECK: _counting("checks_run"),
+    EventKind.CHECK_FAILED: _counting("checks_run", "checks_failed", "connections_lost"),
+    EventKind.KEEPALIVE: _counting("keepalives_run"),
+    EventKind.KEEPALIVE_FAILED: _counting("keepalives_run", "connections_lost"),
+    EventKind.REPLACED: _counting("connections_replaced"),
+    EventKind.REDIRECT: _counting("redirects"),
+    EventKind.FAILOVER: _counting("failovers"),
+}
+
+
+_Snapshot = tuple[dict[EventKind, int], dict[str, int], bool, dict[str, float]]
+
+
 class EventCounts:
-    """A listener counting one pool's events (what the event metrics export)."""
+    """A listener counting one pool's events: what the collector exports.
+
+    :meth:`stats` gives the ``get_stats()`` counters rebuilt from the events (same keys,
+    same units), counted from the moment this listener was added."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.kinds: dict[EventKind, int] = dict.fromkeys(EventKind, 0)
         self.discards: dict[str, int] = dict.fromkeys(sorted(DISCARD_REASONS), 0)
+        self.counters: dict[str, float] = dict.fromkeys(EVENT_COUNTERS, 0.0)
         self.reconnecting = False
+
+    def _add(self, key: str, n: float) -> None:
+        self.counters[key] += n
 
     def __call__(self, event: PoolEvent) -> None:
         kind = event.kind
+        rule = _STAT_RULES.get(kind)
         with self._lock:
             self.kinds[kind] += 1
+            if rule is not None:
+                rule(event, self._add)
             if kind is EventKind.DISCARD:
                 reason = event.reason if event.reason in self.discards else "other"
                 self.discards[reason or "other"] += 1
@@ -174,9 +275,15 @@ class EventCounts:
             elif kind in (EventKind.RECONNECT_SUCCEEDED, EventKind.RECONNECT_ABORTED):
                 self.reconnecting = False
 
-    def snapshot(self) -> tuple[dict[EventKind, int], dict[str, int], bool]:
+    def stats(self) -> dict[str, float]:
+        """The counters of ``get_stats()`` that events carry, as counted so far."""
         with self._lock:
-            return dict(self.kinds), dict(self.discards), self.reconnecting
+            return dict(self.counters)
+
+    def snapshot(self) -> _Snapshot:
+        with self._lock:
+            return dict(self.kinds), dict(self.discards), self.reconnecting, \
+                dict(self.counters)
 
 
 def _number(value: Any) -> float | None:
@@ -252,17 +359,22 @@ class PoolCollector:
     def collect(self) -> Iterator[Any]:
         """Called by prometheus_client on every scrape."""
         samples: list[tuple[str, Mapping[str, Any]]] = []
-        events: list[tuple[str, EventCounts]] = []
+        events: list[tuple[str, _Snapshot]] = []
         with self._lock:
             pools = list(self._pools)
             counts = dict(self._counts)
         for pool in pools:
-            samples.append((pool.name, dict(pool.get_stats())))
-            if id(pool) in counts:
-                events.append((pool.name, counts[id(pool)]))
+            stats = dict(pool.get_stats())
+            listener = counts.get(id(pool))
+            if listener is not None:
+                snap = listener.snapshot()
+                # The counters come from the events; get_stats() gives the gauges.
+                stats.update(snap[3])
+                events.append((pool.name, snap))
+            samples.append((pool.name, stats))
         return self._families(samples, events)
 
-    def _event_families(self, events: list[tuple[str, EventCounts]]) -> Iterator[Any]:
+    def _event_families(self, events: list[tuple[str, _Snapshot]]) -> Iterator[Any]:
         core = _prometheus()
         by_kind = core.CounterMetricFamily(
             self._full("events"), "Pool events by kind (see mssql_pool.events).",
@@ -278,8 +390,7 @@ class PoolCollector:
             self._full("reconnect_failed"),
             "reconnect_failed events: connecting failed for reconnect_timeout seconds.",
             labels=["pool"])
-        for pool_name, counts in events:
-            kinds, reasons, on = counts.snapshot()
+        for pool_name, (kinds, reasons, on, _) in events:
             for kind, n in kinds.items():
                 by_kind.add_metric([pool_name, kind.value], float(n))
             for reason, n in reasons.items():
@@ -289,7 +400,7 @@ class PoolCollector:
         yield from (by_kind, discards, reconnecting, failed)
 
     def _families(self, samples: list[tuple[str, Mapping[str, Any]]],
-                  events: list[tuple[str, EventCounts]]) -> Iterator[Any]:
+                  events: list[tuple[str, _Snapshot]]) -> Iterator[Any]:
         yield from self._event_families(events)
         core = _prometheus()
         conns = core.GaugeMetricFamily(
