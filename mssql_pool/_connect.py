@@ -238,10 +238,13 @@ class Connector:
         landing = rec.landing
         endpoint = None if landing is None else str(landing.endpoint)
         node = None if landing is None else landing.node
+        moved = landing is not None and landing.switched
         with self._outage_lock:
             outage, self._outage = self._outage, None
         bus.emit(EventKind.CONNECT, conn_id=rec.seq, spid=rec.spid, endpoint=endpoint, node=node,
-                 duration=took)
+                 duration=took, to_endpoint=endpoint if moved else None,
+                 from_endpoint=str(landing.switched_from) if moved and landing is not None
+                 and landing.switched_from is not None else None)
         if outage is not None:
             bus.emit(EventKind.RECONNECT_SUCCEEDED, conn_id=rec.seq, spid=rec.spid,
                      endpoint=endpoint,

@@ -78,7 +78,8 @@ class EventKind(str, enum.Enum):
     CONNECT = "connect"
     """A new connection is open (login and ``configure`` done). ``conn_id``, ``endpoint``,
     ``node`` and ``spid`` (where it landed, when identified), ``duration`` (seconds the
-    connect took)."""
+    connect took); ``to_endpoint`` (and ``from_endpoint``, the previous one) when new
+    connections go first to this endpoint from now on."""
 
     CONNECT_FAILED = "connect_failed"
     """A login (or ``configure``) failed, or an open circuit refused it without a login.
@@ -99,6 +100,12 @@ class EventKind(str, enum.Enum):
     ``"interrupted"`` (the caller was interrupted while waiting or checking),
     ``"cancelled"`` (an asyncio task cancelled in the async pool's queue); ``duration``
     (seconds since the request), ``wait`` (seconds queued, when it queued)."""
+
+    QUEUE_WAIT = "queue_wait"
+    """A task of an :class:`~mssql_pool.AsyncConnectionPool` waited for its turn in the
+    pool's asyncio queue and got it (its checkout follows, with its own events).
+    ``wait`` (seconds queued). A wait there that ends otherwise is a
+    ``checkout_failed``."""
 
     CHECKIN = "checkin"
     """A connection came back (every return fires one). ``conn_id``, ``duration``
@@ -175,7 +182,14 @@ class EventKind(str, enum.Enum):
 
     REDIRECT = "redirect"
     """A new connection was routed by the server (Azure gateway redirect) to another node.
-    ``endpoint`` (dialled), ``node`` (reached), ``spid``."""
+    ``endpoint`` (dialled), ``node`` (reached), ``spid``. With ``error_info``: the routed
+    login failed (a second routing hop or a loop: ``RedirectError``), ``node`` is the
+    address it was routed to."""
+
+    CONNECT_REJECTED = "connect_rejected"
+    """A connect found no endpoint that would take a login, and skipped this one without
+    one (its circuit was open, or it asked for a throttling pause). ``endpoint``,
+    ``delay`` (seconds until it may be tried), ``error_info`` (its last failure)."""
 
     CIRCUIT_OPENED = "circuit_opened"
     """A circuit breaker opened (or re-opened after a failed probe): logins there fail fast.

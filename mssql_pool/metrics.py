@@ -159,11 +159,9 @@ _RETIRED = frozenset({"idle", "lifetime", "drained", "pool_closed"})
 _EXPIRED = frozenset({"lifetime", "drained"})
 _RESET_KEYS = {"none": "resets_none", "rollback": "resets_rollback", "full": "resets_full",
                "callback": "resets_full"}
-#: The ``get_stats()`` counters the collector rebuilds from events (every counter of
-#: :data:`mssql_pool.stats.STATS` but these three, which no event carries yet).
-_NOT_FROM_EVENTS = frozenset({"endpoint_switches", "redirect_errors", "connects_rejected"})
-EVENT_COUNTERS: tuple[str, ...] = tuple(
-    spec.key for spec in METRICS if spec.kind == "counter" and spec.key not in _NOT_FROM_EVENTS)
+#: The ``get_stats()`` counters the collector rebuilds from events: every counter of
+#: :data:`mssql_pool.stats.STATS`.
+EVENT_COUNTERS: tuple[str, ...] = tuple(spec.key for spec in METRICS if spec.kind == "counter")
 
 
 def _checkout(e: PoolEvent, add: Callable[[str, float], None]) -> None:
@@ -197,6 +195,12 @@ def _checkin(e: PoolEvent, add: Callable[[str, float], None]) -> None:
 def _connect(e: PoolEvent, add: Callable[[str, float], None]) -> None:
     add("connections_num", 1)
     add("connections_ms", (e.duration or 0.0) * 1000.0)
+    if e.to_endpoint is not None:
+        add("endpoint_switches", 1)
+
+
+def _redirect(e: PoolEvent, add: Callable[[str, float], None]) -> None:
+    add("redirects" if e.error_info is None else "redirect_errors", 1)
 
 
 def _connect_failed(e: PoolEvent, add: Callable[[str, float], None]) -> None:
@@ -227,6 +231,7 @@ def _counting(*keys: str) -> Callable[[PoolEvent, Callable[[str, float], None]],
 _STAT_RULES: dict[EventKind, Callable[[PoolEvent, Callable[[str, float], None]], None]] = {
     EventKind.CHECKOUT: _checkout,
     EventKind.CHECKOUT_FAILED: _checkout_failed,
+    EventKind.QUEUE_WAIT: _queued,
     EventKind.CHECKIN: _checkin,
     EventKind.CONNECT: _connect,
     EventKind.CONNECT_FAILED: _connect_failed,
@@ -236,7 +241,8 @@ _STAT_RULES: dict[EventKind, Callable[[PoolEvent, Callable[[str, float], None]],
     EventKind.KEEPALIVE: _counting("keepalives_run"),
     EventKind.KEEPALIVE_FAILED: _counting("keepalives_run", "connections_lost"),
     EventKind.REPLACED: _counting("connections_replaced"),
-    EventKind.REDIRECT: _counting("redirects"),
+    EventKind.REDIRECT: _redirect,
+    EventKind.CONNECT_REJECTED: _counting("connects_rejected"),
     EventKind.FAILOVER: _counting("failovers"),
 }
 
