@@ -102,6 +102,15 @@ def make(db: FakeDB, clock: FakeClock) -> Iterator[Callable[..., tuple[Connectio
         yield build
 
 
+def until_one_waits(pool: ConnectionPool) -> None:
+    """Wait (real time, bounded) until a caller is queued in ``pool``."""
+    for _ in range(1000):
+        if pool.get_stats()["requests_waiting"] == 1:
+            return
+        threading.Event().wait(0.005)
+    raise AssertionError("nobody queued")
+
+
 def hold_and_queue(pool: ConnectionPool, clock: FakeClock, *, wait: float,
                    timeout: float = 5.0) -> list[Any]:
     """Hold the only connection; a thread queues for one; ``wait`` (fake) seconds later
@@ -110,10 +119,7 @@ def hold_and_queue(pool: ConnectionPool, clock: FakeClock, *, wait: float,
     got: list[Any] = []
     t = threading.Thread(target=lambda: got.append(pool.getconn(timeout=timeout)))
     t.start()
-    for _ in range(1000):
-        if pool.get_stats()["requests_waiting"] == 1:
-            break
-        threading.Event().wait(0.005)
+    until_one_waits(pool)
     clock.advance(wait)
     pool.putconn(held)
     t.join(WAIT)
@@ -197,10 +203,7 @@ def too_many(pool: ConnectionPool, db: FakeDB, clock: FakeClock) -> None:
     held = pool.getconn()
     t = threading.Thread(target=lambda: pytest.raises(PoolTimeout, pool.getconn, timeout=0.3))
     t.start()
-    for _ in range(1000):
-        if pool.get_stats()["requests_waiting"] == 1:
-            break
-        threading.Event().wait(0.005)
+    until_one_waits(pool)
     with pytest.raises(TooManyRequests):
         pool.getconn(timeout=1)
     t.join(WAIT)
