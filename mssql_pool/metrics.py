@@ -14,11 +14,28 @@ or, for full control::
     registry.register(PoolCollector([orders_pool, reports_pool]))
     print(generate_latest(registry).decode())
 
-Every scrape calls ``pool.get_stats()`` (which does not reset anything; avoid
-``pop_stats()`` on a pool you scrape, or counters will appear to restart, which
-Prometheus tolerates but dashboards show as a dip). Each sample carries the label
-``pool`` with the pool's ``name``; several pools may share one collector, but their
-names must differ.
+**Where the values come from.** The collector is a listener of each pool's events
+(:mod:`mssql_pool.events`), added by :meth:`PoolCollector.add` (and :func:`register`)
+and removed by :meth:`PoolCollector.remove` (and :func:`unregister`). Every *counter*
+is counted from those events (:data:`COUNTED_FROM` says from which), the one record
+that the alerts, the traces and the demo's report read too; the pool's own
+``get_stats()`` counts the same decisions apart, and the two agree (the project's
+tests compare them after every step of random runs). The *gauges* describe the
+present (``size``, ``connections{state}``, ``min_size``, ``max_size``,
+``requests_waiting``) and are read from ``pool.get_stats()`` at each scrape.
+
+* Counters start at 0 when the pool is added: a collector attached to a pool that has
+  been running counts from then on (Prometheus takes a counter's start as a reset),
+  while ``get_stats()`` counts from the pool's creation.
+* ``pop_stats()`` does not reset the exported counters.
+* Listeners run on their own thread, so an event is counted a moment (microseconds)
+  after it happened; ``pool.events.flush()`` waits for it (tests).
+* An object with only a ``name`` and ``get_stats()`` (no ``add_listener``) is still
+  exported, every counter then read from ``get_stats()``.
+
+Each sample carries the label ``pool`` with the pool's ``name``; several pools
+(:class:`~mssql_pool.ConnectionPool` or :class:`~mssql_pool.AsyncConnectionPool`) may
+share one collector, but their names must differ.
 
 Metric table. Names are shown without the namespace prefix (default ``mssql_pool_``,
 so ``size`` is scraped as ``mssql_pool_size``); Prometheus appends ``_total`` to
@@ -86,8 +103,6 @@ reconnecting                       gauge    1 from ``reconnect_started`` until
 reconnect_failed_total             counter  ``reconnect_failed`` events: alert on its rate
 =================================  =======  =============================================
 
-Listeners run on their own thread, so an event is counted a moment after it happened.
-
 Keys that a pool reports but this table does not know are exported as gauges named
 ``mssql_pool_<key>`` (a gauge is never wrong about a value that may go down; a
 counter that went down would be). Keys absent from a pool's stats are simply not
@@ -107,7 +122,8 @@ from .errors import ConfigError
 from .events import DISCARD_REASONS, EventKind, PoolEvent
 from .stats import STATS
 
-__all__ = ["PoolCollector", "EventCounts", "register", "unregister", "METRICS", "EVENT_COUNTERS"]
+__all__ = ["PoolCollector", "EventCounts", "register", "unregister", "METRICS", "EVENT_COUNTERS",
+           "COUNTED_FROM"]
 
 
 class _StatsSource(Protocol):
@@ -163,72 +179,112 @@ _RESET_KEYS = {"none": "resets_none", "rollback": "resets_rollback", "full": "re
 #: :data:`mssql_pool.stats.STATS`.
 EVENT_COUNTERS: tuple[str, ...] = tuple(spec.key for spec in METRICS if spec.kind == "counter")
 
+#: What each counter is counted from (docs/operations.md shows this table; the rules
+#: are ``_STAT_RULES`` below).
+COUNTED_FROM: dict[str, str] = {
+    "requests_num": "`checkout` events",
+    "requests_queued": "`checkout`, `checkout_failed` and `queue_wait` events with a `wait`",
+    "requests_wait_ms": "the sum of the `wait` of those events",
+    "requests_timeouts": "`checkout_failed` events with `reason` `timeout`",
+    "requests_errors": "`checkout_failed` events with another `reason` than `timeout` or "
+                       "`cancelled`",
+    "usage_ms": "the sum of the `duration` of `checkin` events",
+    "connections_num": "`connect` events",
+    "connections_ms": "the sum of the `duration` of `connect` events",
+    "connections_errors": "`connect_failed` events but those of an open circuit (`reason` "
+                          "`circuit_open`)",
+    "connections_lost": "`check_failed` and `keepalive_failed` events, and `checkin` events "
+                        "with `reason` `lost`",
+    "connections_discarded": "`discard` events with a `reason` other than `idle`, "
+                             "`lifetime`, `drained` and `pool_closed`",
+    "connections_expired": "`discard` events with `reason` `lifetime` or `drained`",
+    "connections_idle_closed": "`discard` events with `reason` `idle`",
+    "connections_leaked": "`discard` events with `reason` `leaked`",
+    "connections_replaced": "`replaced` events",
+    "checks_run": "`check` and `check_failed` events",
+    "checks_skipped": "`checkout` events with `reason` `skipped`",
+    "checks_failed": "`check_failed` events",
+    "keepalives_run": "`keepalive` and `keepalive_failed` events",
+    "resets_none": "`checkin` events with `reset` `none`",
+    "resets_rollback": "`checkin` events with `reset` `rollback`",
+    "resets_full": "`checkin` events with `reset` `full` or `callback`",
+    "redirects": "`redirect` events without `error_info`",
+    "failovers": "`failover` events",
+    "endpoint_switches": "`connect` events with a `to_endpoint`",
+    "redirect_errors": "`redirect` events with `error_info`",
+    "connects_rejected": "`connect_rejected` events",
+}
 
-def _checkout(e: PoolEvent, add: Callable[[str, float], None]) -> None:
-    add("requests_num", 1)
+
+_Rule = Callable[[PoolEvent, dict[str, float]], None]
+
+
+def _checkout(e: PoolEvent, c: dict[str, float]) -> None:
+    c["requests_num"] += 1
     if e.reason == "skipped":
-        add("checks_skipped", 1)
-    _queued(e, add)
-
-
-def _checkout_failed(e: PoolEvent, add: Callable[[str, float], None]) -> None:
-    if e.reason == "timeout":
-        add("requests_timeouts", 1)
-    elif e.reason != "cancelled":     # the async pool's requests_cancelled, not an error
-        add("requests_errors", 1)
-    _queued(e, add)
-
-
-def _queued(e: PoolEvent, add: Callable[[str, float], None]) -> None:
+        c["checks_skipped"] += 1
     if e.wait is not None:
-        add("requests_queued", 1)
-        add("requests_wait_ms", e.wait * 1000.0)
+        _queued(e, c)
 
 
-def _checkin(e: PoolEvent, add: Callable[[str, float], None]) -> None:
-    add("usage_ms", (e.duration or 0.0) * 1000.0)
-    add(_RESET_KEYS.get(e.reset or "none", "resets_none"), 1)
+def _checkout_failed(e: PoolEvent, c: dict[str, float]) -> None:
+    if e.reason == "timeout":
+        c["requests_timeouts"] += 1
+    elif e.reason != "cancelled":     # the async pool's requests_cancelled, not an error
+        c["requests_errors"] += 1
+    if e.wait is not None:
+        _queued(e, c)
+
+
+def _queued(e: PoolEvent, c: dict[str, float]) -> None:
+    c["requests_queued"] += 1
+    c["requests_wait_ms"] += (e.wait or 0.0) * 1000.0
+
+
+def _checkin(e: PoolEvent, c: dict[str, float]) -> None:
+    c["usage_ms"] += (e.duration or 0.0) * 1000.0
+    c[_RESET_KEYS.get(e.reset or "none", "resets_none")] += 1
     if e.reason == "lost":
-        add("connections_lost", 1)
+        c["connections_lost"] += 1
 
 
-def _connect(e: PoolEvent, add: Callable[[str, float], None]) -> None:
-    add("connections_num", 1)
-    add("connections_ms", (e.duration or 0.0) * 1000.0)
+def _connect(e: PoolEvent, c: dict[str, float]) -> None:
+    c["connections_num"] += 1
+    c["connections_ms"] += (e.duration or 0.0) * 1000.0
     if e.to_endpoint is not None:
-        add("endpoint_switches", 1)
+        c["endpoint_switches"] += 1
 
 
-def _redirect(e: PoolEvent, add: Callable[[str, float], None]) -> None:
-    add("redirects" if e.error_info is None else "redirect_errors", 1)
+def _redirect(e: PoolEvent, c: dict[str, float]) -> None:
+    c["redirects" if e.error_info is None else "redirect_errors"] += 1
 
 
-def _connect_failed(e: PoolEvent, add: Callable[[str, float], None]) -> None:
+def _connect_failed(e: PoolEvent, c: dict[str, float]) -> None:
     if e.reason != "circuit_open":    # refused without a login
-        add("connections_errors", 1)
+        c["connections_errors"] += 1
 
 
-def _discard(e: PoolEvent, add: Callable[[str, float], None]) -> None:
+def _discard(e: PoolEvent, c: dict[str, float]) -> None:
     reason = e.reason
     if reason not in _RETIRED:
-        add("connections_discarded", 1)
+        c["connections_discarded"] += 1
     elif reason in _EXPIRED:
-        add("connections_expired", 1)
+        c["connections_expired"] += 1
     elif reason == "idle":
-        add("connections_idle_closed", 1)
+        c["connections_idle_closed"] += 1
     if reason == "leaked":
-        add("connections_leaked", 1)
+        c["connections_leaked"] += 1
 
 
-def _counting(*keys: str) -> Callable[[PoolEvent, Callable[[str, float], None]], None]:
-    def count(e: PoolEvent, add: Callable[[str, float], None]) -> None:
+def _counting(*keys: str) -> _Rule:
+    def count(e: PoolEvent, c: dict[str, float]) -> None:
         for key in keys:
-            add(key, 1)
+            c[key] += 1
     return count
 
 
 #: How each event moves the ``get_stats()`` counters (in their units: ms for ``*_ms``).
-_STAT_RULES: dict[EventKind, Callable[[PoolEvent, Callable[[str, float], None]], None]] = {
+_STAT_RULES: dict[EventKind, _Rule] = {
     EventKind.CHECKOUT: _checkout,
     EventKind.CHECKOUT_FAILED: _checkout_failed,
     EventKind.QUEUE_WAIT: _queued,
@@ -242,8 +298,8 @@ _STAT_RULES: dict[EventKind, Callable[[PoolEvent, Callable[[str, float], None]],
     EventKind.KEEPALIVE_FAILED: _counting("keepalives_run", "connections_lost"),
     EventKind.REPLACED: _counting("connections_replaced"),
     EventKind.REDIRECT: _redirect,
-    EventKind.CONNECT_REJECTED: _counting("connects_rejected"),
     EventKind.FAILOVER: _counting("failovers"),
+    EventKind.CONNECT_REJECTED: _counting("connects_rejected"),
 }
 
 
@@ -263,16 +319,13 @@ class EventCounts:
         self.counters: dict[str, float] = dict.fromkeys(EVENT_COUNTERS, 0.0)
         self.reconnecting = False
 
-    def _add(self, key: str, n: float) -> None:
-        self.counters[key] += n
-
     def __call__(self, event: PoolEvent) -> None:
         kind = event.kind
         rule = _STAT_RULES.get(kind)
         with self._lock:
             self.kinds[kind] += 1
             if rule is not None:
-                rule(event, self._add)
+                rule(event, self.counters)
             if kind is EventKind.DISCARD:
                 reason = event.reason if event.reason in self.discards else "other"
                 self.discards[reason or "other"] += 1
@@ -301,12 +354,15 @@ def _number(value: Any) -> float | None:
 
 
 class PoolCollector:
-    """A Prometheus collector exporting one or more pools' ``get_stats()``.
+    """A Prometheus collector exporting one or more pools: counters from their events,
+    gauges from ``get_stats()`` (see the module docstring).
 
     ``pools`` is a pool or an iterable of pools (anything with ``name`` and
-    ``get_stats()``). Register it with ``registry.register(collector)``, or use
-    :func:`register`. Pools can be added and removed later with :meth:`add` and
-    :meth:`remove`; the collector is thread-safe.
+    ``get_stats()``; with ``add_listener``/``remove_listener`` too for the event
+    counters). Register it with ``registry.register(collector)``, or use
+    :func:`register`. Pools can be added and removed later with :meth:`add` (which adds
+    the collector's listener to the pool) and :meth:`remove` (which removes it); the
+    collector is thread-safe.
     """
 
     def __init__(
