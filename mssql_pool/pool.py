@@ -282,11 +282,10 @@ class ConnectionPool:
             raise
 
     def _interrupted(self, start: float, waiter: Waiter | None) -> None:
-        """A ``checkout_failed`` event for a caller interrupted while waiting or checking
-        (none when its refusal was counted and told already)."""
-        if waiter is not None and waiter.refused is not None:
-            return
-        self.events.emit(EventKind.CHECKOUT_FAILED, reason="interrupted",
+        """The ``checkout_failed`` event of a caller interrupted while waiting or checking
+        (with the refusal's reason when the pool refused it meanwhile: counted so)."""
+        refused = None if waiter is None else waiter.refused
+        self.events.emit(EventKind.CHECKOUT_FAILED, reason=refused or "interrupted",
                          duration=self._clock() - start,
                          wait=None if waiter is None else waiter.waited)
 

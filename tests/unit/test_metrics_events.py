@@ -333,6 +333,40 @@ def test_the_wait_is_the_one_the_state_counted(make: Any, db: FakeDB,
     assert pool.get_stats()["requests_wait_ms"] == 250
 
 
+def test_a_caller_interrupted_after_its_refusal_is_told_with_the_refusal(
+        make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool refuses a waiter (it closes), and the waiter is interrupted before it
+    reads the refusal: counted as a refusal, told as one."""
+    from mssql_pool._state import Waiter
+
+    pool, registry, rec = make(max_size=1)
+    held = pool.getconn()
+    real_sleep = Waiter.sleep
+
+    def sleep_then_interrupt(self: Waiter, timeout: float) -> bool:
+        real_sleep(self, WAIT)               # until the refusal wakes it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Waiter, "sleep", sleep_then_interrupt)
+    seen: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            pool.getconn(timeout=WAIT)
+        except BaseException as exc:  # noqa: BLE001 - the interrupt is the point
+            seen.append(exc)
+
+    t = threading.Thread(target=caller)
+    t.start()
+    until_one_waits(pool)
+    pool.close()
+    t.join(WAIT)
+    assert len(seen) == 1 and isinstance(seen[0], KeyboardInterrupt)
+    pool.putconn(held)
+    assert_agree(pool, registry)
+    assert [e.reason for e in rec.of("checkout_failed")] == ["closed"]
+
+
 # ---------------------------------------------------------------- the property test
 
 hypothesis = pytest.importorskip("hypothesis")
