@@ -149,6 +149,9 @@ class Connector:
         except BaseException as exc:   # no thread: the slot must not be lost
             with self._threads_lock:
                 self._threads.discard(thread)
+            if self.events is not None:   # counted as a failed connect: told as one
+                self.events.emit(EventKind.CONNECT_FAILED, error_info=error_info(exc),
+                                 delay=0.1, duration=0.0)
             self.apply(self.state.connect_failed(slot, self.config.clock(), exc, 0.1))
             raise
 

@@ -220,9 +220,10 @@ class ConnectionPool:
         held: Take | Wait | None = None
         try:
             while True:
-                connector.apply(result.effects)
                 if isinstance(result, Wait):
-                    held = result
+                    held = result    # queued already: a failure to start its connect
+                connector.apply(result.effects)   # must take it out of the queue
+                if isinstance(result, Wait):
                     waiter = result.waiter
                     now = clock()
                     if not waiter.sleep(result.until - now):

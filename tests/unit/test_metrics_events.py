@@ -367,6 +367,30 @@ def test_a_caller_interrupted_after_its_refusal_is_told_with_the_refusal(
     assert [e.reason for e in rec.of("checkout_failed")] == ["closed"]
 
 
+def test_a_connect_thread_that_cannot_start_is_a_connect_failed(
+        make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller that asked for the connect gets the error and leaves the queue (it
+    stayed queued for ever before); the failed connect is an event like any other."""
+    import types
+
+    from mssql_pool import _connect
+
+    class NoThread(threading.Thread):
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    pool, registry, rec = make()
+    monkeypatch.setattr(_connect, "threading", types.SimpleNamespace(
+        Thread=NoThread, current_thread=threading.current_thread, Lock=threading.Lock))
+    with pytest.raises(RuntimeError):
+        pool.getconn(timeout=1)
+    monkeypatch.undo()
+    assert pool.get_stats()["requests_waiting"] == 0
+    got = assert_agree(pool, registry)
+    assert got["connections_errors"] == len(rec.of("connect_failed")) == 1
+    assert [e.reason for e in rec.of("checkout_failed")] == ["interrupted"]
+
+
 # ---------------------------------------------------------------- the property test
 
 hypothesis = pytest.importorskip("hypothesis")
