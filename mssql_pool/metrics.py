@@ -32,6 +32,12 @@ present (``size``, ``connections{state}``, ``min_size``, ``max_size``,
   after it happened; ``pool.events.flush()`` waits for it (tests).
 * An object with only a ``name`` and ``get_stats()`` (no ``add_listener``) is still
   exported, every counter then read from ``get_stats()``.
+* Known corners where the two records part (none reachable without an interrupt or a
+  failing ``configure``): a connection found dead in use whose proxy is then never
+  given back (``connections_lost`` counted, no ``checkin`` to tell it); an endpoint
+  switch whose connection then fails in ``configure`` (``endpoint_switches`` counted,
+  no ``connect`` event); a caller interrupted between being handed an unchecked
+  connection and its ``checkout`` event.
 
 Each sample carries the label ``pool`` with the pool's ``name``; several pools
 (:class:`~mssql_pool.ConnectionPool` or :class:`~mssql_pool.AsyncConnectionPool`) may

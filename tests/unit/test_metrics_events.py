@@ -523,6 +523,35 @@ def test_several_pools_one_collector_and_removal_detaches(make: Any, clock: Fake
     assert len(b.events.listeners) == 2 and collector._counts == {}
 
 
+def test_removal_leaves_nothing_behind(db: FakeDB, clock: FakeClock) -> None:
+    """After unregister, neither the pool nor the collector's listener is kept alive by
+    the other (nor by the registry)."""
+    import weakref
+
+    pool = ConnectionPool(connect=db.connect, clock=clock, sleep=clock.sleep,
+                          background=False, name="gone")
+    registry = CollectorRegistry()
+    collector = register(pool, registry)
+    pool.putconn(pool.getconn())
+    counts = collector._counts[id(pool)]
+    listener = weakref.ref(counts)
+    del counts
+    unregister(pool, registry)
+    assert pool.events.listeners == () and collector.pools == ()
+    for _ in range(500):                    # its thread ends after removal (bounded wait)
+        gc.collect()
+        if listener() is None:
+            break
+        threading.Event().wait(0.01)
+    assert listener() is None               # the pool's bus let go of it too
+    pool.close()
+    gone = weakref.ref(pool)
+    del pool
+    gc.collect()
+    assert gone() is None                   # the collector (still registered) let go
+    assert "gone" not in generate_latest(registry).decode()
+
+
 def test_attached_late_counts_from_registration(make: Any, clock: FakeClock) -> None:
     """Counters start at 0 when the collector attaches (get_stats() counts from the
     pool's creation); from then on they move together."""
