@@ -7,7 +7,9 @@ the rounds is printed, and its ratio to the pool without listeners within the sa
 * ``recovery``: a listener of the recovery kinds only (reconnect_*, failover, circuit_*),
   as an alerting hook would be: no event is built on the hot path;
 * ``every``: a no-op listener of every kind: two events per pair, each queued for the
-  listener's thread.
+  listener's thread;
+* ``collector``: the Prometheus collector's listener (``mssql_pool.metrics``, counting
+  every kind into its counters), as ``register(pool)`` adds it.
 
     .venv/bin/python bench/events_overhead.py [--rounds 7] [--pairs 20000]
 """
@@ -59,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--pairs", type=int, default=20000)
     args = p.parse_args(argv)
+    from mssql_pool.metrics import EventCounts
+
     pools = {"none": _pool([]), "recovery": _pool([(_nop, RECOVERY)]),
-             "every": _pool([_nop])}
+             "every": _pool([_nop]), "collector": _pool([EventCounts()])}
     times: dict[str, list[float]] = {name: [] for name in pools}
     ratios: dict[str, list[float]] = {name: [] for name in pools}
     try:

@@ -149,6 +149,9 @@ class Connector:
         except BaseException as exc:   # no thread: the slot must not be lost
             with self._threads_lock:
                 self._threads.discard(thread)
+            if self.events is not None:   # counted as a failed connect: told as one
+                self.events.emit(EventKind.CONNECT_FAILED, error_info=error_info(exc),
+                                 delay=0.1, duration=0.0)
             self.apply(self.state.connect_failed(slot, self.config.clock(), exc, 0.1))
             raise
 
@@ -176,7 +179,8 @@ class Connector:
         connect error or None, the error the policy gave up with or None). A
         ``BaseException`` is reported (the slot freed) and raised."""
         clock = self.config.clock
-        begun = clock()
+        # connections_ms and the connect event's duration time the same span
+        begun = slot.started_at = clock()
         try:
             rec = self._dial(begun)
         except BaseException as exc:
@@ -237,10 +241,13 @@ class Connector:
         landing = rec.landing
         endpoint = None if landing is None else str(landing.endpoint)
         node = None if landing is None else landing.node
+        moved = landing is not None and landing.switched
         with self._outage_lock:
             outage, self._outage = self._outage, None
         bus.emit(EventKind.CONNECT, conn_id=rec.seq, spid=rec.spid, endpoint=endpoint, node=node,
-                 duration=took)
+                 duration=took, to_endpoint=endpoint if moved else None,
+                 from_endpoint=str(landing.switched_from) if moved and landing is not None
+                 and landing.switched_from is not None else None)
         if outage is not None:
             bus.emit(EventKind.RECONNECT_SUCCEEDED, conn_id=rec.seq, spid=rec.spid,
                      endpoint=endpoint,

@@ -70,8 +70,8 @@ class Waiter:
     """One queued caller. Whoever has something for it completes it under the state lock
     and releases its lock; the caller sleeps on :meth:`sleep`."""
 
-    __slots__ = ("seq", "start", "deadline", "rec", "check", "refused", "error",
-                 "counted", "_lock", "_signalled")
+    __slots__ = ("seq", "start", "deadline", "rec", "check", "fresh", "refused", "error",
+                 "counted", "waited", "_lock", "_signalled")
 
     def __init__(self, seq: int, start: float, deadline: float) -> None:
         self.seq = seq              # arrival order
@@ -79,9 +79,11 @@ class Waiter:
         self.deadline = deadline
         self.rec: ConnectionRecord | None = None   # delivered connection
         self.check = False          # run the check on it first
+        self.fresh = False          # the delivered connection was opened for the queue
         self.refused: str | None = None            # or why it was refused
         self.error: BaseException | None = None    # the connect error behind a refusal
         self.counted = False        # counted in requests_queued
+        self.waited = 0.0           # the wait counted in requests_wait_ms (s)
         self._lock = threading.Lock()
         self._lock.acquire()
         self._signalled = False
@@ -149,6 +151,7 @@ class Take:
     check: bool
     effects: Effects
     waiter: Waiter | None = None    # the request's waiter when it was queued
+    fresh: bool = False             # opened for the queue (not checked: the login proved it)
 
 
 @dataclass(slots=True)
@@ -171,6 +174,7 @@ class Refuse:
     error: BaseException | None
     waited: float
     effects: Effects
+    wait: float | None = None       # the wait counted in requests_wait_ms, when it queued
 
 
 class PoolState:
@@ -282,15 +286,14 @@ class PoolState:
                 if not check:
                     st.requests_num += 1
                     if waiter is not None:
-                        st.requests_wait_ms += (now - waiter.start) * 1000.0
+                        self._count_wait(waiter, now)
                 self._assign(now, fx)
                 return Take(rec, check, fx, waiter)
             start = now if waiter is None else waiter.start
             if self.closed:
                 st.requests_errors += 1
-                if waiter is not None:
-                    st.requests_wait_ms += (now - start) * 1000.0
-                return Refuse(REFUSED_CLOSED, None, now - start, fx)
+                return Refuse(REFUSED_CLOSED, None, now - start, fx,
+                              None if waiter is None else self._count_wait(waiter, now))
             if waiter is None:
                 if self.max_waiting and len(self.waiters) >= self.max_waiting:
                     st.requests_errors += 1
@@ -299,16 +302,14 @@ class PoolState:
                 waiter = Waiter(self.waiter_seq, now, deadline)
             if now >= deadline:
                 st.requests_timeouts += 1
-                if waiter.counted:
-                    st.requests_wait_ms += (now - start) * 1000.0
                 self._assign(now, fx)
-                return Refuse(REFUSED_TIMEOUT, self.last_error, now - start, fx)
+                return Refuse(REFUSED_TIMEOUT, self.last_error, now - start, fx,
+                              self._count_wait(waiter, now) if waiter.counted else None)
             if (not self.circuit_wait and self.circuit_until > deadline
                     and self.n_open + self.n_connecting == 0):
                 st.requests_errors += 1
-                if waiter.counted:
-                    st.requests_wait_ms += (now - start) * 1000.0
-                return Refuse(REFUSED_CIRCUIT, self.last_error, now - start, fx)
+                return Refuse(REFUSED_CIRCUIT, self.last_error, now - start, fx,
+                              self._count_wait(waiter, now) if waiter.counted else None)
             self._enqueue(waiter)
             if not waiter.counted:
                 waiter.counted = True
@@ -331,15 +332,16 @@ class PoolState:
             if waiter.rec is not None:
                 rec = waiter.rec
                 waiter.rec = None
-                return Take(rec, waiter.check, fx, waiter)
+                return Take(rec, waiter.check, fx, waiter, waiter.fresh)
             if waiter.refused is not None:
-                return Refuse(waiter.refused, waiter.error, now - waiter.start, fx)
+                return Refuse(waiter.refused, waiter.error, now - waiter.start, fx,
+                              waiter.waited)
             if now >= waiter.deadline:
                 self._remove(waiter)
                 st.requests_timeouts += 1
-                st.requests_wait_ms += (now - waiter.start) * 1000.0
                 self._assign(now, fx)
-                return Refuse(REFUSED_TIMEOUT, self.last_error, now - waiter.start, fx)
+                return Refuse(REFUSED_TIMEOUT, self.last_error, now - waiter.start, fx,
+                              self._count_wait(waiter, now))
             self._assign(now, fx)
             return Wait(waiter, self._wake_time(waiter, now), fx)
         finally:
@@ -352,20 +354,23 @@ class PoolState:
         with self.lock:
             waiter._rearm()
             rec = waiter.rec
+            st = self.stats
             if rec is not None:
                 waiter.rec = None
                 if waiter.check:
-                    self.stats.checks_run -= 1     # delivered for a check that never ran
-                else:
-                    self.stats.requests_num -= 1   # granted, then abandoned unseen
-                    self.stats.requests_wait_ms -= (now - waiter.start) * 1000.0
+                    st.checks_run -= 1     # delivered for a check that never ran
+                    self._count_wait(waiter, now)
+                else:                      # granted, then abandoned unseen (its wait
+                    st.requests_num -= 1   # was counted when it was granted)
+                    if self.has_check and not waiter.fresh:
+                        st.checks_skipped -= 1
                 self._give(rec, now)
             elif waiter.refused is None:
                 self._remove(waiter)
+                self._count_wait(waiter, now)
             else:
                 return fx      # already refused and counted
-            self.stats.requests_errors += 1
-            self.stats.requests_wait_ms += (now - waiter.start) * 1000.0
+            st.requests_errors += 1
             self._assign(now, fx)
         return fx
 
@@ -384,7 +389,7 @@ class PoolState:
                 rec.returned_at = now
                 st.requests_num += 1
                 if waiter is not None:
-                    st.requests_wait_ms += (now - waiter.start) * 1000.0
+                    self._count_wait(waiter, now)
                 return fx
             st.checks_failed += 1
             st.connections_lost += 1
@@ -392,12 +397,17 @@ class PoolState:
             self._assign(now, fx)
         return fx
 
-    def abandon(self, rec: ConnectionRecord, now: float, reason: str) -> Effects:
+    def abandon(self, rec: ConnectionRecord, now: float, reason: str,
+                waiter: Waiter | None = None) -> Effects:
         """The caller was interrupted while checking ``rec``: the session's state is
-        unknown, so it is discarded; the request ends with an error."""
+        unknown, so it is discarded; the request ends with an error (its check, which
+        never ended, is not counted; ``waiter``: the request's, when it queued)."""
         fx = Effects()
         with self.lock:
             self.stats.requests_errors += 1
+            self.stats.checks_run -= 1
+            if waiter is not None:
+                self._count_wait(waiter, now)
             self._discard_busy(rec, reason, fx)
             self._assign(now, fx)
         return fx
@@ -748,9 +758,10 @@ class PoolState:
         check = False if fresh else self._needs_check(rec, now)
         waiter.rec = rec
         waiter.check = check
+        waiter.fresh = fresh
         if not check:
             self.stats.requests_num += 1
-            self.stats.requests_wait_ms += (now - waiter.start) * 1000.0
+            self._count_wait(waiter, now)
         waiter._signal()
 
     def _give(self, rec: ConnectionRecord, now: float, fresh: bool = False) -> None:
@@ -766,8 +777,15 @@ class PoolState:
                 now: float) -> None:
         waiter.refused = why
         waiter.error = error
-        self.stats.requests_wait_ms += (now - waiter.start) * 1000.0
+        self._count_wait(waiter, now)
         waiter._signal()
+
+    def _count_wait(self, waiter: Waiter, now: float) -> float:
+        """Count a queued request's wait, once it ended (granted or refused); returns it
+        (the ``wait`` of its event)."""
+        waited = waiter.waited = now - waiter.start
+        self.stats.requests_wait_ms += waited * 1000.0
+        return waited
 
     def _drop(self, rec: ConnectionRecord) -> None:
         """Forget an open connection (out of the idle stack or the busy count already)."""

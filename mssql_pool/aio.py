@@ -53,7 +53,7 @@ from .errors import (
     TooManyRequests,
     UnbalancedTransactionError,
 )
-from .events import EventBus, Listener
+from .events import EventBus, EventKind, Listener
 from .pool import ConnectionPool
 from .retry import RetryPolicy, is_testing
 from .transaction import (
@@ -184,6 +184,7 @@ class _Gate:
         self.waiters: deque[asyncio.Future[Any]] = deque()
         self.deadlines: dict[asyncio.Future[Any], float] = {}
         self.orphan: Callable[[Any], None] = lambda proxy: None   # set by the pool
+        self.events: EventBus | None = None                        # set by the pool
         self.queued = 0          # acquisitions that had to wait
         self.wait_ms = 0.0
         self.timeouts = 0
@@ -195,26 +196,32 @@ class _Gate:
         """A permit (None) or a connection delivered with it."""
         if self.closed:
             self.errors += 1
+            self._failed("closed", 0.0, None)
             raise PoolClosed("the pool is closed")
         if self.free and not self.waiters:
             self.free -= 1
             return None
         if self.max_waiting and len(self.waiters) >= self.max_waiting:
             self.errors += 1
+            self._failed("full", 0.0, None)
             raise TooManyRequests(
                 f"{len(self.waiters)} tasks already waiting (max_waiting="
                 f"{self.max_waiting}); shed load or raise max_waiting/max_size")
         start = loop.time()
         if deadline <= start:
             self.timeouts += 1
+            self._failed("timeout", 0.0, None)
             raise _GateTimeout()
         fut: asyncio.Future[Any] = loop.create_future()
         self.waiters.append(fut)
         self.deadlines[fut] = deadline
         self.queued += 1
         timer = loop.call_at(deadline, self._expire, fut)
+        outcome: str | None = "cancelled"
         try:
-            return await fut
+            got = await fut
+            outcome = None
+            return got
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 # The permit arrived with the cancellation: pass it on (with the
@@ -230,14 +237,27 @@ class _Gate:
             raise
         except _GateTimeout:
             self.timeouts += 1
+            outcome = "timeout"
             raise
         except PoolClosed:
             self.errors += 1
+            outcome = "closed"
             raise
         finally:
             timer.cancel()
             self.deadlines.pop(fut, None)
-            self.wait_ms += (loop.time() - start) * 1000.0
+            waited = loop.time() - start
+            self.wait_ms += waited * 1000.0
+            if outcome is None:
+                if self.events is not None:
+                    self.events.emit(EventKind.QUEUE_WAIT, wait=waited)
+            else:
+                self._failed(outcome, waited, waited)
+
+    def _failed(self, why: str, took: float, wait: float | None) -> None:
+        """A ``checkout_failed`` event for a request that ended in the queue."""
+        if self.events is not None:
+            self.events.emit(EventKind.CHECKOUT_FAILED, reason=why, duration=took, wait=wait)
 
     def _expire(self, fut: asyncio.Future[Any]) -> None:
         if not fut.done():
@@ -576,6 +596,7 @@ class AsyncConnectionPool:
         self.name: str = cfg.name
         self._gate = _Gate(cfg.max_size, cfg.max_waiting)
         self._gate.orphan = self._orphan
+        self._gate.events = self.sync_pool.events
         self._workers = _Workers(f"mssql_pool-aio-{cfg.name}", cfg.max_size + 2)
         self._canceller = _Workers(f"mssql_pool-aio-{cfg.name}-cancel", 1)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -625,6 +646,7 @@ class AsyncConnectionPool:
         loop = self._bind_loop()
         if self._closed:
             self._gate.errors += 1
+            self._gate._failed("closed", 0.0, None)
             raise PoolClosed(f"pool {self.name!r} is closed")
         limit = self.config.timeout if timeout is None else timeout
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0:
@@ -643,6 +665,7 @@ class AsyncConnectionPool:
         if remaining <= 0:
             self._gate.release()
             self._gate.timeouts += 1
+            self._gate._failed("timeout", loop.time() - start, None)
             raise self._timeout_error(loop.time() - start)
         co = _Checkout()
         try:
@@ -656,11 +679,13 @@ class AsyncConnectionPool:
             done, _ = await asyncio.wait((wrapped,), timeout=remaining)
         except asyncio.CancelledError:
             self._gate.cancelled += 1
+            self._gate._failed("cancelled", loop.time() - start, None)
             self._abandon(co, cf)
             raise
         if not done:
             self._abandon(co, cf)
             self._gate.timeouts += 1
+            self._gate._failed("timeout", loop.time() - start, None)
             raise self._timeout_error(loop.time() - start)
         try:
             proxy = wrapped.result()

@@ -88,7 +88,7 @@ class ConnectionRecord:
         "raw", "seq", "generation", "created_at", "expires_at", "returned_at", "checkout_at",
         "state", "flags", "discard_reason", "_info", "autocommit", "stack", "leak_warned", "pid",
         "pinged_at", "conn_properties", "landing", "replay_timeout",
-        "vouched", "free", "learn", "reading", "close_code",
+        "vouched", "free", "learn", "reading", "close_code", "lost",
     )
 
     def __init__(self, raw: Any, seq: int, generation: int, now: float, expires_at: float,
@@ -99,6 +99,7 @@ class ConnectionRecord:
                                           # suspect when below the pool's mark
         self.generation = generation      # drain() bumps the pool's generation
         self.close_code: str | None = None   # discard reason code for the event (events.py)
+        self.lost = False                 # found dead in use (counted in connections_lost)
         self.created_at = now
         self.expires_at = expires_at      # jittered max_lifetime (inf when off)
         self.returned_at = now            # last time it became idle (or was checked)

@@ -228,7 +228,9 @@ class Landing:
     (``@@SERVERNAME``, plus ``address:port`` where ``CONNECTIONPROPERTY`` answers), None
     when identification is off or failed; ``redirected`` True/False when the node's
     port tells, None when unknown; ``at`` the pool clock's time of the connect;
-    ``spid`` the server session id, when identification asked for it.
+    ``spid`` the server session id, when identification asked for it; ``switched``
+    True when new connections go first to this endpoint from now on (counted in
+    ``endpoint_switches``), ``switched_from`` where they went until then.
     """
 
     endpoint: Endpoint
@@ -236,6 +238,8 @@ class Landing:
     redirected: bool | None = None
     at: float = 0.0
     spid: int | None = None
+    switched: bool = False
+    switched_from: Endpoint | None = None
 
     def __str__(self) -> str:
         via = "" if self.node is None else f" -> {self.node}"
@@ -439,8 +443,7 @@ class EndpointRouter:
                 failed.append((ep, exc))
                 continue
             return raw, landing
-        with self._lock:
-            self._counters["connects_rejected"] += len(skipped)
+        self._rejected(skipped)
         redirect = next((e for _, e in failed if isinstance(e, RedirectError)), None)
         if redirect is not None:
             raise redirect
@@ -457,6 +460,16 @@ class EndpointRouter:
                 retry_at=soonest.retry_at, retry_in=soonest.retry_in,
                 endpoint=soonest.endpoint)
         raise soonest
+
+    def _rejected(self, skipped: list[CircuitOpenError]) -> None:
+        """Count (and tell) the endpoints a failed connect skipped without a login."""
+        with self._lock:
+            self._counters["connects_rejected"] += len(skipped)
+        bus = self.events
+        if bus is not None:
+            for refusal in skipped:
+                bus.emit(EventKind.CONNECT_REJECTED, endpoint=str(refusal.endpoint),
+                         delay=refusal.retry_in, error_info=error_info(refusal.last_error))
 
     def _login_kwargs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(kwargs)
@@ -538,6 +551,9 @@ class EndpointRouter:
         with self._lock:
             self._counters["redirect_errors"] += 1
         logger.warning("pool %r: %s", self.name, err)
+        if self.events is not None:
+            self.events.emit(EventKind.REDIRECT, endpoint=str(ep), node=routed,
+                             error_info=error_info(err))
         return err
 
     def _failed(self, st: _State, exc: BaseException) -> None:
@@ -576,6 +592,7 @@ class EndpointRouter:
             if node is not None:
                 st.node = node
             switched = ep != self._current
+            switched_from = self._current if switched else None
             if switched:
                 self._counters["endpoint_switches"] += 1
                 if previous is not None and (failed or skipped):
@@ -599,7 +616,7 @@ class EndpointRouter:
                          error_info=error_info(last))
         if redirected and bus is not None:
             bus.emit(EventKind.REDIRECT, endpoint=str(ep), node=node, spid=spid)
-        return Landing(ep, node, redirected, now, spid)
+        return Landing(ep, node, redirected, now, spid, switched, switched_from)
 
     def _identify_node(self, raw: Any, ep: Endpoint
                        ) -> tuple[str | None, int | None, int | None]:

@@ -78,7 +78,8 @@ class EventKind(str, enum.Enum):
     CONNECT = "connect"
     """A new connection is open (login and ``configure`` done). ``conn_id``, ``endpoint``,
     ``node`` and ``spid`` (where it landed, when identified), ``duration`` (seconds the
-    connect took)."""
+    connect took); ``to_endpoint`` (and ``from_endpoint``, the previous one) when new
+    connections go first to this endpoint from now on."""
 
     CONNECT_FAILED = "connect_failed"
     """A login (or ``configure``) failed, or an open circuit refused it without a login.
@@ -86,13 +87,35 @@ class EventKind(str, enum.Enum):
     before its next connect, when it decided one)."""
 
     CHECKOUT = "checkout"
-    """A caller got a connection. ``conn_id``, ``duration`` (seconds it waited, 0.0 on the
-    fast path), ``reason`` ``"checked"`` when a check ran first, else None."""
+    """A caller got a connection. ``conn_id``, ``duration`` (seconds since the request,
+    0.0 on the fast path), ``reason``: ``"checked"`` (a check ran first), ``"skipped"``
+    (the check was bypassed: ``validate_after``), ``"new"`` (opened for this caller: the
+    login proved it), None (the pool has no check); ``wait`` (seconds queued, when the
+    caller had to queue, else None)."""
+
+    CHECKOUT_FAILED = "checkout_failed"
+    """A checkout ended without a connection. ``reason``: ``"timeout"`` (``PoolTimeout``
+    at its timeout), ``"full"`` (``TooManyRequests``), ``"closed"`` (``PoolClosed``),
+    ``"login"`` (the connect policy gave up), ``"circuit"`` (``PoolCircuitOpen``),
+    ``"interrupted"`` (the caller was interrupted while waiting or checking),
+    ``"cancelled"`` (an asyncio task cancelled in the async pool's queue); ``duration``
+    (seconds since the request), ``wait`` (seconds queued, when it queued)."""
+
+    QUEUE_WAIT = "queue_wait"
+    """A task of an :class:`~mssql_pool.AsyncConnectionPool` waited for its turn in the
+    pool's asyncio queue and got it (its checkout follows, with its own events).
+    ``wait`` (seconds queued). A wait there that ends otherwise is a
+    ``checkout_failed``."""
 
     CHECKIN = "checkin"
-    """A connection came back and is kept (idle, or straight to a waiter). ``conn_id``,
-    ``duration`` (seconds it was held), ``reset`` (the reset it needed: ``"none"``,
-    ``"rollback"``, ``"full"``, ``"callback"``)."""
+    """A connection came back (every return fires one). ``conn_id``, ``duration``
+    (seconds it was held), ``reset`` (the reset it needed: ``"none"``, ``"rollback"``,
+    ``"full"``, ``"callback"``), ``reason`` None when it may be reused, else why it is
+    discarded: ``"lost"`` (found dead in use), ``"invalidated"`` (``invalidate()``),
+    ``"reset_failed"`` (a ``discard`` follows then)."""
+
+    CHECK = "check"
+    """A check (on checkout, or ``pool.check()``) passed. ``conn_id``."""
 
     CHECK_FAILED = "check_failed"
     """The check on checkout (or ``pool.check()``) failed; a ``discard`` follows.
@@ -108,6 +131,11 @@ class EventKind(str, enum.Enum):
     ``reason`` (one of :data:`DISCARD_REASONS`); the event before it (``check_failed``,
     ``keepalive_failed``, ``reset``...) carries the error when one caused it."""
 
+    REPLACED = "replaced"
+    """The first statement of an unchecked checkout found its connection dead and ran
+    again on a replacement (``health.may_replay``). ``conn_id`` (the replacement),
+    ``error_info`` (the error that showed the old one dead)."""
+
     REAP_IDLE = "reap_idle"
     """Maintenance closes an idle connection above ``min_size`` unused for ``max_idle``
     seconds; a ``discard`` follows. ``conn_id``, ``duration`` (seconds idle)."""
@@ -115,6 +143,9 @@ class EventKind(str, enum.Enum):
     RETIRE_LIFETIME = "retire_lifetime"
     """A connection reached its (jittered) ``max_lifetime``: retired when idle or when it
     comes back; a ``discard`` follows. ``conn_id``, ``duration`` (its age)."""
+
+    KEEPALIVE = "keepalive"
+    """A keepalive ping of an idle connection passed. ``conn_id``."""
 
     KEEPALIVE_FAILED = "keepalive_failed"
     """A keepalive ping of an idle connection failed; a ``discard`` follows. ``conn_id``,
@@ -151,7 +182,14 @@ class EventKind(str, enum.Enum):
 
     REDIRECT = "redirect"
     """A new connection was routed by the server (Azure gateway redirect) to another node.
-    ``endpoint`` (dialled), ``node`` (reached), ``spid``."""
+    ``endpoint`` (dialled), ``node`` (reached), ``spid``. With ``error_info``: the routed
+    login failed (a second routing hop or a loop: ``RedirectError``), ``node`` is the
+    address it was routed to."""
+
+    CONNECT_REJECTED = "connect_rejected"
+    """A connect found no endpoint that would take a login, and skipped this one without
+    one (its circuit was open, or it asked for a throttling pause). ``endpoint``,
+    ``delay`` (seconds until it may be tried), ``error_info`` (its last failure)."""
 
     CIRCUIT_OPENED = "circuit_opened"
     """A circuit breaker opened (or re-opened after a failed probe): logins there fail fast.
@@ -256,6 +294,7 @@ class PoolEvent(NamedTuple):
     reset: str | None = None             # "none", "rollback", "full", "callback"
     from_endpoint: str | None = None
     to_endpoint: str | None = None
+    wait: float | None = None            # seconds a checkout queued (None: it did not)
 
     def as_dict(self) -> dict[str, Any]:
         """The fields that are set, JSON-friendly (``error_info`` as kind/number/message)."""
@@ -693,7 +732,9 @@ _LIFE: dict[EventKind, dict[str, str]] = {
     EventKind.CHECKOUT: {_IDLE: _BUSY},
     EventKind.RESET: {_BUSY: _BUSY},
     EventKind.CHECKIN: {_BUSY: _IDLE},
+    EventKind.CHECK: {_IDLE: _IDLE},
     EventKind.CHECK_FAILED: {_IDLE: _CLOSING},
+    EventKind.KEEPALIVE: {_IDLE: _IDLE},
     EventKind.KEEPALIVE_FAILED: {_IDLE: _CLOSING},
     EventKind.REAP_IDLE: {_IDLE: _CLOSING},
     EventKind.RETIRE_LIFETIME: {_IDLE: _CLOSING, _BUSY: _CLOSING},

@@ -149,9 +149,13 @@ class Maintenance:
             pool.events.emit(EventKind.KEEPALIVE_FAILED, conn_id=rec.seq, spid=rec.spid,
                              error_info=error_info(exc))
         except BaseException:
+            rec.close_code = "keepalive_failed"
+            pool.events.emit(EventKind.KEEPALIVE_FAILED, conn_id=rec.seq, spid=rec.spid)
             pool.connector.apply(state.pinged(rec, pool.config.clock(), "interrupted",
                                               keepalive=True, mark=mark))
             raise
+        if error is None:
+            pool.events.emit(EventKind.KEEPALIVE, conn_id=rec.seq, spid=rec.spid)
         pool.connector.apply(state.pinged(rec, pool.config.clock(), error, keepalive=True,
                                           mark=mark))
 

@@ -14,11 +14,34 @@ or, for full control::
     registry.register(PoolCollector([orders_pool, reports_pool]))
     print(generate_latest(registry).decode())
 
-Every scrape calls ``pool.get_stats()`` (which does not reset anything; avoid
-``pop_stats()`` on a pool you scrape, or counters will appear to restart, which
-Prometheus tolerates but dashboards show as a dip). Each sample carries the label
-``pool`` with the pool's ``name``; several pools may share one collector, but their
-names must differ.
+**Where the values come from.** The collector is a listener of each pool's events
+(:mod:`mssql_pool.events`), added by :meth:`PoolCollector.add` (and :func:`register`)
+and removed by :meth:`PoolCollector.remove` (and :func:`unregister`). Every *counter*
+is counted from those events (:data:`COUNTED_FROM` says from which), the one record
+that the alerts, the traces and the demo's report read too; the pool's own
+``get_stats()`` counts the same decisions apart, and the two agree (the project's
+tests compare them after every step of random runs). The *gauges* describe the
+present (``size``, ``connections{state}``, ``min_size``, ``max_size``,
+``requests_waiting``) and are read from ``pool.get_stats()`` at each scrape.
+
+* Counters start at 0 when the pool is added: a collector attached to a pool that has
+  been running counts from then on (Prometheus takes a counter's start as a reset),
+  while ``get_stats()`` counts from the pool's creation.
+* ``pop_stats()`` does not reset the exported counters.
+* Listeners run on their own thread, so an event is counted a moment (microseconds)
+  after it happened; ``pool.events.flush()`` waits for it (tests).
+* An object with only a ``name`` and ``get_stats()`` (no ``add_listener``) is still
+  exported, every counter then read from ``get_stats()``.
+* Known corners where the two records part (none reachable without an interrupt or a
+  failing ``configure``): a connection found dead in use whose proxy is then never
+  given back (``connections_lost`` counted, no ``checkin`` to tell it); an endpoint
+  switch whose connection then fails in ``configure`` (``endpoint_switches`` counted,
+  no ``connect`` event); a caller interrupted between being handed an unchecked
+  connection and its ``checkout`` event.
+
+Each sample carries the label ``pool`` with the pool's ``name``; several pools
+(:class:`~mssql_pool.ConnectionPool` or :class:`~mssql_pool.AsyncConnectionPool`) may
+share one collector, but their names must differ.
 
 Metric table. Names are shown without the namespace prefix (default ``mssql_pool_``,
 so ``size`` is scraped as ``mssql_pool_size``); Prometheus appends ``_total`` to
@@ -86,8 +109,6 @@ reconnecting                       gauge    1 from ``reconnect_started`` until
 reconnect_failed_total             counter  ``reconnect_failed`` events: alert on its rate
 =================================  =======  =============================================
 
-Listeners run on their own thread, so an event is counted a moment after it happened.
-
 Keys that a pool reports but this table does not know are exported as gauges named
 ``mssql_pool_<key>`` (a gauge is never wrong about a value that may go down; a
 counter that went down would be). Keys absent from a pool's stats are simply not
@@ -99,7 +120,7 @@ from __future__ import annotations
 import re
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -107,7 +128,8 @@ from .errors import ConfigError
 from .events import DISCARD_REASONS, EventKind, PoolEvent
 from .stats import STATS
 
-__all__ = ["PoolCollector", "EventCounts", "register", "unregister", "METRICS"]
+__all__ = ["PoolCollector", "EventCounts", "register", "unregister", "METRICS", "EVENT_COUNTERS",
+           "COUNTED_FROM"]
 
 
 class _StatsSource(Protocol):
@@ -153,19 +175,163 @@ def _prometheus() -> Any:
     return core
 
 
+#: ``discard`` reasons that are not counted in ``connections_discarded`` (nothing was
+#: wrong with the connection), and those counted in ``connections_expired``.
+_RETIRED = frozenset({"idle", "lifetime", "drained", "pool_closed"})
+_EXPIRED = frozenset({"lifetime", "drained"})
+_RESET_KEYS = {"none": "resets_none", "rollback": "resets_rollback", "full": "resets_full",
+               "callback": "resets_full"}
+#: The ``get_stats()`` counters the collector rebuilds from events: every counter of
+#: :data:`mssql_pool.stats.STATS`.
+EVENT_COUNTERS: tuple[str, ...] = tuple(spec.key for spec in METRICS if spec.kind == "counter")
+
+#: What each counter is counted from (docs/operations.md shows this table; the rules
+#: are ``_STAT_RULES`` below).
+COUNTED_FROM: dict[str, str] = {
+    "requests_num": "`checkout` events",
+    "requests_queued": "`checkout`, `checkout_failed` and `queue_wait` events with a `wait`",
+    "requests_wait_ms": "the sum of the `wait` of those events",
+    "requests_timeouts": "`checkout_failed` events with `reason` `timeout`",
+    "requests_errors": "`checkout_failed` events with another `reason` than `timeout` or "
+                       "`cancelled`",
+    "usage_ms": "the sum of the `duration` of `checkin` events",
+    "connections_num": "`connect` events",
+    "connections_ms": "the sum of the `duration` of `connect` events",
+    "connections_errors": "`connect_failed` events but those of an open circuit (`reason` "
+                          "`circuit_open`)",
+    "connections_lost": "`check_failed` and `keepalive_failed` events, and `checkin` events "
+                        "with `reason` `lost`",
+    "connections_discarded": "`discard` events with a `reason` other than `idle`, "
+                             "`lifetime`, `drained` and `pool_closed`",
+    "connections_expired": "`discard` events with `reason` `lifetime` or `drained`",
+    "connections_idle_closed": "`discard` events with `reason` `idle`",
+    "connections_leaked": "`discard` events with `reason` `leaked`",
+    "connections_replaced": "`replaced` events",
+    "checks_run": "`check` and `check_failed` events",
+    "checks_skipped": "`checkout` events with `reason` `skipped`",
+    "checks_failed": "`check_failed` events",
+    "keepalives_run": "`keepalive` and `keepalive_failed` events",
+    "resets_none": "`checkin` events with `reset` `none`",
+    "resets_rollback": "`checkin` events with `reset` `rollback`",
+    "resets_full": "`checkin` events with `reset` `full` or `callback`",
+    "redirects": "`redirect` events without `error_info`",
+    "failovers": "`failover` events",
+    "endpoint_switches": "`connect` events with a `to_endpoint`",
+    "redirect_errors": "`redirect` events with `error_info`",
+    "connects_rejected": "`connect_rejected` events",
+}
+
+
+_Rule = Callable[[PoolEvent, dict[str, float]], None]
+
+
+def _checkout(e: PoolEvent, c: dict[str, float]) -> None:
+    c["requests_num"] += 1
+    if e.reason == "skipped":
+        c["checks_skipped"] += 1
+    if e.wait is not None:
+        _queued(e, c)
+
+
+def _checkout_failed(e: PoolEvent, c: dict[str, float]) -> None:
+    if e.reason == "timeout":
+        c["requests_timeouts"] += 1
+    elif e.reason != "cancelled":     # the async pool's requests_cancelled, not an error
+        c["requests_errors"] += 1
+    if e.wait is not None:
+        _queued(e, c)
+
+
+def _queued(e: PoolEvent, c: dict[str, float]) -> None:
+    c["requests_queued"] += 1
+    c["requests_wait_ms"] += (e.wait or 0.0) * 1000.0
+
+
+def _checkin(e: PoolEvent, c: dict[str, float]) -> None:
+    c["usage_ms"] += (e.duration or 0.0) * 1000.0
+    c[_RESET_KEYS.get(e.reset or "none", "resets_none")] += 1
+    if e.reason == "lost":
+        c["connections_lost"] += 1
+
+
+def _connect(e: PoolEvent, c: dict[str, float]) -> None:
+    c["connections_num"] += 1
+    c["connections_ms"] += (e.duration or 0.0) * 1000.0
+    if e.to_endpoint is not None:
+        c["endpoint_switches"] += 1
+
+
+def _redirect(e: PoolEvent, c: dict[str, float]) -> None:
+    c["redirects" if e.error_info is None else "redirect_errors"] += 1
+
+
+def _connect_failed(e: PoolEvent, c: dict[str, float]) -> None:
+    if e.reason != "circuit_open":    # refused without a login
+        c["connections_errors"] += 1
+
+
+def _discard(e: PoolEvent, c: dict[str, float]) -> None:
+    reason = e.reason
+    if reason not in _RETIRED:
+        c["connections_discarded"] += 1
+    elif reason in _EXPIRED:
+        c["connections_expired"] += 1
+    elif reason == "idle":
+        c["connections_idle_closed"] += 1
+    if reason == "leaked":
+        c["connections_leaked"] += 1
+
+
+def _counting(*keys: str) -> _Rule:
+    def count(e: PoolEvent, c: dict[str, float]) -> None:
+        for key in keys:
+            c[key] += 1
+    return count
+
+
+#: How each event moves the ``get_stats()`` counters (in their units: ms for ``*_ms``).
+_STAT_RULES: dict[EventKind, _Rule] = {
+    EventKind.CHECKOUT: _checkout,
+    EventKind.CHECKOUT_FAILED: _checkout_failed,
+    EventKind.QUEUE_WAIT: _queued,
+    EventKind.CHECKIN: _checkin,
+    EventKind.CONNECT: _connect,
+    EventKind.CONNECT_FAILED: _connect_failed,
+    EventKind.DISCARD: _discard,
+    EventKind.CHECK: _counting("checks_run"),
+    EventKind.CHECK_FAILED: _counting("checks_run", "checks_failed", "connections_lost"),
+    EventKind.KEEPALIVE: _counting("keepalives_run"),
+    EventKind.KEEPALIVE_FAILED: _counting("keepalives_run", "connections_lost"),
+    EventKind.REPLACED: _counting("connections_replaced"),
+    EventKind.REDIRECT: _redirect,
+    EventKind.FAILOVER: _counting("failovers"),
+    EventKind.CONNECT_REJECTED: _counting("connects_rejected"),
+}
+
+
+_Snapshot = tuple[dict[EventKind, int], dict[str, int], bool, dict[str, float]]
+
+
 class EventCounts:
-    """A listener counting one pool's events (what the event metrics export)."""
+    """A listener counting one pool's events: what the collector exports.
+
+    :meth:`stats` gives the ``get_stats()`` counters rebuilt from the events (same keys,
+    same units), counted from the moment this listener was added."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.kinds: dict[EventKind, int] = dict.fromkeys(EventKind, 0)
         self.discards: dict[str, int] = dict.fromkeys(sorted(DISCARD_REASONS), 0)
+        self.counters: dict[str, float] = dict.fromkeys(EVENT_COUNTERS, 0.0)
         self.reconnecting = False
 
     def __call__(self, event: PoolEvent) -> None:
         kind = event.kind
+        rule = _STAT_RULES.get(kind)
         with self._lock:
             self.kinds[kind] += 1
+            if rule is not None:
+                rule(event, self.counters)
             if kind is EventKind.DISCARD:
                 reason = event.reason if event.reason in self.discards else "other"
                 self.discards[reason or "other"] += 1
@@ -174,9 +340,15 @@ class EventCounts:
             elif kind in (EventKind.RECONNECT_SUCCEEDED, EventKind.RECONNECT_ABORTED):
                 self.reconnecting = False
 
-    def snapshot(self) -> tuple[dict[EventKind, int], dict[str, int], bool]:
+    def stats(self) -> dict[str, float]:
+        """The counters of ``get_stats()`` that events carry, as counted so far."""
         with self._lock:
-            return dict(self.kinds), dict(self.discards), self.reconnecting
+            return dict(self.counters)
+
+    def snapshot(self) -> _Snapshot:
+        with self._lock:
+            return dict(self.kinds), dict(self.discards), self.reconnecting, \
+                dict(self.counters)
 
 
 def _number(value: Any) -> float | None:
@@ -188,12 +360,15 @@ def _number(value: Any) -> float | None:
 
 
 class PoolCollector:
-    """A Prometheus collector exporting one or more pools' ``get_stats()``.
+    """A Prometheus collector exporting one or more pools: counters from their events,
+    gauges from ``get_stats()`` (see the module docstring).
 
     ``pools`` is a pool or an iterable of pools (anything with ``name`` and
-    ``get_stats()``). Register it with ``registry.register(collector)``, or use
-    :func:`register`. Pools can be added and removed later with :meth:`add` and
-    :meth:`remove`; the collector is thread-safe.
+    ``get_stats()``; with ``add_listener``/``remove_listener`` too for the event
+    counters). Register it with ``registry.register(collector)``, or use
+    :func:`register`. Pools can be added and removed later with :meth:`add` (which adds
+    the collector's listener to the pool) and :meth:`remove` (which removes it); the
+    collector is thread-safe.
     """
 
     def __init__(
@@ -252,17 +427,22 @@ class PoolCollector:
     def collect(self) -> Iterator[Any]:
         """Called by prometheus_client on every scrape."""
         samples: list[tuple[str, Mapping[str, Any]]] = []
-        events: list[tuple[str, EventCounts]] = []
+        events: list[tuple[str, _Snapshot]] = []
         with self._lock:
             pools = list(self._pools)
             counts = dict(self._counts)
         for pool in pools:
-            samples.append((pool.name, dict(pool.get_stats())))
-            if id(pool) in counts:
-                events.append((pool.name, counts[id(pool)]))
+            stats = dict(pool.get_stats())
+            listener = counts.get(id(pool))
+            if listener is not None:
+                snap = listener.snapshot()
+                # The counters come from the events; get_stats() gives the gauges.
+                stats.update(snap[3])
+                events.append((pool.name, snap))
+            samples.append((pool.name, stats))
         return self._families(samples, events)
 
-    def _event_families(self, events: list[tuple[str, EventCounts]]) -> Iterator[Any]:
+    def _event_families(self, events: list[tuple[str, _Snapshot]]) -> Iterator[Any]:
         core = _prometheus()
         by_kind = core.CounterMetricFamily(
             self._full("events"), "Pool events by kind (see mssql_pool.events).",
@@ -278,8 +458,7 @@ class PoolCollector:
             self._full("reconnect_failed"),
             "reconnect_failed events: connecting failed for reconnect_timeout seconds.",
             labels=["pool"])
-        for pool_name, counts in events:
-            kinds, reasons, on = counts.snapshot()
+        for pool_name, (kinds, reasons, on, _) in events:
             for kind, n in kinds.items():
                 by_kind.add_metric([pool_name, kind.value], float(n))
             for reason, n in reasons.items():
@@ -289,7 +468,7 @@ class PoolCollector:
         yield from (by_kind, discards, reconnecting, failed)
 
     def _families(self, samples: list[tuple[str, Mapping[str, Any]]],
-                  events: list[tuple[str, EventCounts]]) -> Iterator[Any]:
+                  events: list[tuple[str, _Snapshot]]) -> Iterator[Any]:
         yield from self._event_families(events)
         core = _prometheus()
         conns = core.GaugeMetricFamily(

@@ -45,6 +45,7 @@ from ._state import (
     Refuse,
     Take,
     Wait,
+    Waiter,
 )
 from .breaker import ConnectGuard
 from .classify import is_disconnect
@@ -85,6 +86,7 @@ T = TypeVar("T")
 _pools: ForkRegistry[ConnectionPool] = ForkRegistry()
 _CHECKOUT = EventKind.CHECKOUT
 _CHECKIN = EventKind.CHECKIN
+_CHECK = EventKind.CHECK
 _RESET_NAMES = {NONE: "none", ROLLBACK: "rollback", FULL: "full", CALLBACK: "callback"}
 
 
@@ -154,6 +156,8 @@ class ConnectionPool:
             random=cfg.random, name=cfg.name, other_circuits=True)
         self.connect_guard.bind_events(self.events)
         self._take_fast = self.state.take_fast      # the hot path, bound once
+        # a checkout without a check: bypassed (the pool has one), or there is none
+        self._unchecked = None if cfg.check is None else "skipped"
         self._release = self.state.release
         self._maintenance = Maintenance(self)
         #: Opens and closes this pool's driver connections.
@@ -197,7 +201,8 @@ class ConnectionPool:
             if self._track_leaks:
                 self._track_busy(rec)
             if _CHECKOUT in self.events._by_kind:
-                self.events.emit(_CHECKOUT, conn_id=rec.seq, spid=rec.spid, duration=0.0)
+                self.events.emit(_CHECKOUT, conn_id=rec.seq, spid=rec.spid, duration=0.0,
+                                 reason=self._unchecked)
             return PooledConnection(rec, self)
         return self._getconn_slow(now, self.config.timeout if timeout is None else timeout)
 
@@ -215,9 +220,10 @@ class ConnectionPool:
         held: Take | Wait | None = None
         try:
             while True:
-                connector.apply(result.effects)
                 if isinstance(result, Wait):
-                    held = result
+                    held = result    # queued already: a failure to start its connect
+                connector.apply(result.effects)   # must take it out of the queue
+                if isinstance(result, Wait):
                     waiter = result.waiter
                     now = clock()
                     if not waiter.sleep(result.until - now):
@@ -228,6 +234,8 @@ class ConnectionPool:
                     held = None
                     continue
                 if isinstance(result, Refuse):
+                    self.events.emit(EventKind.CHECKOUT_FAILED, reason=result.why,
+                                     duration=clock() - start, wait=result.wait)
                     raise self._refusal(result)
                 held = result
                 rec = result.rec
@@ -246,6 +254,7 @@ class ConnectionPool:
                         connector.apply(fx)
                         result = state.acquire(clock(), deadline, result.waiter)
                         continue
+                    self.events.emit(_CHECK, conn_id=rec.seq, spid=rec.spid)
                     state.checked(rec, clock(), mark, None, result.waiter)
                 held = None
                 # Handed out without a check: a first statement that finds it dead may be
@@ -254,18 +263,32 @@ class ConnectionPool:
                 if self._track_leaks:
                     self._track_busy(rec)
                 if _CHECKOUT in self.events._by_kind:
+                    queued = result.waiter
                     self.events.emit(_CHECKOUT, conn_id=rec.seq, spid=rec.spid,
                                      duration=clock() - start,
-                                     reason="checked" if result.check else None)
+                                     reason="checked" if result.check else
+                                     "new" if result.fresh else self._unchecked,
+                                     wait=None if queued is None else queued.waited)
                 return PooledConnection(rec, self)
         except BaseException:
             if isinstance(held, Wait):
                 connector.apply(state.cancel(held.waiter, clock()))
+                self._interrupted(start, held.waiter)
             elif isinstance(held, Take):
                 held.rec.close_code = "other"
                 connector.apply(state.abandon(held.rec, clock(),
-                                              "the caller was interrupted during its check"))
+                                              "the caller was interrupted during its check",
+                                              held.waiter))
+                self._interrupted(start, held.waiter)
             raise
+
+    def _interrupted(self, start: float, waiter: Waiter | None) -> None:
+        """The ``checkout_failed`` event of a caller interrupted while waiting or checking
+        (with the refusal's reason when the pool refused it meanwhile: counted so)."""
+        refused = None if waiter is None else waiter.refused
+        self.events.emit(EventKind.CHECKOUT_FAILED, reason=refused or "interrupted",
+                         duration=self._clock() - start,
+                         wait=None if waiter is None else waiter.waited)
 
     def _refusal(self, refused: Refuse) -> Exception:
         st = self.state
@@ -366,19 +389,30 @@ class ConnectionPool:
                 # Interrupted mid-reset: the session is in an unknown state.
                 rec.flags = 0
                 rec.close_code = "reset_failed"
-                self.connector.apply(self.state.release(rec, self._clock(),
+                now = self._clock()
+                self._checkin_event(rec, now, NONE)
+                self.connector.apply(self.state.release(rec, now,
                                                         "interrupted during its reset"))
                 raise
         if flags:
             rec.flags = 0
         now = self._clock()
-        if reason is None and _CHECKIN in bus._by_kind:
+        if _CHECKIN in bus._by_kind:
             # before the state can hand it to anyone: a connection's events stay in order
-            bus.emit(_CHECKIN, conn_id=rec.seq, spid=rec.spid, duration=now - rec.checkout_at,
-                     reset=_RESET_NAMES.get(done, "none"))
+            self._checkin_event(rec, now, done)
         fx = self._release(rec, now, reason, done)
         if fx is not None:
             self.connector.apply(fx)
+
+    def _checkin_event(self, rec: ConnectionRecord, now: float, done: Reset) -> None:
+        """The ``checkin`` of every return: held how long, the reset it needed, and why
+        it is discarded (None: it may be reused)."""
+        code = rec.close_code
+        if code == "dead":
+            code = "lost" if rec.lost else "invalidated"
+        self.events.emit(_CHECKIN, conn_id=rec.seq, spid=rec.spid,
+                         duration=now - rec.checkout_at, reset=_RESET_NAMES.get(done, "none"),
+                         reason=code)
 
     def _reset_for_return(self, rec: ConnectionRecord, flags: int) -> tuple[str | None, Reset]:
         """The reset a returned connection needs, run: (why to discard it or None, the
@@ -438,6 +472,7 @@ class ConnectionPool:
         if dead:
             if rec.discard_reason is None:
                 rec.discard_reason = f"disconnected: {redact(exc)}"
+                rec.lost = True
                 self.state.count("connections_lost")
             self.mark_suspects()
         elif _endpoints.is_failover_error(exc):
@@ -455,6 +490,7 @@ class ConnectionPool:
         self.report_error(rec, error)
         if rec.discard_reason is None:   # a classifier that does not call it a disconnect
             rec.discard_reason = f"dead at its first statement: {redact(error)}"
+            rec.lost = True
             self.state.count("connections_lost")
         self.mark_suspects()
         self.putconn(conn)
@@ -467,6 +503,8 @@ class ConnectionPool:
         new = conn.take_over(fresh)
         new.replay_timeout = NO_REPLAY     # one replay per statement
         self.state.count("connections_replaced")
+        self.events.emit(EventKind.REPLACED, conn_id=new.seq, spid=new.spid,
+                         error_info=error_info(error))
         logger.info("pool %r: connection #%d was dead at its first statement; replaying it "
                     "on #%d", self.name, rec.seq, new.seq)
         return new
@@ -539,9 +577,13 @@ class ConnectionPool:
                 if is_disconnect(exc):
                     self.mark_suspects()
             except BaseException:
+                rec.close_code = "check_failed"
+                self.events.emit(EventKind.CHECK_FAILED, conn_id=rec.seq, spid=rec.spid)
                 self.connector.apply(state.pinged(rec, self._clock(), "interrupted",
                                                   keepalive=False, mark=mark))
                 raise
+            if error is None:
+                self.events.emit(_CHECK, conn_id=rec.seq, spid=rec.spid)
             self.connector.apply(state.pinged(rec, self._clock(), error, keepalive=False,
                                               mark=mark))
         return failed

@@ -139,6 +139,18 @@ def test_every_metric_is_documented() -> None:
     assert not missing, f"Prometheus metrics missing from docs/operations.md: {missing}"
 
 
+def test_what_each_counter_is_counted_from_is_documented() -> None:
+    """docs/operations.md shows metrics.COUNTED_FROM row for row, and it names every
+    counter the collector rebuilds from events."""
+    from mssql_pool.metrics import COUNTED_FROM, EVENT_COUNTERS
+
+    assert sorted(COUNTED_FROM) == sorted(EVENT_COUNTERS)
+    rows = [f"| `mssql_pool_{spec.name}_total` | {COUNTED_FROM[spec.key]} |"
+            for spec in METRICS if spec.kind == "counter"]
+    missing = [row for row in rows if row not in _text("operations.md")]
+    assert not missing, f"rows of docs/operations.md that differ from COUNTED_FROM: {missing}"
+
+
 def test_every_logger_is_documented() -> None:
     found: set[str] = set()
     for path in (ROOT / "mssql_pool").rglob("*.py"):

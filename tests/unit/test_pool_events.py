@@ -61,12 +61,15 @@ def test_checkout_checkin_reset_and_discard(make_pool: Any, db: FakeDB,
     conn.invalidate("bad")
     pool.putconn(conn)
     assert flushed(pool, rec) == ["connect", "checkout", "reset", "checkin", "checkout",
-                                  "discard"]
-    connect, out1, reset, checkin, out2, discard = rec.events
+                                  "checkin", "discard"]
+    connect, out1, reset, checkin, out2, back, discard = rec.events
     assert connect.conn_id == out1.conn_id == discard.conn_id == 1
     assert connect.duration is not None and out2.duration == 0.0
+    assert out1.reason == "new" and out2.reason == "skipped"
     assert reset.reset == "rollback" and checkin.reset == "rollback"
     assert checkin.duration == pytest.approx(2.0)    # held for two (fake) seconds
+    assert checkin.reason is None                    # kept
+    assert back.reason == "invalidated" and back.reset == "none"   # every return: a checkin
     assert discard.reason == "dead"
 
 
