@@ -361,11 +361,13 @@ class _Worker:
 
     __slots__ = ("fn", "kinds", "bus_name", "number", "maxsize", "cond", "items", "busy",
                  "stopping", "removed", "thread", "overflowing", "dropped", "owner",
-                 "sleeping")
+                 "sleeping", "inline")
 
     def __init__(self, fn: Listener, kinds: frozenset[EventKind], bus_name: str,
-                 number: int, maxsize: int, owner: EventBus | None = None) -> None:
+                 number: int, maxsize: int, owner: EventBus | None = None,
+                 inline: bool = False) -> None:
         self.fn = fn
+        self.inline = inline       # called on the emitting thread: no queue, no thread
         # The bus, weakly: a pool dropped without close() takes its bus with it, and
         # the thread then ends by itself.
         self.owner = None if owner is None else weakref.ref(owner)
@@ -506,11 +508,17 @@ class EventBus:
         _buses.add(self)
 
     # -- registry ----------------------------------------------------------------------
-    def add(self, fn: Listener, kinds: Iterable[EventKind | str] | EventKind | str | None = None
-            ) -> Listener:
+    def add(self, fn: Listener, kinds: Iterable[EventKind | str] | EventKind | str | None = None,
+            *, inline: bool = False) -> Listener:
         """Call ``fn(event)`` for every event of ``kinds`` (all when None); returns ``fn``
         (usable as a decorator). Raises ConfigError for a non-callable, an unknown kind,
-        or an ``fn`` already added."""
+        or an ``fn`` already added.
+
+        ``inline=True`` calls ``fn`` on the emitting thread instead of a listener thread,
+        as soon as the event is emitted (always after the pool released its lock): no
+        queue, so nothing is dropped and nothing lags, but the pool's caller waits for
+        ``fn``. It is for listeners that only count, in a few microseconds and without
+        blocking, such as :class:`mssql_pool.metrics.PoolCollector`'s."""
         if not callable(fn):
             raise ConfigError("listener", f"must be callable(event), got {fn!r}")
         wanted = _kinds(kinds)
@@ -519,7 +527,8 @@ class EventBus:
                 raise ConfigError("listener", f"{_fn_name(fn)} is already added; "
                                               "remove_listener() it first")
             self._numbers += 1
-            worker = _Worker(fn, wanted, self.pool_name, self._numbers, self.queue_size, self)
+            worker = _Worker(fn, wanted, self.pool_name, self._numbers, self.queue_size, self,
+                             inline=inline)
             self._workers = (*self._workers, worker)
             self._index_locked()
         return fn
@@ -584,11 +593,14 @@ class EventBus:
             for w in workers:       # after close: on the emitting thread
                 self._call_inline(w, event)
             return
-        ctx = contextvars.copy_context()
-        for i, w in enumerate(workers):
+        ctx: contextvars.Context | None = None
+        for w in workers:
+            if w.inline:
+                self._call_inline(w, event)
+                continue
             # one copy each: a context cannot be entered by two threads at once
-            outcome = w.offer(event, ctx if i == 0 else ctx.copy())
-            if outcome == _STOPPED:
+            ctx = contextvars.copy_context() if ctx is None else ctx.copy()
+            if w.offer(event, ctx) == _STOPPED:
                 self._call_inline(w, event)
 
     def _call_inline(self, worker: _Worker, event: PoolEvent) -> None:
@@ -638,7 +650,7 @@ class EventBus:
         """A forked child has none of the parent's threads: fresh queues and locks."""
         self._lock = threading.Lock()
         self._workers = tuple(_Worker(w.fn, w.kinds, self.pool_name, w.number, self.queue_size,
-                                      self) for w in self._workers)
+                                      self, inline=w.inline) for w in self._workers)
         self._index_locked()
 
     def __repr__(self) -> str:

@@ -28,8 +28,10 @@ present (``size``, ``connections{state}``, ``min_size``, ``max_size``,
   been running counts from then on (Prometheus takes a counter's start as a reset),
   while ``get_stats()`` counts from the pool's creation.
 * ``pop_stats()`` does not reset the exported counters.
-* Listeners run on their own thread, so an event is counted a moment (microseconds)
-  after it happened; ``pool.events.flush()`` waits for it (tests).
+* The collector's listener runs inline (``EventBus.add(..., inline=True)``): on the
+  emitting thread, after the pool released its lock, so a scrape counts every event
+  emitted before it and no full queue can drop one. (An object that only has
+  ``add_listener`` gets an ordinary, threaded listener.)
 * An object with only a ``name`` and ``get_stats()`` (no ``add_listener``) is still
   exported, every counter then read from ``get_stats()``.
 * Known corners where the two records part (none reachable without an interrupt or a
@@ -125,7 +127,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import ConfigError
-from .events import DISCARD_REASONS, EventKind, PoolEvent
+from .events import DISCARD_REASONS, EventBus, EventKind, PoolEvent
 from .stats import STATS
 
 __all__ = ["PoolCollector", "EventCounts", "register", "unregister", "METRICS", "EVENT_COUNTERS",
@@ -403,8 +405,15 @@ class PoolCollector:
             if any(p.name == name for p in self._pools):
                 raise ConfigError("pool", f"another exported pool is already named {name!r}")
             self._pools.append(pool)
+            bus = getattr(pool, "events", None)
             add_listener = getattr(pool, "add_listener", None)
-            if add_listener is not None:
+            if isinstance(bus, EventBus):
+                # inline: counting takes a few microseconds and never blocks; on the pool's
+                # threads it sees every event at once (no queue to lag or overflow)
+                counts = EventCounts()
+                bus.add(counts, inline=True)
+                self._counts[id(pool)] = counts
+            elif add_listener is not None:
                 counts = EventCounts()
                 add_listener(counts)
                 self._counts[id(pool)] = counts

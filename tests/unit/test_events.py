@@ -384,3 +384,34 @@ def test_a_bus_dropped_without_close_ends_its_listener_threads() -> None:
     gc.collect()
     thread.join(WAIT)                # it looks at its bus once a second
     assert not thread.is_alive()
+
+
+def test_an_inline_listener_sees_every_event_on_the_emitters_thread(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """inline=True (the metrics collector's counters): called before emit returns, on the
+    emitting thread, never dropped however far a queued listener falls behind, and a
+    raising one is logged and swallowed like any other."""
+    b = bus(queue_size=1)
+    gate = threading.Event()
+    seen: list[tuple[int | None, threading.Thread]] = []
+
+    def counter(ev: PoolEvent) -> None:
+        seen.append((ev.conn_id, threading.current_thread()))
+        if ev.conn_id == 3:
+            raise RuntimeError("inline bug")
+
+    b.add(lambda ev: gate.wait(WAIT))          # a stuck queued listener beside it
+    b.add(counter, inline=True)
+    with caplog.at_level(logging.ERROR, logger="mssql_pool.events"):
+        for i in range(5):
+            b.emit(EventKind.CONNECT, conn_id=i)
+            assert [c for c, _ in seen][-1] == i    # already delivered when emit returns
+    assert all(t is threading.current_thread() for _, t in seen)
+    assert [c for c, _ in seen] == [0, 1, 2, 3, 4]
+    assert b.dropped > 0                            # the queued one lost events; this did not
+    assert len([r for r in caplog.records if "inline bug" in str(r.exc_info)]) == 1
+    assert b.remove(counter)
+    b.emit(EventKind.CONNECT, conn_id=9)
+    assert [c for c, _ in seen][-1] == 4            # removed: no further calls
+    gate.set()
+    b.close()
