@@ -15,6 +15,8 @@ event                  in the trace
 checkout that waited   span ``mssql_pool.checkout``, from when the caller asked to when
                        it got the connection (only waits of ``min_wait`` s or more;
                        default: every wait above zero), child of the caller's span
+checkout_failed        span ``mssql_pool.checkout`` over the whole wait, status ERROR
+                       with the reason (timeout, full, closed, login, circuit...)
 retry_attempt          span ``mssql_pool.retry_attempt`` over the failed attempt, status
                        ERROR, with ``error.type`` (our classification), the error number,
                        the attempt and the backoff delay; child of the caller's span
@@ -25,11 +27,12 @@ reconnect_started      opens span ``mssql_pool.reconnect`` (a root span: recover
 reconnect_attempt,     ... which gets one span event per failed attempt, per circuit
 circuit_*, failover,   transition, failover, redirect and failed connect while it is
 redirect,              open; ``reconnect_failed`` also sets its status to ERROR ...
-connect_failed
+connect_failed,
+connect_rejected
 reconnect_succeeded,   ... and ends it (aborted: status ERROR)
 reconnect_aborted
 failover, redirect,    outside an outage: a span of their own, ``mssql_pool.<kind>``
-circuit_*
+circuit_*              (a redirect whose routed login failed: status ERROR)
 =====================  ==========================================================
 
 The bridge is a pool listener like any other: it runs on its own thread, in a copy of
@@ -58,7 +61,8 @@ __all__ = ["OtelBridge", "instrument", "uninstrument", "BRIDGED_KINDS"]
 
 #: The kinds the bridge listens to.
 BRIDGED_KINDS: frozenset[EventKind] = frozenset({
-    EventKind.CHECKOUT, EventKind.RETRY_ATTEMPT, EventKind.COMMIT_UNKNOWN,
+    EventKind.CHECKOUT, EventKind.CHECKOUT_FAILED, EventKind.RETRY_ATTEMPT,
+    EventKind.COMMIT_UNKNOWN, EventKind.CONNECT_REJECTED,
     EventKind.RECONNECT_STARTED, EventKind.RECONNECT_ATTEMPT, EventKind.RECONNECT_SUCCEEDED,
     EventKind.RECONNECT_FAILED, EventKind.RECONNECT_ABORTED, EventKind.CONNECT_FAILED,
     EventKind.FAILOVER, EventKind.REDIRECT, EventKind.CIRCUIT_OPENED,
@@ -79,7 +83,7 @@ def _attributes(event: PoolEvent) -> dict[str, Any]:
         "db.client.connection.pool.name": event.pool_name,
         "mssql_pool.event": event.kind.value,
     }
-    for name in ("conn_id", "attempt", "delay", "duration", "reason", "reset", "node",
+    for name in ("conn_id", "attempt", "delay", "duration", "wait", "reason", "reset", "node",
                  "from_endpoint", "to_endpoint"):
         value = getattr(event, name)
         if value is not None:
@@ -115,9 +119,14 @@ class OtelBridge:
     def __call__(self, event: PoolEvent) -> None:
         kind = event.kind
         if kind is EventKind.CHECKOUT:
-            waited = event.duration or 0.0
-            if waited > 0 and waited >= self.min_wait:
-                self._span("mssql_pool.checkout", event, event.wall - waited)
+            # the whole checkout (queued, connecting, checked); its queued part, if any, is
+            # the span's mssql_pool.wait
+            took = max(event.duration or 0.0, event.wait or 0.0)
+            if took > 0 and took >= self.min_wait:
+                self._span("mssql_pool.checkout", event, event.wall - took)
+        elif kind is EventKind.CHECKOUT_FAILED:
+            self._span("mssql_pool.checkout", event, event.wall - (event.duration or 0.0),
+                       error=True)
         elif kind is EventKind.RETRY_ATTEMPT:
             self._span("mssql_pool.retry_attempt", event,
                        event.wall - (event.duration or 0.0), error=True)
@@ -135,15 +144,18 @@ class OtelBridge:
                 if kind is EventKind.RECONNECT_FAILED:
                     outage.set_status(Status(StatusCode.ERROR, "reconnect_failed"))
             elif kind in _OWN_SPAN:
-                self._span(f"mssql_pool.{kind.value}", event, event.wall)
+                self._span(f"mssql_pool.{kind.value}", event, event.wall,
+                           error=kind is EventKind.REDIRECT and event.error_info is not None)
 
     def _span(self, name: str, event: PoolEvent, start: float, error: bool = False) -> None:
         span = self.tracer.start_span(name, kind=SpanKind.INTERNAL,
                                       attributes=_attributes(event), start_time=_ns(start))
         if error:
             info = event.error_info
+            what = event.kind.value if event.reason is None else \
+                f"{event.kind.value}: {event.reason}"
             span.set_status(Status(StatusCode.ERROR,
-                                   info.describe() if info is not None else event.kind.value))
+                                   info.describe() if info is not None else what))
         span.end(end_time=_ns(event.wall))
 
     def _start_outage(self, event: PoolEvent) -> None:

@@ -124,3 +124,38 @@ def test_an_aborted_outage_ends_in_error_and_uninstrument_stops(traced: Any) -> 
     assert [e.name for e in first.events] == ["reconnect_aborted"]
     assert second.name == "mssql_pool.reconnect" and second.events == ()
     assert bus.listeners == ()
+
+
+def test_failed_checkouts_and_failed_redirects_are_error_spans(traced: Any) -> None:
+    bus, provider, exporter = traced
+    instrument(bus, provider)
+    tracer = provider.get_tracer("app")
+    with tracer.start_as_current_span("request") as request:
+        ev = bus.emit(EventKind.CHECKOUT_FAILED, reason="timeout", duration=2.0, wait=2.0)
+    bus.emit(EventKind.REDIRECT, from_endpoint="gw:1433", to_endpoint="node:11000")
+    bus.emit(EventKind.REDIRECT, from_endpoint="gw:1433", to_endpoint="node:11001",
+             error_info=deadlock())
+    assert bus.flush(WAIT) and ev is not None
+    spans = [s for s in exporter.get_finished_spans() if s.name != "request"]
+    failed, redirected, bad_redirect = spans
+    assert failed.name == "mssql_pool.checkout"
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.status.description == "checkout_failed: timeout"
+    assert failed.parent is not None
+    assert failed.parent.span_id == request.get_span_context().span_id
+    assert failed.end_time - failed.start_time == pytest.approx(2e9, abs=1e3)
+    assert dict(failed.attributes or {})["mssql_pool.wait"] == 2.0
+    assert redirected.name == bad_redirect.name == "mssql_pool.redirect"
+    assert redirected.status.status_code is StatusCode.UNSET
+    assert bad_redirect.status.status_code is StatusCode.ERROR
+
+
+def test_a_rejected_connect_during_an_outage_is_an_event_of_its_span(traced: Any) -> None:
+    bus, provider, exporter = traced
+    instrument(bus, provider)
+    bus.emit(EventKind.RECONNECT_STARTED)
+    bus.emit(EventKind.CONNECT_REJECTED, endpoint="db1:1433", reason="circuit open")
+    bus.emit(EventKind.RECONNECT_SUCCEEDED, attempt=2)
+    assert bus.flush(WAIT)
+    (outage,) = exporter.get_finished_spans()
+    assert [e.name for e in outage.events] == ["connect_rejected", "reconnect_succeeded"]
