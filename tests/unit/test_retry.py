@@ -9,6 +9,7 @@ import random
 import pymssql
 import pytest
 from fakedb import FakeClock
+from pymssql_shapes import err
 
 from mssql_pool import retry as R
 from mssql_pool.classify import ErrorKind, retry_if_kind
@@ -24,11 +25,6 @@ from mssql_pool.retry import (
     connect_policy,
     set_testing,
 )
-
-
-def err(number: int, text: str = "x") -> pymssql.OperationalError:
-    return pymssql.OperationalError(number, text.encode())
-
 
 DEADLOCK = 1205
 SYNTAX = 102
