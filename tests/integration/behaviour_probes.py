@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,15 @@ class ProbeTarget:
         kw = {**self.connect_kwargs, "login_timeout": 10, "timeout": 30}
         kw.update(extra)
         return pymssql.connect(**kw)
+
+    @contextmanager
+    def session(self, **extra: Any) -> Iterator[Any]:
+        """:meth:`connect`, closed when the block ends."""
+        conn = self.connect(**extra)
+        try:
+            yield conn
+        finally:
+            conn.close()
 
 
 def error_of(exc: BaseException) -> str:
@@ -75,16 +85,12 @@ def _try(conn: Any, sql: str) -> str:
 
 
 def trancount_pymssql_default(t: ProbeTarget) -> str:
-    conn = t.connect()
-    try:
+    with t.session() as conn:
         return f"trancount {_scalar(conn, 'SELECT @@TRANCOUNT')}"
-    finally:
-        conn.close()
 
 
 def trancount_nested(t: ProbeTarget) -> str:
-    conn = t.connect(autocommit=True)
-    try:
+    with t.session(autocommit=True) as conn:
         conn.cursor().execute("BEGIN TRAN")
         conn.cursor().execute("BEGIN TRAN")
         inner = _scalar(conn, "SELECT @@TRANCOUNT")
@@ -93,30 +99,11 @@ def trancount_nested(t: ProbeTarget) -> str:
         conn.cursor().execute("ROLLBACK TRAN")
         after = _scalar(conn, "SELECT @@TRANCOUNT")
         return f"2 BEGINs {inner}, COMMIT {after_commit}, ROLLBACK {after}"
-    finally:
-        conn.close()
-
-
-def commit_without_transaction(t: ProbeTarget) -> str:
-    conn = t.connect(autocommit=True)
-    try:
-        return _try(conn, "COMMIT TRAN")
-    finally:
-        conn.close()
-
-
-def rollback_without_transaction(t: ProbeTarget) -> str:
-    conn = t.connect(autocommit=True)
-    try:
-        return _try(conn, "ROLLBACK TRAN")
-    finally:
-        conn.close()
 
 
 def pymssql_rollback_after_commit(t: ProbeTarget) -> str:
     """What the pool does after every unit: COMMIT TRAN, then pymssql's rollback()."""
-    conn = t.connect()
-    try:
+    with t.session() as conn:
         conn.cursor().execute("COMMIT TRAN")
         try:
             conn.rollback()
@@ -124,13 +111,10 @@ def pymssql_rollback_after_commit(t: ProbeTarget) -> str:
         except Exception as exc:  # noqa: BLE001
             outcome = f"raises {error_of(exc)}"
         return f"{outcome}, then trancount {_scalar(conn, 'SELECT @@TRANCOUNT')}"
-    finally:
-        conn.close()
 
 
 def implicit_transactions(t: ProbeTarget) -> str:
-    conn = t.connect(autocommit=True)
-    try:
+    with t.session(autocommit=True) as conn:
         cur = conn.cursor()
         cur.execute("CREATE TABLE #it (x INT)")
         cur.execute("SET IMPLICIT_TRANSACTIONS ON")
@@ -138,39 +122,29 @@ def implicit_transactions(t: ProbeTarget) -> str:
         opened = _scalar(conn, "SELECT @@TRANCOUNT")
         commit = _try(conn, "COMMIT TRAN")
         return f"INSERT opens {opened}, COMMIT {commit}, then {_scalar(conn, 'SELECT @@TRANCOUNT')}"
-    finally:
-        conn.close()
 
 
 def error_keeps_transaction(t: ProbeTarget) -> str:
     """A statement error inside a transaction (XACT_ABORT OFF): is the transaction kept?"""
-    conn = t.connect()
-    try:
+    with t.session() as conn:
         err = _try(conn, "SELECT 1/0")
         return f"{err}, then trancount {_scalar(conn, 'SELECT @@TRANCOUNT')}"
-    finally:
-        conn.close()
 
 
 def xact_abort_error(t: ProbeTarget) -> str:
-    conn = t.connect()
-    try:
+    with t.session() as conn:
         conn.cursor().execute("SET XACT_ABORT ON")
         err = _try(conn, "SELECT 1/0")
         return f"{err}, then trancount {_scalar(conn, 'SELECT @@TRANCOUNT')}"
-    finally:
-        conn.close()
 
 
 def _error_probe(sql: str, setup: str = "") -> Callable[[ProbeTarget], str]:
+    """A probe that runs ``sql`` (after ``setup``) in autocommit: its error, or "ok"."""
     def probe(t: ProbeTarget) -> str:
-        conn = t.connect(autocommit=True)
-        try:
+        with t.session(autocommit=True) as conn:
             if setup:
                 conn.cursor().execute(setup)
             return _try(conn, sql)
-        finally:
-            conn.close()
 
     return probe
 
@@ -244,11 +218,8 @@ def killed_session(t: ProbeTarget) -> str:
 
 
 def kill_own_session(t: ProbeTarget) -> str:
-    conn = t.connect(autocommit=True)
-    try:
+    with t.session(autocommit=True) as conn:
         return _try(conn, f"KILL {int(_scalar(conn, 'SELECT @@SPID'))}")
-    finally:
-        conn.close()
 
 
 def restarted_session(t: ProbeTarget) -> str:
@@ -266,8 +237,7 @@ def restarted_session(t: ProbeTarget) -> str:
 
 
 def sp_reset_connection(t: ProbeTarget) -> str:
-    conn = t.connect(autocommit=True)
-    try:
+    with t.session(autocommit=True) as conn:
         cur = conn.cursor()
         cur.execute("CREATE TABLE #r (x INT)")
         cur.execute("SET LOCK_TIMEOUT 1234")
@@ -281,8 +251,6 @@ def sp_reset_connection(t: ProbeTarget) -> str:
         return (f"trancount {_scalar(conn, 'SELECT @@TRANCOUNT')}, #temp "
                 f"{'dropped' if temp is None else 'kept'}, LOCK_TIMEOUT "
                 f"{_scalar(conn, 'SELECT @@LOCK_TIMEOUT')}")
-    finally:
-        conn.close()
 
 
 _WRONG_PASSWORD = """
@@ -311,21 +279,10 @@ def wrong_password(t: ProbeTarget) -> str:
     return out.stdout.strip() or f"probe failed: {out.stderr.strip()[-200:]}"
 
 
-def waitfor(t: ProbeTarget) -> str:
-    conn = t.connect(autocommit=True)
-    try:
-        return _try(conn, "WAITFOR DELAY '00:00:00.010'")
-    finally:
-        conn.close()
-
-
 def version_banner(t: ProbeTarget) -> str:
-    conn = t.connect(autocommit=True)
-    try:
+    with t.session(autocommit=True) as conn:
         text = str(_scalar(conn, "SELECT @@VERSION"))
         return "Microsoft ..." if text.startswith("Microsoft") else text.split(" - ")[0]
-    finally:
-        conn.close()
 
 
 PROBES: list[tuple[str, str, Callable[[ProbeTarget], str]]] = [
@@ -333,8 +290,8 @@ PROBES: list[tuple[str, str, Callable[[ProbeTarget], str]]] = [
     ("trancount_default", "@@TRANCOUNT after pymssql's connect (autocommit off)",
      trancount_pymssql_default),
     ("trancount_nested", "nested BEGIN TRAN, COMMIT, ROLLBACK", trancount_nested),
-    ("commit_no_tran", "COMMIT TRAN with no transaction", commit_without_transaction),
-    ("rollback_no_tran", "ROLLBACK TRAN with no transaction", rollback_without_transaction),
+    ("commit_no_tran", "COMMIT TRAN with no transaction", _error_probe("COMMIT TRAN")),
+    ("rollback_no_tran", "ROLLBACK TRAN with no transaction", _error_probe("ROLLBACK TRAN")),
     ("rollback_after_commit", "pymssql rollback() after COMMIT TRAN",
      pymssql_rollback_after_commit),
     ("implicit_transactions", "SET IMPLICIT_TRANSACTIONS ON, INSERT, COMMIT",
@@ -358,7 +315,7 @@ PROBES: list[tuple[str, str, Callable[[ProbeTarget], str]]] = [
     ("reset", "sp_reset_connection RPC after #temp, LOCK_TIMEOUT, BEGIN TRAN",
      sp_reset_connection),
     ("wrong_password", "login with a wrong password", wrong_password),
-    ("waitfor", "WAITFOR DELAY", waitfor),
+    ("waitfor", "WAITFOR DELAY", _error_probe("WAITFOR DELAY '00:00:00.010'")),
 ]
 
 
