@@ -200,21 +200,24 @@ def deadlock_victim(t: ProbeTarget) -> str:
     return " / ".join(seen) if seen else "no victim"
 
 
-def killed_session(t: ProbeTarget) -> str:
-    victim = t.connect(autocommit=True)
-    spid = _scalar(victim, "SELECT @@SPID")
-    admin = t.connect(autocommit=True)
+def _next_two_calls(conn: Any) -> str:
+    """What a session that lost its server sees on its next two calls; then it is closed
+    (which may fail too)."""
+    first, second = _try(conn, "SELECT 1"), _try(conn, "SELECT 1")
     try:
-        admin.cursor().execute(f"KILL {int(spid)}")
-    finally:
-        admin.close()
-    time.sleep(0.2)
-    first, second = _try(victim, "SELECT 1"), _try(victim, "SELECT 1")
-    try:
-        victim.close()
+        conn.close()
     except Exception:  # noqa: BLE001
         pass
     return f"{first}, then {second}"
+
+
+def killed_session(t: ProbeTarget) -> str:
+    victim = t.connect(autocommit=True)
+    spid = _scalar(victim, "SELECT @@SPID")
+    with t.session(autocommit=True) as admin:
+        admin.cursor().execute(f"KILL {int(spid)}")
+    time.sleep(0.2)
+    return _next_two_calls(victim)
 
 
 def kill_own_session(t: ProbeTarget) -> str:
@@ -228,12 +231,7 @@ def restarted_session(t: ProbeTarget) -> str:
     conn = t.connect(autocommit=True)
     _scalar(conn, "SELECT 1")
     t.restart()
-    first, second = _try(conn, "SELECT 1"), _try(conn, "SELECT 1")
-    try:
-        conn.close()
-    except Exception:  # noqa: BLE001
-        pass
-    return f"{first}, then {second}"
+    return _next_two_calls(conn)
 
 
 def sp_reset_connection(t: ProbeTarget) -> str:
