@@ -150,6 +150,13 @@ def check_invariants(
 FAULT_EVERY = 4  # completed transfers between two injected faults
 
 
+def kill_a_session(server: Any, rnd: random.Random) -> None:
+    """KILL one of the server's sessions, picked by ``rnd`` (nothing when there is none)."""
+    busy = [s["spid"] for s in server.sessions()]
+    if busy:
+        server.kill(rnd.choice(busy))
+
+
 def chaos(server: Any, stop: threading.Event, rnd: random.Random, counts: Counter[str],
           progress: Callable[[], int]) -> None:
     """Inject one fault per FAULT_EVERY finished transfers until stopped.
@@ -171,8 +178,6 @@ def chaos(server: Any, stop: threading.Event, rnd: random.Random, counts: Counte
                 armed_logins += 2
                 server.fail_logins(40613, times=2)
         elif what == "kill":
-            busy = [s["spid"] for s in server.sessions()]
-            if busy:
-                server.kill(rnd.choice(busy))
+            kill_a_session(server, rnd)
         elif what == "drop_commit":
             server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
