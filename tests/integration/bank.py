@@ -8,7 +8,8 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pymssql
@@ -41,16 +42,44 @@ class Book:
         with self.lock:
             self.planned[tid] = move
         try:
-            assert unit() == tid
-            outcome = "ok"
-        except CommitUnknownError:
-            outcome = "unknown"
+            self._record(tid, unit())
         except BaseException as exc:  # noqa: BLE001 - recorded and asserted on
-            outcome = f"error {type(exc).__name__}"
+            self._record(tid, exc)
+
+    async def run_async(self, tid: str, move: tuple[int, int, int],
+                        unit: Callable[[], Awaitable[object]]) -> None:
+        """:meth:`run` for a coroutine function; a cancellation is no outcome: it
+        propagates."""
+        with self.lock:
+            self.planned[tid] = move
+        try:
+            self._record(tid, await unit())
+        except Exception as exc:  # noqa: BLE001 - recorded and asserted on
+            self._record(tid, exc)
+
+    def _record(self, tid: str, result: object) -> None:
+        """``result`` is what the unit returned (its tid, when all went well) or raised."""
+        if result != tid and not isinstance(result, BaseException):
+            result = AssertionError(f"{tid}: the unit returned {result!r}")
+        if isinstance(result, CommitUnknownError):
+            outcome = "unknown"
+        elif isinstance(result, BaseException):
+            outcome = f"error {type(result).__name__}"
             with self.lock:
-                self.unexpected.append(exc)
+                self.unexpected.append(result)
+        else:
+            outcome = "ok"
         with self.lock:
             self.outcomes[tid] = outcome
+
+
+def moves(seed: int, count: int, prefix: str) -> Iterator[tuple[str, tuple[int, int, int]]]:
+    """``count`` transfers drawn from ``random.Random(seed)``, each as its tid
+    (``{prefix}-{i}``) and its (src, dst, amount)."""
+    rnd = random.Random(seed)
+    for i in range(count):
+        src, dst = rnd.sample(range(ACCOUNTS), 2)
+        yield f"{prefix}-{i}", (src, dst, rnd.randint(1, 50))
 
 
 def paced(stop: threading.Event, progress: Callable[[], int], every: int) -> Iterator[None]:
@@ -181,3 +210,24 @@ def chaos(server: Any, stop: threading.Event, rnd: random.Random, counts: Counte
             kill_a_session(server, rnd)
         elif what == "drop_commit":
             server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
+
+
+Chaos = Callable[[Any, threading.Event, random.Random, Counter[str], Callable[[], int]], None]
+
+
+@contextmanager
+def chaos_during(server: Any, rnd: random.Random, counts: Counter[str],
+                 progress: Callable[[], int], inject: Chaos = chaos) -> Iterator[None]:
+    """Run ``inject(server, stop, rnd, counts, progress)`` (:func:`chaos` unless told) on
+    a daemon thread while the block runs; then stop it, wait for it (5 s at most) and clear
+    the faults left armed on ``server``."""
+    stop = threading.Event()
+    thread = threading.Thread(target=inject, args=(server, stop, rnd, counts, progress),
+                              name="chaos", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5.0)
+        server.clear_faults()

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import pymssql
@@ -20,8 +20,10 @@ import pytest
 from bank import (
     ACCOUNTS,
     INITIAL,
-    chaos,
+    Book,
+    chaos_during,
     check_invariants,
+    moves,
     policy,
     read_state,
     setup_bank,
@@ -133,43 +135,18 @@ def test_query_fetch_and_units(tds_server: Any) -> None:
 async def async_workload(server: Any, pool: AsyncConnectionPool, *, verify: bool,
                          seed: int) -> tuple[dict[str, str], dict[str, tuple[int, int, int]],
                                              Counter[str], list[BaseException]]:
-    outcomes: dict[str, str] = {}
-    planned: dict[str, tuple[int, int, int]] = {}
-    unexpected: list[BaseException] = []
+    book = Book()
     faults: Counter[str] = Counter()
-    stop = threading.Event()
 
     async def worker(n: int) -> None:
-        rnd = random.Random(seed * 100 + n)
-        for i in range(PER_TASK):
-            src, dst = rnd.sample(range(ACCOUNTS), 2)
-            amount = rnd.randint(1, 50)
-            tid = f"t{n}-{i}"
-            planned[tid] = (src, dst, amount)
-            try:
-                kw: dict[str, Any] = {"verify": landed(tid)} if verify else {}
-                result = await pool.run_transaction(transfer, tid, src, dst, amount,
-                                                    policy=policy(), **kw)
-                assert result == tid
-                outcome = "ok"
-            except CommitUnknownError:
-                outcome = "unknown"
-            except Exception as exc:  # noqa: BLE001 - recorded and asserted on
-                outcome = f"error {type(exc).__name__}"
-                unexpected.append(exc)
-            outcomes[tid] = outcome
+        for tid, move in moves(seed * 100 + n, PER_TASK, f"t{n}"):
+            kw: dict[str, Any] = {"verify": landed(tid)} if verify else {}
+            await book.run_async(tid, move, partial(
+                pool.run_transaction, transfer, tid, *move, policy=policy(), **kw))
 
-    chaos_thread = threading.Thread(target=chaos, name="chaos", daemon=True,
-                                    args=(server, stop, random.Random(seed), faults,
-                                          lambda: len(outcomes)))
-    chaos_thread.start()
-    try:
+    with chaos_during(server, random.Random(seed), faults, lambda: len(book.outcomes)):
         await asyncio.wait_for(asyncio.gather(*(worker(n) for n in range(TASKS))), 60)
-    finally:
-        stop.set()
-        chaos_thread.join(5.0)
-        server.clear_faults()
-    return outcomes, planned, faults, unexpected
+    return book.outcomes, book.planned, faults, book.unexpected
 
 
 @pytest.mark.parametrize("verify,seed", [(False, 5), (True, 11)], ids=["plain", "verify"])

@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import pytest
 import sqlalchemy
 from bank import (
-    ACCOUNTS,
     INITIAL,
-    chaos,
+    Book,
+    chaos_during,
     check_invariants,
+    moves,
     policy,
     read_state,
     setup_bank,
@@ -343,55 +344,36 @@ def test_async_verify_is_retried_under_the_policy_then_gives_up(tds_server: Any)
 
 @pytest.mark.parametrize("seed", [7])
 def test_async_engine_transfers_survive_chaos_and_a_restart(tds_server: Any, seed: int) -> None:
-    outcomes: dict[str, str] = {}
-    planned: dict[str, tuple[int, int, int]] = {}
-    unexpected: list[BaseException] = []
+    book = Book()
     faults: Counter[str] = Counter()
 
     async def main() -> None:
         engine = engine_for(tds_server, min_size=2, max_size=6)
         Session = async_sessionmaker(engine)
-        stop = threading.Event()
         from mssql_pool import ConnectionPool
 
         with ConnectionPool(tds_server.url, min_size=1, max_size=1) as setup:
             setup_bank(setup)
 
         async def worker(n: int) -> None:
-            rnd = random.Random(seed * 100 + n)
-            for i in range(20):
-                src, dst = rnd.sample(range(ACCOUNTS), 2)
-                amount = rnd.randint(1, 50)
-                tid = f"e{n}-{i}"
-                planned[tid] = (src, dst, amount)
-                try:
-                    await run_transaction(Session, orm_transfer, tid, src, dst, amount,
-                                          policy=policy(), verify=landed(tid))
-                    outcomes[tid] = "ok"
-                except CommitUnknownError:
-                    outcomes[tid] = "unknown"
-                except Exception as exc:  # noqa: BLE001 - asserted on below
-                    outcomes[tid] = f"error {type(exc).__name__}"
-                    unexpected.append(exc)
-                if n == 0 and i == 10:       # a restart in the middle: every session gone
+            for tid, move in moves(seed * 100 + n, 20, f"e{n}"):
+                await book.run_async(tid, move, partial(
+                    run_transaction, Session, orm_transfer, tid, *move, policy=policy(),
+                    verify=landed(tid)))
+                if tid == "e0-10":           # a restart in the middle: every session gone
                     tds_server.stop()
                     tds_server.start()
 
-        chaos_thread = threading.Thread(target=chaos, name="chaos", daemon=True,
-                                        args=(tds_server, stop, random.Random(seed), faults,
-                                              lambda: len(outcomes)))
-        chaos_thread.start()
         try:
-            await asyncio.wait_for(asyncio.gather(*(worker(n) for n in range(6))), 70)
+            with chaos_during(tds_server, random.Random(seed), faults,
+                              lambda: len(book.outcomes)):
+                await asyncio.wait_for(asyncio.gather(*(worker(n) for n in range(6))), 70)
         finally:
-            stop.set()
-            chaos_thread.join(5.0)
-            tds_server.clear_faults()
             await shutdown(engine)
 
     asyncio.run(main())
-    assert unexpected == [], [repr(e) for e in unexpected[:5]]
-    summary = check_invariants(tds_server, outcomes, planned)
+    assert book.unexpected == [], [repr(e) for e in book.unexpected[:5]]
+    summary = check_invariants(tds_server, book.outcomes, book.planned)
     assert summary == Counter({"ok": 6 * 20})
     assert sum(faults.values()) > 5
 
