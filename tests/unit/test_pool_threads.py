@@ -15,9 +15,10 @@ from mssql_pool import ConnectionPool, PoolTimeout
 
 
 def returned_to_a_waiter(pool: ConnectionPool, held: Any, waiting: Callable[[], bool], *,
-                         invalidate: bool = False) -> Any:
+                         invalidate: bool = False) -> tuple[Any, Any]:
     """Return ``held`` (invalidated first if asked) once a thread waits in ``getconn`` and
-    ``waiting()`` holds; the connection that thread got."""
+    ``waiting()`` holds; the connection that thread got, and ``held``'s driver connection."""
+    held_raw = held.raw
     got: list[Any] = []
     t = threading.Thread(target=lambda: got.append(pool.getconn(timeout=10)))
     t.start()
@@ -27,7 +28,7 @@ def returned_to_a_waiter(pool: ConnectionPool, held: Any, waiting: Callable[[], 
     pool.putconn(held)
     t.join(10)
     assert len(got) == 1
-    return got[0]
+    return got[0], held_raw
 
 
 def test_many_threads_never_share_a_connection() -> None:
@@ -113,9 +114,8 @@ def test_discarded_connection_frees_slot_for_waiter() -> None:
     db = FakeDB()
     pool = ConnectionPool(connect=db.connect, min_size=0, max_size=1, background=False)
     held = pool.getconn()
-    held_raw = held.raw
-    got = returned_to_a_waiter(pool, held, lambda: pool.get_stats()["requests_waiting"] == 1,
-                               invalidate=True)
+    got, held_raw = returned_to_a_waiter(
+        pool, held, lambda: pool.get_stats()["requests_waiting"] == 1, invalidate=True)
     assert got.raw is not held_raw and db.connects == 2
     pool.putconn(got)
     pool.close()
@@ -138,9 +138,9 @@ def test_returned_connection_reaches_caller_in_connect_backoff() -> None:
     db = FakeDB()
     pool = ConnectionPool(connect=db.connect, min_size=0, max_size=2, background=False)
     held = pool.getconn()
-    held_raw = held.raw
     db.fail_next("connect", 100)
-    got = returned_to_a_waiter(pool, held, lambda: pool.get_stats()["connections_errors"] >= 1)
+    got, held_raw = returned_to_a_waiter(
+        pool, held, lambda: pool.get_stats()["connections_errors"] >= 1)
     assert got.raw is held_raw
     pool.putconn(got)
     pool.close()
