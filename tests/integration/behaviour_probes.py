@@ -70,6 +70,11 @@ def _scalar(conn: Any, sql: str) -> Any:
     return row[0] if row else None
 
 
+def _execute(conn: Any, *statements: str) -> None:
+    for sql in statements:
+        conn.cursor().execute(sql)
+
+
 def _try(conn: Any, sql: str) -> str:
     try:
         cur = conn.cursor()
@@ -91,8 +96,7 @@ def trancount_pymssql_default(t: ProbeTarget) -> str:
 
 def trancount_nested(t: ProbeTarget) -> str:
     with t.session(autocommit=True) as conn:
-        conn.cursor().execute("BEGIN TRAN")
-        conn.cursor().execute("BEGIN TRAN")
+        _execute(conn, "BEGIN TRAN", "BEGIN TRAN")
         inner = _scalar(conn, "SELECT @@TRANCOUNT")
         conn.cursor().execute("COMMIT TRAN")
         after_commit = _scalar(conn, "SELECT @@TRANCOUNT")
@@ -115,10 +119,8 @@ def pymssql_rollback_after_commit(t: ProbeTarget) -> str:
 
 def implicit_transactions(t: ProbeTarget) -> str:
     with t.session(autocommit=True) as conn:
-        cur = conn.cursor()
-        cur.execute("CREATE TABLE #it (x INT)")
-        cur.execute("SET IMPLICIT_TRANSACTIONS ON")
-        cur.execute("INSERT INTO #it VALUES (1)")
+        _execute(conn, "CREATE TABLE #it (x INT)", "SET IMPLICIT_TRANSACTIONS ON",
+                 "INSERT INTO #it VALUES (1)")
         opened = _scalar(conn, "SELECT @@TRANCOUNT")
         commit = _try(conn, "COMMIT TRAN")
         return f"INSERT opens {opened}, COMMIT {commit}, then {_scalar(conn, 'SELECT @@TRANCOUNT')}"
@@ -154,12 +156,10 @@ def lock_timeout(t: ProbeTarget) -> str:
     waiter = t.connect(autocommit=True)
     name = f"probe_lock_{int(time.time() * 1000) % 10**9}"
     try:
-        holder.cursor().execute(f"CREATE TABLE {name} (id INT PRIMARY KEY, v INT)")
-        holder.cursor().execute(f"INSERT INTO {name} VALUES (1, 0)")
-        holder.cursor().execute("BEGIN TRAN")
-        holder.cursor().execute(f"UPDATE {name} SET v = 1 WHERE id = 1")
-        waiter.cursor().execute("SET LOCK_TIMEOUT 200")
-        waiter.cursor().execute("BEGIN TRAN")
+        _execute(holder, f"CREATE TABLE {name} (id INT PRIMARY KEY, v INT)",
+                 f"INSERT INTO {name} VALUES (1, 0)", "BEGIN TRAN",
+                 f"UPDATE {name} SET v = 1 WHERE id = 1")
+        _execute(waiter, "SET LOCK_TIMEOUT 200", "BEGIN TRAN")
         err = _try(waiter, f"UPDATE {name} SET v = 2 WHERE id = 1")
         return f"{err}, then trancount {_scalar(waiter, 'SELECT @@TRANCOUNT')}"
     finally:
@@ -173,15 +173,13 @@ def lock_timeout(t: ProbeTarget) -> str:
 def deadlock_victim(t: ProbeTarget) -> str:
     a, b = t.connect(autocommit=True), t.connect(autocommit=True)
     name = f"probe_dl_{int(time.time() * 1000) % 10**9}"
-    a.cursor().execute(f"CREATE TABLE {name} (id INT PRIMARY KEY, v INT)")
-    a.cursor().execute(f"INSERT INTO {name} VALUES (1, 0)")
-    a.cursor().execute(f"INSERT INTO {name} VALUES (2, 0)")
+    _execute(a, f"CREATE TABLE {name} (id INT PRIMARY KEY, v INT)",
+             f"INSERT INTO {name} VALUES (1, 0)", f"INSERT INTO {name} VALUES (2, 0)")
     barrier = threading.Barrier(2, timeout=30)
     seen: list[str] = []
 
     def run(conn: Any, first: int, second: int) -> None:
-        conn.cursor().execute("BEGIN TRAN")
-        conn.cursor().execute(f"UPDATE {name} SET v = v + 1 WHERE id = {first}")
+        _execute(conn, "BEGIN TRAN", f"UPDATE {name} SET v = v + 1 WHERE id = {first}")
         barrier.wait()
         err = _try(conn, f"UPDATE {name} SET v = v + 1 WHERE id = {second}")
         if err != "ok":
@@ -236,11 +234,8 @@ def restarted_session(t: ProbeTarget) -> str:
 
 def sp_reset_connection(t: ProbeTarget) -> str:
     with t.session(autocommit=True) as conn:
-        cur = conn.cursor()
-        cur.execute("CREATE TABLE #r (x INT)")
-        cur.execute("SET LOCK_TIMEOUT 1234")
-        cur.execute("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
-        cur.execute("BEGIN TRAN")
+        _execute(conn, "CREATE TABLE #r (x INT)", "SET LOCK_TIMEOUT 1234",
+                 "SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED", "BEGIN TRAN")
         try:
             conn._conn.init_procedure("sp_reset_connection").execute()
         except Exception as exc:  # noqa: BLE001
