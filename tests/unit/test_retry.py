@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import pickle
 import random
+from unittest.mock import Mock
 
 import pymssql
 import pytest
@@ -232,15 +233,10 @@ def test_call_retries_then_returns() -> None:
 
 def test_call_non_retryable_propagates_at_once() -> None:
     clock = FakeClock()
-    calls = []
-
-    def work() -> None:
-        calls.append(1)
-        raise err(18456, "Login failed")
-
+    work = Mock(side_effect=err(18456, "Login failed"))
     with pytest.raises(pymssql.OperationalError):
         policy(clock).call(work)
-    assert calls == [1] and clock.slept == []
+    assert work.call_count == 1 and clock.slept == []
 
 
 def test_never_retries_bare_exception_by_default() -> None:
