@@ -5,11 +5,13 @@ acknowledged one landed) and a chaos thread paced by the workload's progress."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import pymssql
@@ -91,6 +93,12 @@ def paced(stop: threading.Event, progress: Callable[[], int], every: int) -> Ite
             continue
         mark = progress()
         yield
+
+
+def pool_options(name: str, size: int, **kw: Any) -> dict[str, Any]:
+    """The workload pools' options: 2 connections kept open, ``size`` at most, a 10 s
+    checkout timeout; ``kw`` overrides any of them."""
+    return {"min_size": 2, "max_size": size, "timeout": 10.0, "name": name, **kw}
 
 
 def policy(**kw: Any) -> RetryPolicy:
@@ -231,3 +239,22 @@ def chaos_during(server: Any, rnd: random.Random, counts: Counter[str],
         stop.set()
         thread.join(5.0)
         server.clear_faults()
+
+
+async def transfers_under_chaos(server: Any, seed: int, tasks: int, per_task: int,
+                                prefix: str, unit: Callable[..., Awaitable[object]],
+                                limit: float) -> tuple[Book, Counter[str]]:
+    """``tasks`` asyncio tasks each await ``unit(tid, src, dst, amount)`` (which must
+    return the tid) for ``per_task`` seeded transfers (tids ``{prefix}{task}-{i}``), all
+    within ``limit`` seconds, while :func:`chaos` injects faults; the book of what they
+    were told, and the faults injected."""
+    book = Book()
+    faults: Counter[str] = Counter()
+
+    async def worker(n: int) -> None:
+        for tid, move in moves(seed * 100 + n, per_task, f"{prefix}{n}"):
+            await book.run_async(tid, move, partial(unit, tid, *move))
+
+    with chaos_during(server, random.Random(seed), faults, lambda: len(book.outcomes)):
+        await asyncio.wait_for(asyncio.gather(*(worker(n) for n in range(tasks))), limit)
+    return book, faults

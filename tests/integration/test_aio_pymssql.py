@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from functools import partial
 from typing import Any
 
 import pymssql
@@ -20,13 +19,12 @@ import pytest
 from bank import (
     ACCOUNTS,
     INITIAL,
-    Book,
-    chaos_during,
     check_invariants,
-    moves,
     policy,
+    pool_options,
     read_state,
     setup_bank,
+    transfers_under_chaos,
 )
 
 from mssql_pool import AsyncConnectionPool
@@ -40,9 +38,7 @@ PER_TASK = 30
 
 
 def make_pool(server: Any, **kw: Any) -> AsyncConnectionPool:
-    opts: dict[str, Any] = {"min_size": 2, "max_size": TASKS, "timeout": 10.0, "name": "atx"}
-    opts.update(kw)
-    return AsyncConnectionPool(server.url, **opts)
+    return AsyncConnectionPool(server.url, **pool_options("atx", TASKS, **kw))
 
 
 async def transfer(conn: Any, tid: str, src: int, dst: int, amount: int,
@@ -135,17 +131,12 @@ def test_query_fetch_and_units(tds_server: Any) -> None:
 async def async_workload(server: Any, pool: AsyncConnectionPool, *, verify: bool,
                          seed: int) -> tuple[dict[str, str], dict[str, tuple[int, int, int]],
                                              Counter[str], list[BaseException]]:
-    book = Book()
-    faults: Counter[str] = Counter()
+    async def unit(tid: str, src: int, dst: int, amount: int) -> str:
+        kw: dict[str, Any] = {"verify": landed(tid)} if verify else {}
+        return await pool.run_transaction(transfer, tid, src, dst, amount, policy=policy(),
+                                          **kw)
 
-    async def worker(n: int) -> None:
-        for tid, move in moves(seed * 100 + n, PER_TASK, f"t{n}"):
-            kw: dict[str, Any] = {"verify": landed(tid)} if verify else {}
-            await book.run_async(tid, move, partial(
-                pool.run_transaction, transfer, tid, *move, policy=policy(), **kw))
-
-    with chaos_during(server, random.Random(seed), faults, lambda: len(book.outcomes)):
-        await asyncio.wait_for(asyncio.gather(*(worker(n) for n in range(TASKS))), 60)
+    book, faults = await transfers_under_chaos(server, seed, TASKS, PER_TASK, "t", unit, 60)
     return book.outcomes, book.planned, faults, book.unexpected
 
 

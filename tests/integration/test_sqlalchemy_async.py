@@ -8,21 +8,11 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from functools import partial
 from typing import Any
 
 import pytest
 import sqlalchemy
-from bank import (
-    INITIAL,
-    Book,
-    chaos_during,
-    check_invariants,
-    moves,
-    policy,
-    read_state,
-    setup_bank,
-)
+from bank import INITIAL, check_invariants, policy, read_state, setup_bank, transfers_under_chaos
 from sqlalchemy import Integer, String, event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -344,10 +334,7 @@ def test_async_verify_is_retried_under_the_policy_then_gives_up(tds_server: Any)
 
 @pytest.mark.parametrize("seed", [7])
 def test_async_engine_transfers_survive_chaos_and_a_restart(tds_server: Any, seed: int) -> None:
-    book = Book()
-    faults: Counter[str] = Counter()
-
-    async def main() -> None:
+    async def main() -> tuple[Any, Counter[str]]:
         engine = engine_for(tds_server, min_size=2, max_size=6)
         Session = async_sessionmaker(engine)
         from mssql_pool import ConnectionPool
@@ -355,23 +342,21 @@ def test_async_engine_transfers_survive_chaos_and_a_restart(tds_server: Any, see
         with ConnectionPool(tds_server.url, min_size=1, max_size=1) as setup:
             setup_bank(setup)
 
-        async def worker(n: int) -> None:
-            for tid, move in moves(seed * 100 + n, 20, f"e{n}"):
-                await book.run_async(tid, move, partial(
-                    run_transaction, Session, orm_transfer, tid, *move, policy=policy(),
-                    verify=landed(tid)))
+        async def unit(tid: str, src: int, dst: int, amount: int) -> str:
+            try:
+                return await run_transaction(Session, orm_transfer, tid, src, dst, amount,
+                                             policy=policy(), verify=landed(tid))
+            finally:
                 if tid == "e0-10":           # a restart in the middle: every session gone
                     tds_server.stop()
                     tds_server.start()
 
         try:
-            with chaos_during(tds_server, random.Random(seed), faults,
-                              lambda: len(book.outcomes)):
-                await asyncio.wait_for(asyncio.gather(*(worker(n) for n in range(6))), 70)
+            return await transfers_under_chaos(tds_server, seed, 6, 20, "e", unit, 70)
         finally:
             await shutdown(engine)
 
-    asyncio.run(main())
+    book, faults = asyncio.run(main())
     assert book.unexpected == [], [repr(e) for e in book.unexpected[:5]]
     summary = check_invariants(tds_server, book.outcomes, book.planned)
     assert summary == Counter({"ok": 6 * 20})

@@ -29,6 +29,7 @@ from bank import (
     landed,
     moves,
     policy,
+    pool_options,
     read_state,
     setup_bank,
     transfer,
@@ -45,9 +46,7 @@ PER_THREAD = 40
 
 
 def make_pool(server: Any, **kw: Any) -> ConnectionPool:
-    opts: dict[str, Any] = {"min_size": 2, "max_size": THREADS, "timeout": 10.0, "name": "tx"}
-    opts.update(kw)
-    return ConnectionPool(server.url, **opts)
+    return ConnectionPool(server.url, **pool_options("tx", THREADS, **kw))
 
 
 def run_workload(server: Any, pool: ConnectionPool, *, verify: bool,
