@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -55,6 +57,16 @@ async def shutdown(engine: AsyncEngine) -> None:
     await engine.pool.mssql_pool.close()
 
 
+@asynccontextmanager
+async def running_engine(server: Any, **kw: Any) -> AsyncIterator[AsyncEngine]:
+    """:func:`engine_for`, shut down (engine and pool) when the block ends."""
+    engine = engine_for(server, **kw)
+    try:
+        yield engine
+    finally:
+        await shutdown(engine)
+
+
 async def orm_transfer(session: Any, tid: str, src: int, dst: int, amount: int) -> str:
     a = await session.get(Acct, src, populate_existing=True)
     b = await session.get(Acct, dst, populate_existing=True)
@@ -94,10 +106,9 @@ def test_core_orm_and_the_pool_under_the_engine(tds_server: Any) -> None:
     connects: list[Any] = []
 
     async def main() -> None:
-        engine = engine_for(tds_server, max_size=1)
-        assert isinstance(engine.pool, AsyncMssqlPoolAdapter)
-        event.listen(engine.sync_engine, "connect", lambda dbapi_conn, rec: connects.append(1))
-        try:
+        async with running_engine(tds_server, max_size=1) as engine:
+            assert isinstance(engine.pool, AsyncMssqlPoolAdapter)
+            event.listen(engine.sync_engine, "connect", lambda dbapi_conn, rec: connects.append(1))
             async with engine.begin() as conn:
                 assert (await conn.execute(text("SELECT 1 + 1"))).scalar() == 2
                 await conn.run_sync(Base.metadata.create_all)
@@ -114,8 +125,6 @@ def test_core_orm_and_the_pool_under_the_engine(tds_server: Any) -> None:
             s = engine.pool.get_stats()
             assert s["pool_size"] == 1 and s["requests_num"] >= 4
             assert "asyncio" in engine.pool.status()
-        finally:
-            await shutdown(engine)
 
     asyncio.run(main())
     assert connects == [1]     # one driver connection, one record, connect fired once
@@ -123,16 +132,13 @@ def test_core_orm_and_the_pool_under_the_engine(tds_server: Any) -> None:
 
 def test_engine_checkout_timeout_is_sqlalchemys_timeout_error(tds_server: Any) -> None:
     async def main() -> None:
-        engine = engine_for(tds_server, max_size=1, pool_timeout=0.2)
-        try:
+        async with running_engine(tds_server, max_size=1, pool_timeout=0.2) as engine:
             async with engine.connect() as held:
                 await held.execute(text("SELECT 1"))
                 with pytest.raises(sqlalchemy.exc.TimeoutError) as ei:
                     async with engine.connect() as other:
                         await other.execute(text("SELECT 1"))
                 assert isinstance(ei.value, PoolTimeout)
-        finally:
-            await shutdown(engine)
 
     asyncio.run(main())
 
@@ -157,8 +163,7 @@ def test_async_run_transaction_checks_its_arguments(tds_server: Any) -> None:
         return None
 
     async def main() -> None:
-        engine = engine_for(tds_server, min_size=0)
-        try:
+        async with running_engine(tds_server, min_size=0) as engine:
             with pytest.raises(ConfigError, match="not an AsyncSession: every attempt"):
                 await run_transaction(async_sessionmaker(engine)(), noop)
             with pytest.raises(ConfigError, match="must be an async_sessionmaker .*got int"):
@@ -169,8 +174,6 @@ def test_async_run_transaction_checks_its_arguments(tds_server: Any) -> None:
                 await run_transaction(engine, "not callable")  # type: ignore[arg-type]
             with pytest.raises(ConfigError, match=r"verify: must be an async callable\(session\)"):
                 await run_transaction(engine, noop, verify=1)  # type: ignore[arg-type]
-        finally:
-            await shutdown(engine)
 
     asyncio.run(main())
 
@@ -179,10 +182,9 @@ def test_async_run_transaction_reruns_and_reports_unknown_commits(tds_server: An
     records: list[Any] = []
 
     async def main() -> None:
-        engine = engine_for(tds_server)
-        engine.pool.mssql_pool.add_listener(events.append,
-                                            kinds=["retry_attempt", "commit_unknown"])
-        try:
+        async with running_engine(tds_server) as engine:
+            engine.pool.mssql_pool.add_listener(events.append,
+                                                kinds=["retry_attempt", "commit_unknown"])
             await two_accounts(engine)
             Session = async_sessionmaker(engine)
             tds_server.fail_next(1205, match=r"UPDATE acct", severity=13)
@@ -207,8 +209,6 @@ def test_async_run_transaction_reruns_and_reports_unknown_commits(tds_server: An
             assert await run_transaction(engine, core_transfer, "s4", 0, 1, 1, policy=policy(),
                                          verify=landed_core("s4")) == "s4"
             assert engine.pool.mssql_pool.events.flush()
-        finally:
-            await shutdown(engine)
 
     events: list[Any] = []
     asyncio.run(main())
@@ -238,8 +238,7 @@ def test_async_units_own_error_reaches_the_caller_once_rolled_back(tds_server: A
         raise mine
 
     async def main() -> tuple[int, int, int]:
-        engine = engine_for(tds_server)
-        try:
+        async with running_engine(tds_server) as engine:
             await two_accounts(engine)
             stats = engine.pool.mssql_pool.get_stats
             before = stats().get("connections_discarded", 0)
@@ -249,8 +248,6 @@ def test_async_units_own_error_reaches_the_caller_once_rolled_back(tds_server: A
             async with engine.connect() as conn:
                 bal = (await conn.execute(text("SELECT bal FROM acct WHERE id = 0"))).scalar()
             return before, stats().get("connections_discarded", 0), int(bal)
-        finally:
-            await shutdown(engine)
 
     before, after, bal = asyncio.run(main())
     assert calls == [1]
@@ -275,16 +272,13 @@ def test_async_lost_commit_is_unknown_whatever_the_classifier(
     loose = Classifier().with_exception(exc_type, **rule)
 
     async def main() -> None:
-        engine = engine_for(tds_server)
-        try:
+        async with running_engine(tds_server) as engine:
             await two_accounts(engine)
             tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
             with pytest.raises(CommitUnknownError):
                 await run_transaction(async_sessionmaker(engine), orm_transfer, "u1", 0, 1, 1,
                                       policy=policy(classifier=loose,
                                                     retry_on=lambda e: loose.classify(e).retryable))
-        finally:
-            await shutdown(engine)
 
     asyncio.run(main())
     _bal, ledger = read_state(tds_server)
@@ -308,8 +302,7 @@ def test_async_verify_is_retried_under_the_policy_then_gives_up(tds_server: Any)
         return True
 
     async def main() -> None:
-        engine = engine_for(tds_server)
-        try:
+        async with running_engine(tds_server) as engine:
             await two_accounts(engine)
             tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
             tds_server.fail_next(40613, match=r"FROM ledger")     # verify's first try
@@ -322,8 +315,6 @@ def test_async_verify_is_retried_under_the_policy_then_gives_up(tds_server: Any)
                                       policy=policy())
             assert "208" in str(ei.value)                 # what verify() ran into
             assert [a.error for a in ei.value.attempts] == [ei.value.original]  # the COMMIT
-        finally:
-            await shutdown(engine)
 
     asyncio.run(main())
     assert [r.number for r in records] == [40613]
@@ -365,8 +356,7 @@ def test_async_engine_transfers_survive_chaos_and_a_restart(tds_server: Any, see
 
 def test_a_cancelled_session_unit_leaves_no_transaction(tds_server: Any) -> None:
     async def main() -> dict[str, int]:
-        engine = engine_for(tds_server, max_size=2)
-        try:
+        async with running_engine(tds_server, max_size=2) as engine:
             async with engine.begin() as conn:
                 await conn.run_sync(Base.metadata.create_all)
                 await conn.execute(text("INSERT INTO acct (id, bal) VALUES (0, 1000)"))
@@ -393,8 +383,6 @@ def test_a_cancelled_session_unit_leaves_no_transaction(tds_server: Any) -> None
                 assert (await conn.execute(text("SELECT bal FROM acct WHERE id = 0"))
                         ).scalar() == 1000
             return pool.get_stats()
-        finally:
-            await shutdown(engine)
 
     stats = asyncio.run(main())
     assert stats["statements_cancelled"] >= 1
@@ -407,16 +395,13 @@ def test_a_units_checkouts_wait_no_longer_than_its_policy_allows(tds_server: Any
     from mssql_pool.retry import RetryPolicy
 
     async def main() -> None:
-        engine = engine_for(tds_server, max_size=1, timeout=10.0)
-        try:
+        async with running_engine(tds_server, max_size=1, timeout=10.0) as engine:
             async with engine.connect() as held:
                 await held.execute(text("SELECT 1"))
                 with pytest.raises(PoolTimeout) as ei:
                     await run_transaction(engine, core_transfer, "x", 0, 1, 1,
                                           policy=RetryPolicy(max_attempts=1, deadline=0.3))
                 assert ei.value.waited < 5.0
-        finally:
-            await shutdown(engine)
 
     asyncio.run(main())
 
