@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any
 
 import pymssql
+import pytest
 
 from mssql_pool import ConnectionPool
 from mssql_pool.errors import CommitUnknownError
@@ -258,3 +259,23 @@ async def transfers_under_chaos(server: Any, seed: int, tasks: int, per_task: in
     with chaos_during(server, random.Random(seed), faults, lambda: len(book.outcomes)):
         await asyncio.wait_for(asyncio.gather(*(worker(n) for n in range(tasks))), limit)
     return book, faults
+
+
+async def verify_retried_then_given_up(
+        server: Any, run: Callable[..., Awaitable[object]], landed_v1: Any,
+        unreadable: Any) -> tuple[list[Any], CommitUnknownError]:
+    """Two units whose COMMIT reply is lost, run as ``run(tid, verify=..., policy=...)``:
+    v1's ``verify=landed_v1`` fails once with 40613, is retried under the policy and says
+    v1 landed; v2's ``verify=unreadable`` (a missing table) cannot tell, so v2 raises
+    CommitUnknownError naming that 208, with the COMMIT as its only attempt. The retries
+    recorded, and v2's error."""
+    records: list[Any] = []
+    server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
+    server.fail_next(40613, match=r"FROM ledger")     # verify's first try
+    assert await run("v1", verify=landed_v1, policy=policy(on_retry=records.append)) == "v1"
+    server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
+    with pytest.raises(CommitUnknownError, match=r"verify\(\) could not tell") as ei:
+        await run("v2", verify=unreadable, policy=policy())
+    assert "208" in str(ei.value)                 # what verify() ran into
+    assert [a.error for a in ei.value.attempts] == [ei.value.original]  # the COMMIT
+    return records, ei.value

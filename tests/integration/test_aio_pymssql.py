@@ -25,6 +25,7 @@ from bank import (
     read_state,
     setup_bank,
     transfers_under_chaos,
+    verify_retried_then_given_up,
 )
 
 from mssql_pool import AsyncConnectionPool
@@ -181,28 +182,22 @@ def test_async_dropped_commit_is_unknown_or_verified(tds_server: Any) -> None:
 
 
 def test_async_verify_is_retried_under_the_policy_then_gives_up(tds_server: Any) -> None:
-    records: list[Any] = []
-
     async def unreadable(conn: Any) -> bool:
         await conn.cursor().execute("SELECT tid FROM no_such_table")
         return True
 
-    async def main() -> None:
+    async def main() -> tuple[list[Any], CommitUnknownError]:
         async with make_pool(tds_server, min_size=1, max_size=2) as pool:
             setup_bank(pool.sync_pool)
-            tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
-            tds_server.fail_next(40613, match=r"FROM ledger")     # verify's first try
-            assert await pool.run_transaction(transfer, "v1", 0, 1, 5, verify=landed("v1"),
-                                              policy=policy(on_retry=records.append)) == "v1"
-            tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
-            with pytest.raises(CommitUnknownError, match=r"verify\(\) could not tell") as ei:
-                await pool.run_transaction(transfer, "v2", 2, 3, 5, verify=unreadable,
-                                           policy=policy())
-            assert classify(ei.value.original).connection_dead
-            assert "208" in str(ei.value)                 # what verify() ran into
-            assert [a.error for a in ei.value.attempts] == [ei.value.original]  # the COMMIT
+            moves = {"v1": (0, 1, 5), "v2": (2, 3, 5)}
 
-    asyncio.run(main())
+            async def run(tid: str, **kw: Any) -> object:
+                return await pool.run_transaction(transfer, tid, *moves[tid], **kw)
+
+            return await verify_retried_then_given_up(tds_server, run, landed("v1"), unreadable)
+
+    records, error = asyncio.run(main())
+    assert classify(error.original).connection_dead
     assert [r.number for r in records] == [40613]
     _bal, ledger = read_state(tds_server)
     assert sorted(t for t, *_ in ledger) == ["v1", "v2"]   # each landed once, not re-run
