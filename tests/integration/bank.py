@@ -5,13 +5,17 @@ acknowledged one landed) and a chaos thread paced by the workload's progress."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import pymssql
+import pytest
 
 from mssql_pool import ConnectionPool
 from mssql_pool.errors import CommitUnknownError
@@ -41,16 +45,44 @@ class Book:
         with self.lock:
             self.planned[tid] = move
         try:
-            assert unit() == tid
-            outcome = "ok"
-        except CommitUnknownError:
-            outcome = "unknown"
+            self._record(tid, unit())
         except BaseException as exc:  # noqa: BLE001 - recorded and asserted on
-            outcome = f"error {type(exc).__name__}"
+            self._record(tid, exc)
+
+    async def run_async(self, tid: str, move: tuple[int, int, int],
+                        unit: Callable[[], Awaitable[object]]) -> None:
+        """:meth:`run` for a coroutine function; a cancellation is no outcome: it
+        propagates."""
+        with self.lock:
+            self.planned[tid] = move
+        try:
+            self._record(tid, await unit())
+        except Exception as exc:  # noqa: BLE001 - recorded and asserted on
+            self._record(tid, exc)
+
+    def _record(self, tid: str, result: object) -> None:
+        """``result`` is what the unit returned (its tid, when all went well) or raised."""
+        if result != tid and not isinstance(result, BaseException):
+            result = AssertionError(f"{tid}: the unit returned {result!r}")
+        if isinstance(result, CommitUnknownError):
+            outcome = "unknown"
+        elif isinstance(result, BaseException):
+            outcome = f"error {type(result).__name__}"
             with self.lock:
-                self.unexpected.append(exc)
+                self.unexpected.append(result)
+        else:
+            outcome = "ok"
         with self.lock:
             self.outcomes[tid] = outcome
+
+
+def moves(seed: int, count: int, prefix: str) -> Iterator[tuple[str, tuple[int, int, int]]]:
+    """``count`` transfers drawn from ``random.Random(seed)``, each as its tid
+    (``{prefix}-{i}``) and its (src, dst, amount)."""
+    rnd = random.Random(seed)
+    for i in range(count):
+        src, dst = rnd.sample(range(ACCOUNTS), 2)
+        yield f"{prefix}-{i}", (src, dst, rnd.randint(1, 50))
 
 
 def paced(stop: threading.Event, progress: Callable[[], int], every: int) -> Iterator[None]:
@@ -62,6 +94,12 @@ def paced(stop: threading.Event, progress: Callable[[], int], every: int) -> Ite
             continue
         mark = progress()
         yield
+
+
+def pool_options(name: str, size: int, **kw: Any) -> dict[str, Any]:
+    """The workload pools' options: 2 connections kept open, ``size`` at most, a 10 s
+    checkout timeout; ``kw`` overrides any of them."""
+    return {"min_size": 2, "max_size": size, "timeout": 10.0, "name": name, **kw}
 
 
 def policy(**kw: Any) -> RetryPolicy:
@@ -150,6 +188,13 @@ def check_invariants(
 FAULT_EVERY = 4  # completed transfers between two injected faults
 
 
+def kill_a_session(server: Any, rnd: random.Random) -> None:
+    """KILL one of the server's sessions, picked by ``rnd`` (nothing when there is none)."""
+    busy = [s["spid"] for s in server.sessions()]
+    if busy:
+        server.kill(rnd.choice(busy))
+
+
 def chaos(server: Any, stop: threading.Event, rnd: random.Random, counts: Counter[str],
           progress: Callable[[], int]) -> None:
     """Inject one fault per FAULT_EVERY finished transfers until stopped.
@@ -171,8 +216,66 @@ def chaos(server: Any, stop: threading.Event, rnd: random.Random, counts: Counte
                 armed_logins += 2
                 server.fail_logins(40613, times=2)
         elif what == "kill":
-            busy = [s["spid"] for s in server.sessions()]
-            if busy:
-                server.kill(rnd.choice(busy))
+            kill_a_session(server, rnd)
         elif what == "drop_commit":
             server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
+
+
+Chaos = Callable[[Any, threading.Event, random.Random, Counter[str], Callable[[], int]], None]
+
+
+@contextmanager
+def chaos_during(server: Any, rnd: random.Random, counts: Counter[str],
+                 progress: Callable[[], int], inject: Chaos = chaos) -> Iterator[None]:
+    """Run ``inject(server, stop, rnd, counts, progress)`` (:func:`chaos` unless told) on
+    a daemon thread while the block runs; then stop it, wait for it (5 s at most) and clear
+    the faults left armed on ``server``."""
+    stop = threading.Event()
+    thread = threading.Thread(target=inject, args=(server, stop, rnd, counts, progress),
+                              name="chaos", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5.0)
+        server.clear_faults()
+
+
+async def transfers_under_chaos(server: Any, seed: int, tasks: int, per_task: int,
+                                prefix: str, unit: Callable[..., Awaitable[object]],
+                                limit: float) -> tuple[Book, Counter[str]]:
+    """``tasks`` asyncio tasks each await ``unit(tid, src, dst, amount)`` (which must
+    return the tid) for ``per_task`` seeded transfers (tids ``{prefix}{task}-{i}``), all
+    within ``limit`` seconds, while :func:`chaos` injects faults; the book of what they
+    were told, and the faults injected."""
+    book = Book()
+    faults: Counter[str] = Counter()
+
+    async def worker(n: int) -> None:
+        for tid, move in moves(seed * 100 + n, per_task, f"{prefix}{n}"):
+            await book.run_async(tid, move, partial(unit, tid, *move))
+
+    with chaos_during(server, random.Random(seed), faults, lambda: len(book.outcomes)):
+        await asyncio.wait_for(asyncio.gather(*(worker(n) for n in range(tasks))), limit)
+    return book, faults
+
+
+async def verify_retried_then_given_up(
+        server: Any, run: Callable[..., Awaitable[object]], landed_v1: Any,
+        unreadable: Any) -> tuple[list[Any], CommitUnknownError]:
+    """Two units whose COMMIT reply is lost, run as ``run(tid, verify=..., policy=...)``:
+    v1's ``verify=landed_v1`` fails once with 40613, is retried under the policy and says
+    v1 landed; v2's ``verify=unreadable`` (a missing table) cannot tell, so v2 raises
+    CommitUnknownError naming that 208, with the COMMIT as its only attempt. The retries
+    recorded, and v2's error."""
+    records: list[Any] = []
+    server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
+    server.fail_next(40613, match=r"FROM ledger")     # verify's first try
+    assert await run("v1", verify=landed_v1, policy=policy(on_retry=records.append)) == "v1"
+    server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
+    with pytest.raises(CommitUnknownError, match=r"verify\(\) could not tell") as ei:
+        await run("v2", verify=unreadable, policy=policy())
+    assert "208" in str(ei.value)                 # what verify() ran into
+    assert [a.error for a in ei.value.attempts] == [ei.value.original]  # the COMMIT
+    return records, ei.value

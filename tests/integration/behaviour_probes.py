@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,15 @@ class ProbeTarget:
         kw = {**self.connect_kwargs, "login_timeout": 10, "timeout": 30}
         kw.update(extra)
         return pymssql.connect(**kw)
+
+    @contextmanager
+    def session(self, **extra: Any) -> Iterator[Any]:
+        """:meth:`connect`, closed when the block ends."""
+        conn = self.connect(**extra)
+        try:
+            yield conn
+        finally:
+            conn.close()
 
 
 def error_of(exc: BaseException) -> str:
@@ -60,6 +70,11 @@ def _scalar(conn: Any, sql: str) -> Any:
     return row[0] if row else None
 
 
+def _execute(conn: Any, *statements: str) -> None:
+    for sql in statements:
+        conn.cursor().execute(sql)
+
+
 def _try(conn: Any, sql: str) -> str:
     try:
         cur = conn.cursor()
@@ -75,48 +90,24 @@ def _try(conn: Any, sql: str) -> str:
 
 
 def trancount_pymssql_default(t: ProbeTarget) -> str:
-    conn = t.connect()
-    try:
+    with t.session() as conn:
         return f"trancount {_scalar(conn, 'SELECT @@TRANCOUNT')}"
-    finally:
-        conn.close()
 
 
 def trancount_nested(t: ProbeTarget) -> str:
-    conn = t.connect(autocommit=True)
-    try:
-        conn.cursor().execute("BEGIN TRAN")
-        conn.cursor().execute("BEGIN TRAN")
+    with t.session(autocommit=True) as conn:
+        _execute(conn, "BEGIN TRAN", "BEGIN TRAN")
         inner = _scalar(conn, "SELECT @@TRANCOUNT")
         conn.cursor().execute("COMMIT TRAN")
         after_commit = _scalar(conn, "SELECT @@TRANCOUNT")
         conn.cursor().execute("ROLLBACK TRAN")
         after = _scalar(conn, "SELECT @@TRANCOUNT")
         return f"2 BEGINs {inner}, COMMIT {after_commit}, ROLLBACK {after}"
-    finally:
-        conn.close()
-
-
-def commit_without_transaction(t: ProbeTarget) -> str:
-    conn = t.connect(autocommit=True)
-    try:
-        return _try(conn, "COMMIT TRAN")
-    finally:
-        conn.close()
-
-
-def rollback_without_transaction(t: ProbeTarget) -> str:
-    conn = t.connect(autocommit=True)
-    try:
-        return _try(conn, "ROLLBACK TRAN")
-    finally:
-        conn.close()
 
 
 def pymssql_rollback_after_commit(t: ProbeTarget) -> str:
     """What the pool does after every unit: COMMIT TRAN, then pymssql's rollback()."""
-    conn = t.connect()
-    try:
+    with t.session() as conn:
         conn.cursor().execute("COMMIT TRAN")
         try:
             conn.rollback()
@@ -124,53 +115,38 @@ def pymssql_rollback_after_commit(t: ProbeTarget) -> str:
         except Exception as exc:  # noqa: BLE001
             outcome = f"raises {error_of(exc)}"
         return f"{outcome}, then trancount {_scalar(conn, 'SELECT @@TRANCOUNT')}"
-    finally:
-        conn.close()
 
 
 def implicit_transactions(t: ProbeTarget) -> str:
-    conn = t.connect(autocommit=True)
-    try:
-        cur = conn.cursor()
-        cur.execute("CREATE TABLE #it (x INT)")
-        cur.execute("SET IMPLICIT_TRANSACTIONS ON")
-        cur.execute("INSERT INTO #it VALUES (1)")
+    with t.session(autocommit=True) as conn:
+        _execute(conn, "CREATE TABLE #it (x INT)", "SET IMPLICIT_TRANSACTIONS ON",
+                 "INSERT INTO #it VALUES (1)")
         opened = _scalar(conn, "SELECT @@TRANCOUNT")
         commit = _try(conn, "COMMIT TRAN")
         return f"INSERT opens {opened}, COMMIT {commit}, then {_scalar(conn, 'SELECT @@TRANCOUNT')}"
-    finally:
-        conn.close()
 
 
 def error_keeps_transaction(t: ProbeTarget) -> str:
     """A statement error inside a transaction (XACT_ABORT OFF): is the transaction kept?"""
-    conn = t.connect()
-    try:
+    with t.session() as conn:
         err = _try(conn, "SELECT 1/0")
         return f"{err}, then trancount {_scalar(conn, 'SELECT @@TRANCOUNT')}"
-    finally:
-        conn.close()
 
 
 def xact_abort_error(t: ProbeTarget) -> str:
-    conn = t.connect()
-    try:
+    with t.session() as conn:
         conn.cursor().execute("SET XACT_ABORT ON")
         err = _try(conn, "SELECT 1/0")
         return f"{err}, then trancount {_scalar(conn, 'SELECT @@TRANCOUNT')}"
-    finally:
-        conn.close()
 
 
 def _error_probe(sql: str, setup: str = "") -> Callable[[ProbeTarget], str]:
+    """A probe that runs ``sql`` (after ``setup``) in autocommit: its error, or "ok"."""
     def probe(t: ProbeTarget) -> str:
-        conn = t.connect(autocommit=True)
-        try:
+        with t.session(autocommit=True) as conn:
             if setup:
                 conn.cursor().execute(setup)
             return _try(conn, sql)
-        finally:
-            conn.close()
 
     return probe
 
@@ -180,12 +156,10 @@ def lock_timeout(t: ProbeTarget) -> str:
     waiter = t.connect(autocommit=True)
     name = f"probe_lock_{int(time.time() * 1000) % 10**9}"
     try:
-        holder.cursor().execute(f"CREATE TABLE {name} (id INT PRIMARY KEY, v INT)")
-        holder.cursor().execute(f"INSERT INTO {name} VALUES (1, 0)")
-        holder.cursor().execute("BEGIN TRAN")
-        holder.cursor().execute(f"UPDATE {name} SET v = 1 WHERE id = 1")
-        waiter.cursor().execute("SET LOCK_TIMEOUT 200")
-        waiter.cursor().execute("BEGIN TRAN")
+        _execute(holder, f"CREATE TABLE {name} (id INT PRIMARY KEY, v INT)",
+                 f"INSERT INTO {name} VALUES (1, 0)", "BEGIN TRAN",
+                 f"UPDATE {name} SET v = 1 WHERE id = 1")
+        _execute(waiter, "SET LOCK_TIMEOUT 200", "BEGIN TRAN")
         err = _try(waiter, f"UPDATE {name} SET v = 2 WHERE id = 1")
         return f"{err}, then trancount {_scalar(waiter, 'SELECT @@TRANCOUNT')}"
     finally:
@@ -199,15 +173,13 @@ def lock_timeout(t: ProbeTarget) -> str:
 def deadlock_victim(t: ProbeTarget) -> str:
     a, b = t.connect(autocommit=True), t.connect(autocommit=True)
     name = f"probe_dl_{int(time.time() * 1000) % 10**9}"
-    a.cursor().execute(f"CREATE TABLE {name} (id INT PRIMARY KEY, v INT)")
-    a.cursor().execute(f"INSERT INTO {name} VALUES (1, 0)")
-    a.cursor().execute(f"INSERT INTO {name} VALUES (2, 0)")
+    _execute(a, f"CREATE TABLE {name} (id INT PRIMARY KEY, v INT)",
+             f"INSERT INTO {name} VALUES (1, 0)", f"INSERT INTO {name} VALUES (2, 0)")
     barrier = threading.Barrier(2, timeout=30)
     seen: list[str] = []
 
     def run(conn: Any, first: int, second: int) -> None:
-        conn.cursor().execute("BEGIN TRAN")
-        conn.cursor().execute(f"UPDATE {name} SET v = v + 1 WHERE id = {first}")
+        _execute(conn, "BEGIN TRAN", f"UPDATE {name} SET v = v + 1 WHERE id = {first}")
         barrier.wait()
         err = _try(conn, f"UPDATE {name} SET v = v + 1 WHERE id = {second}")
         if err != "ok":
@@ -226,37 +198,9 @@ def deadlock_victim(t: ProbeTarget) -> str:
     return " / ".join(seen) if seen else "no victim"
 
 
-def killed_session(t: ProbeTarget) -> str:
-    victim = t.connect(autocommit=True)
-    spid = _scalar(victim, "SELECT @@SPID")
-    admin = t.connect(autocommit=True)
-    try:
-        admin.cursor().execute(f"KILL {int(spid)}")
-    finally:
-        admin.close()
-    time.sleep(0.2)
-    first, second = _try(victim, "SELECT 1"), _try(victim, "SELECT 1")
-    try:
-        victim.close()
-    except Exception:  # noqa: BLE001
-        pass
-    return f"{first}, then {second}"
-
-
-def kill_own_session(t: ProbeTarget) -> str:
-    conn = t.connect(autocommit=True)
-    try:
-        return _try(conn, f"KILL {int(_scalar(conn, 'SELECT @@SPID'))}")
-    finally:
-        conn.close()
-
-
-def restarted_session(t: ProbeTarget) -> str:
-    if t.restart is None:
-        return "not ours to restart"
-    conn = t.connect(autocommit=True)
-    _scalar(conn, "SELECT 1")
-    t.restart()
+def _next_two_calls(conn: Any) -> str:
+    """What a session that lost its server sees on its next two calls; then it is closed
+    (which may fail too)."""
     first, second = _try(conn, "SELECT 1"), _try(conn, "SELECT 1")
     try:
         conn.close()
@@ -265,14 +209,33 @@ def restarted_session(t: ProbeTarget) -> str:
     return f"{first}, then {second}"
 
 
-def sp_reset_connection(t: ProbeTarget) -> str:
+def killed_session(t: ProbeTarget) -> str:
+    victim = t.connect(autocommit=True)
+    spid = _scalar(victim, "SELECT @@SPID")
+    with t.session(autocommit=True) as admin:
+        admin.cursor().execute(f"KILL {int(spid)}")
+    time.sleep(0.2)
+    return _next_two_calls(victim)
+
+
+def kill_own_session(t: ProbeTarget) -> str:
+    with t.session(autocommit=True) as conn:
+        return _try(conn, f"KILL {int(_scalar(conn, 'SELECT @@SPID'))}")
+
+
+def restarted_session(t: ProbeTarget) -> str:
+    if t.restart is None:
+        return "not ours to restart"
     conn = t.connect(autocommit=True)
-    try:
-        cur = conn.cursor()
-        cur.execute("CREATE TABLE #r (x INT)")
-        cur.execute("SET LOCK_TIMEOUT 1234")
-        cur.execute("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
-        cur.execute("BEGIN TRAN")
+    _scalar(conn, "SELECT 1")
+    t.restart()
+    return _next_two_calls(conn)
+
+
+def sp_reset_connection(t: ProbeTarget) -> str:
+    with t.session(autocommit=True) as conn:
+        _execute(conn, "CREATE TABLE #r (x INT)", "SET LOCK_TIMEOUT 1234",
+                 "SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED", "BEGIN TRAN")
         try:
             conn._conn.init_procedure("sp_reset_connection").execute()
         except Exception as exc:  # noqa: BLE001
@@ -281,8 +244,6 @@ def sp_reset_connection(t: ProbeTarget) -> str:
         return (f"trancount {_scalar(conn, 'SELECT @@TRANCOUNT')}, #temp "
                 f"{'dropped' if temp is None else 'kept'}, LOCK_TIMEOUT "
                 f"{_scalar(conn, 'SELECT @@LOCK_TIMEOUT')}")
-    finally:
-        conn.close()
 
 
 _WRONG_PASSWORD = """
@@ -311,21 +272,10 @@ def wrong_password(t: ProbeTarget) -> str:
     return out.stdout.strip() or f"probe failed: {out.stderr.strip()[-200:]}"
 
 
-def waitfor(t: ProbeTarget) -> str:
-    conn = t.connect(autocommit=True)
-    try:
-        return _try(conn, "WAITFOR DELAY '00:00:00.010'")
-    finally:
-        conn.close()
-
-
 def version_banner(t: ProbeTarget) -> str:
-    conn = t.connect(autocommit=True)
-    try:
+    with t.session(autocommit=True) as conn:
         text = str(_scalar(conn, "SELECT @@VERSION"))
         return "Microsoft ..." if text.startswith("Microsoft") else text.split(" - ")[0]
-    finally:
-        conn.close()
 
 
 PROBES: list[tuple[str, str, Callable[[ProbeTarget], str]]] = [
@@ -333,8 +283,8 @@ PROBES: list[tuple[str, str, Callable[[ProbeTarget], str]]] = [
     ("trancount_default", "@@TRANCOUNT after pymssql's connect (autocommit off)",
      trancount_pymssql_default),
     ("trancount_nested", "nested BEGIN TRAN, COMMIT, ROLLBACK", trancount_nested),
-    ("commit_no_tran", "COMMIT TRAN with no transaction", commit_without_transaction),
-    ("rollback_no_tran", "ROLLBACK TRAN with no transaction", rollback_without_transaction),
+    ("commit_no_tran", "COMMIT TRAN with no transaction", _error_probe("COMMIT TRAN")),
+    ("rollback_no_tran", "ROLLBACK TRAN with no transaction", _error_probe("ROLLBACK TRAN")),
     ("rollback_after_commit", "pymssql rollback() after COMMIT TRAN",
      pymssql_rollback_after_commit),
     ("implicit_transactions", "SET IMPLICIT_TRANSACTIONS ON, INSERT, COMMIT",
@@ -358,7 +308,7 @@ PROBES: list[tuple[str, str, Callable[[ProbeTarget], str]]] = [
     ("reset", "sp_reset_connection RPC after #temp, LOCK_TIMEOUT, BEGIN TRAN",
      sp_reset_connection),
     ("wrong_password", "login with a wrong password", wrong_password),
-    ("waitfor", "WAITFOR DELAY", waitfor),
+    ("waitfor", "WAITFOR DELAY", _error_probe("WAITFOR DELAY '00:00:00.010'")),
 ]
 
 

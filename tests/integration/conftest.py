@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pymssql
 import pytest
 
 from mssql_pool.testing import TdsServer
@@ -34,6 +35,20 @@ def raw_tds_login() -> Iterator[Callable[[TdsServer], socket.socket]]:
     yield login
     for s in opened:
         s.close()
+
+
+@pytest.fixture
+def run_sql() -> Callable[..., None]:
+    """Run statements on a TdsServer through a short-lived autocommit pymssql connection
+    (setup the test itself does not observe)."""
+
+    def run(server: TdsServer, *statements: str) -> None:
+        with pymssql.connect(**server.connect_kwargs(autocommit=True)) as conn:
+            cur = conn.cursor()
+            for sql in statements:
+                cur.execute(sql)
+
+    return run
 
 
 # pymssql keeps the number and severity of failed logins in module globals it never resets

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 from collections import Counter
 from typing import Any
 
@@ -20,11 +19,13 @@ import pytest
 from bank import (
     ACCOUNTS,
     INITIAL,
-    chaos,
     check_invariants,
     policy,
+    pool_options,
     read_state,
     setup_bank,
+    transfers_under_chaos,
+    verify_retried_then_given_up,
 )
 
 from mssql_pool import AsyncConnectionPool
@@ -38,9 +39,7 @@ PER_TASK = 30
 
 
 def make_pool(server: Any, **kw: Any) -> AsyncConnectionPool:
-    opts: dict[str, Any] = {"min_size": 2, "max_size": TASKS, "timeout": 10.0, "name": "atx"}
-    opts.update(kw)
-    return AsyncConnectionPool(server.url, **opts)
+    return AsyncConnectionPool(server.url, **pool_options("atx", TASKS, **kw))
 
 
 async def transfer(conn: Any, tid: str, src: int, dst: int, amount: int,
@@ -133,43 +132,13 @@ def test_query_fetch_and_units(tds_server: Any) -> None:
 async def async_workload(server: Any, pool: AsyncConnectionPool, *, verify: bool,
                          seed: int) -> tuple[dict[str, str], dict[str, tuple[int, int, int]],
                                              Counter[str], list[BaseException]]:
-    outcomes: dict[str, str] = {}
-    planned: dict[str, tuple[int, int, int]] = {}
-    unexpected: list[BaseException] = []
-    faults: Counter[str] = Counter()
-    stop = threading.Event()
+    async def unit(tid: str, src: int, dst: int, amount: int) -> str:
+        kw: dict[str, Any] = {"verify": landed(tid)} if verify else {}
+        return await pool.run_transaction(transfer, tid, src, dst, amount, policy=policy(),
+                                          **kw)
 
-    async def worker(n: int) -> None:
-        rnd = random.Random(seed * 100 + n)
-        for i in range(PER_TASK):
-            src, dst = rnd.sample(range(ACCOUNTS), 2)
-            amount = rnd.randint(1, 50)
-            tid = f"t{n}-{i}"
-            planned[tid] = (src, dst, amount)
-            try:
-                kw: dict[str, Any] = {"verify": landed(tid)} if verify else {}
-                result = await pool.run_transaction(transfer, tid, src, dst, amount,
-                                                    policy=policy(), **kw)
-                assert result == tid
-                outcome = "ok"
-            except CommitUnknownError:
-                outcome = "unknown"
-            except Exception as exc:  # noqa: BLE001 - recorded and asserted on
-                outcome = f"error {type(exc).__name__}"
-                unexpected.append(exc)
-            outcomes[tid] = outcome
-
-    chaos_thread = threading.Thread(target=chaos, name="chaos", daemon=True,
-                                    args=(server, stop, random.Random(seed), faults,
-                                          lambda: len(outcomes)))
-    chaos_thread.start()
-    try:
-        await asyncio.wait_for(asyncio.gather(*(worker(n) for n in range(TASKS))), 60)
-    finally:
-        stop.set()
-        chaos_thread.join(5.0)
-        server.clear_faults()
-    return outcomes, planned, faults, unexpected
+    book, faults = await transfers_under_chaos(server, seed, TASKS, PER_TASK, "t", unit, 60)
+    return book.outcomes, book.planned, faults, book.unexpected
 
 
 @pytest.mark.parametrize("verify,seed", [(False, 5), (True, 11)], ids=["plain", "verify"])
@@ -213,28 +182,22 @@ def test_async_dropped_commit_is_unknown_or_verified(tds_server: Any) -> None:
 
 
 def test_async_verify_is_retried_under_the_policy_then_gives_up(tds_server: Any) -> None:
-    records: list[Any] = []
-
     async def unreadable(conn: Any) -> bool:
         await conn.cursor().execute("SELECT tid FROM no_such_table")
         return True
 
-    async def main() -> None:
+    async def main() -> tuple[list[Any], CommitUnknownError]:
         async with make_pool(tds_server, min_size=1, max_size=2) as pool:
             setup_bank(pool.sync_pool)
-            tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
-            tds_server.fail_next(40613, match=r"FROM ledger")     # verify's first try
-            assert await pool.run_transaction(transfer, "v1", 0, 1, 5, verify=landed("v1"),
-                                              policy=policy(on_retry=records.append)) == "v1"
-            tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
-            with pytest.raises(CommitUnknownError, match=r"verify\(\) could not tell") as ei:
-                await pool.run_transaction(transfer, "v2", 2, 3, 5, verify=unreadable,
-                                           policy=policy())
-            assert classify(ei.value.original).connection_dead
-            assert "208" in str(ei.value)                 # what verify() ran into
-            assert [a.error for a in ei.value.attempts] == [ei.value.original]  # the COMMIT
+            moves = {"v1": (0, 1, 5), "v2": (2, 3, 5)}
 
-    asyncio.run(main())
+            async def run(tid: str, **kw: Any) -> object:
+                return await pool.run_transaction(transfer, tid, *moves[tid], **kw)
+
+            return await verify_retried_then_given_up(tds_server, run, landed("v1"), unreadable)
+
+    records, error = asyncio.run(main())
+    assert classify(error.original).connection_dead
     assert [r.number for r in records] == [40613]
     _bal, ledger = read_state(tds_server)
     assert sorted(t for t, *_ in ledger) == ["v1", "v2"]   # each landed once, not re-run

@@ -30,7 +30,7 @@ from typing import Any
 
 import pymssql
 import pytest
-from bank import Book, check_invariants, create_bank, paced, transfer
+from bank import Book, check_invariants, create_bank, kill_a_session, paced, transfer
 from tcp_proxy import TcpProxy
 
 from mssql_pool import ConnectionPool
@@ -83,9 +83,7 @@ def _chaos(server: TdsServer, proxy: TcpProxy, stop: threading.Event, rnd: rando
         what = rnd.choice(FAULTS)
         counts[what] += 1
         if what == "kill":
-            spids = [s["spid"] for s in server.sessions()]
-            if spids:
-                server.kill(rnd.choice(spids))
+            kill_a_session(server, rnd)
         elif what == "lost_commit_reply":
             server.drop_next(match=r"COMMIT TRAN", after_execute=True)
         elif what == "proxy_cut_exchange":

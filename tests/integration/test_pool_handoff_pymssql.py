@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -23,8 +24,29 @@ from mssql_pool.testing import TdsServer
 
 pytestmark = pytest.mark.timeout(90)
 
+_IN_THREADS = textwrap.dedent("""
+    import threading
+
+    def in_threads(fn, n, limit):
+        threads = [threading.Thread(target=fn) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(limit)
+""")
+
+
+def run_script(script: str) -> Any:
+    """Run ``script`` in a fresh interpreter, with ``in_threads(fn, n, limit)`` defined
+    (``fn`` on ``n`` threads at once, each joined for ``limit`` s); the JSON it printed
+    last."""
+    proc = subprocess.run([sys.executable, "-c", _IN_THREADS + script], capture_output=True,
+                          text=True, timeout=80)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
 _SCRIPT = textwrap.dedent("""
-    import json, threading, time
+    import json, time
     import pymssql
     from mssql_pool import ConnectionPool
     from mssql_pool.errors import PoolTimeout
@@ -47,11 +69,7 @@ _SCRIPT = textwrap.dedent("""
                     pass
                 except Exception as exc:
                     errors.append(repr(exc))
-        threads = [threading.Thread(target=run) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+        in_threads(run, 8, 30)
         pool.close()
         return errors
 
@@ -75,10 +93,7 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_many_callers_against_a_dead_server_make_a_handful_of_logins() -> None:
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True,
-                          timeout=80)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_script(_SCRIPT)
     for kind in ("conninfo", "connect"):
         got = out[kind]
         assert not got["errors"], got
@@ -116,7 +131,7 @@ def test_a_cursor_kept_past_its_loan_never_runs_in_the_next_loan(
 
 
 _BURST_SCRIPT = textwrap.dedent("""
-    import json, threading
+    import json
     from mssql_pool import ConnectionPool
     from mssql_pool.testing import TdsServer
 
@@ -135,11 +150,7 @@ _BURST_SCRIPT = textwrap.dedent("""
         except Exception as exc:
             errors.append(repr(exc))
 
-    threads = [threading.Thread(target=caller) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    in_threads(caller, 8, 60)
     print(json.dumps({"served": len(got), "errors": errors,
                       "logins_failed": server.stats()["logins_failed"]}))
     pool.close()
@@ -151,9 +162,6 @@ def test_a_burst_of_failover_logins_is_ridden_through_by_the_default_policy() ->
     """Seven 40613 logins in a row (a failover) under the default connect policy: every
     caller is served within its timeout; none is refused because the policy ran out of
     attempts (it once gave up after 6 and then paused 8 s, failing the demo)."""
-    proc = subprocess.run([sys.executable, "-c", _BURST_SCRIPT], capture_output=True,
-                          text=True, timeout=80)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = run_script(_BURST_SCRIPT)
     assert got["logins_failed"] == 7, got
     assert got["errors"] == [] and got["served"] == 8, got

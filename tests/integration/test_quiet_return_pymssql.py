@@ -35,11 +35,9 @@ class FrozenClock:
 
 
 @pytest.fixture
-def server(tds_server: TdsServer) -> TdsServer:
-    with pymssql.connect(**tds_server.connect_kwargs(autocommit=True)) as conn:
-        cur = conn.cursor()
-        cur.execute("CREATE TABLE qr (id INT PRIMARY KEY, v INT)")
-        cur.execute("INSERT INTO qr VALUES (1, 10), (2, 20), (3, 30)")
+def server(tds_server: TdsServer, run_sql: Callable[..., None]) -> TdsServer:
+    run_sql(tds_server, "CREATE TABLE qr (id INT PRIMARY KEY, v INT)",
+            "INSERT INTO qr VALUES (1, 10), (2, 20), (3, 30)")
     return tds_server
 
 

@@ -219,14 +219,19 @@ def measure(t: Target, path: str) -> float:
         eng.pool.mssql_pool.close()  # type: ignore[attr-defined]
 
 
-def seed(url: str, table: str) -> Any:
-    """Create and fill ``table`` (plain pymssql: works on either server); its ORM class."""
+def plain_connect(url: str) -> Any:
+    """Plain pymssql in autocommit, no pool: works on either server."""
     parts = urlsplit(url)
-    with pymssql.connect(server=parts.hostname, port=str(parts.port or 1433),
-                         user=unquote(parts.username or ""),
-                         password=unquote(parts.password or ""),
-                         database=parts.path.lstrip("/") or "master", tds_version="7.4",
-                         autocommit=True, login_timeout=10) as conn:
+    return pymssql.connect(server=parts.hostname, port=str(parts.port or 1433),
+                           user=unquote(parts.username or ""),
+                           password=unquote(parts.password or ""),
+                           database=parts.path.lstrip("/") or "master", tds_version="7.4",
+                           autocommit=True, login_timeout=10)
+
+
+def seed(url: str, table: str) -> Any:
+    """Create and fill ``table``; its ORM class."""
+    with plain_connect(url) as conn:
         cur = conn.cursor()
         cur.execute(f"CREATE TABLE {table} (id INT PRIMARY KEY, v INT)")
         cur.execute(f"INSERT INTO {table} (id, v) VALUES "
@@ -235,12 +240,7 @@ def seed(url: str, table: str) -> Any:
 
 
 def drop(url: str, table: str) -> None:
-    parts = urlsplit(url)
-    with pymssql.connect(server=parts.hostname, port=str(parts.port or 1433),
-                         user=unquote(parts.username or ""),
-                         password=unquote(parts.password or ""),
-                         database=parts.path.lstrip("/") or "master", tds_version="7.4",
-                         autocommit=True, login_timeout=10) as conn:
+    with plain_connect(url) as conn:
         conn.cursor().execute(f"DROP TABLE {table}")
 
 

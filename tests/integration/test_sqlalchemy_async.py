@@ -7,20 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import sqlalchemy
 from bank import (
-    ACCOUNTS,
     INITIAL,
-    chaos,
     check_invariants,
     policy,
     read_state,
     setup_bank,
+    transfers_under_chaos,
+    verify_retried_then_given_up,
 )
 from sqlalchemy import Integer, String, event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -64,6 +65,16 @@ async def shutdown(engine: AsyncEngine) -> None:
     await engine.pool.mssql_pool.close()
 
 
+@asynccontextmanager
+async def running_engine(server: Any, **kw: Any) -> AsyncIterator[AsyncEngine]:
+    """:func:`engine_for`, shut down (engine and pool) when the block ends."""
+    engine = engine_for(server, **kw)
+    try:
+        yield engine
+    finally:
+        await shutdown(engine)
+
+
 async def orm_transfer(session: Any, tid: str, src: int, dst: int, amount: int) -> str:
     a = await session.get(Acct, src, populate_existing=True)
     b = await session.get(Acct, dst, populate_existing=True)
@@ -103,10 +114,9 @@ def test_core_orm_and_the_pool_under_the_engine(tds_server: Any) -> None:
     connects: list[Any] = []
 
     async def main() -> None:
-        engine = engine_for(tds_server, max_size=1)
-        assert isinstance(engine.pool, AsyncMssqlPoolAdapter)
-        event.listen(engine.sync_engine, "connect", lambda dbapi_conn, rec: connects.append(1))
-        try:
+        async with running_engine(tds_server, max_size=1) as engine:
+            assert isinstance(engine.pool, AsyncMssqlPoolAdapter)
+            event.listen(engine.sync_engine, "connect", lambda dbapi_conn, rec: connects.append(1))
             async with engine.begin() as conn:
                 assert (await conn.execute(text("SELECT 1 + 1"))).scalar() == 2
                 await conn.run_sync(Base.metadata.create_all)
@@ -123,8 +133,6 @@ def test_core_orm_and_the_pool_under_the_engine(tds_server: Any) -> None:
             s = engine.pool.get_stats()
             assert s["pool_size"] == 1 and s["requests_num"] >= 4
             assert "asyncio" in engine.pool.status()
-        finally:
-            await shutdown(engine)
 
     asyncio.run(main())
     assert connects == [1]     # one driver connection, one record, connect fired once
@@ -132,16 +140,13 @@ def test_core_orm_and_the_pool_under_the_engine(tds_server: Any) -> None:
 
 def test_engine_checkout_timeout_is_sqlalchemys_timeout_error(tds_server: Any) -> None:
     async def main() -> None:
-        engine = engine_for(tds_server, max_size=1, pool_timeout=0.2)
-        try:
+        async with running_engine(tds_server, max_size=1, pool_timeout=0.2) as engine:
             async with engine.connect() as held:
                 await held.execute(text("SELECT 1"))
                 with pytest.raises(sqlalchemy.exc.TimeoutError) as ei:
                     async with engine.connect() as other:
                         await other.execute(text("SELECT 1"))
                 assert isinstance(ei.value, PoolTimeout)
-        finally:
-            await shutdown(engine)
 
     asyncio.run(main())
 
@@ -166,8 +171,7 @@ def test_async_run_transaction_checks_its_arguments(tds_server: Any) -> None:
         return None
 
     async def main() -> None:
-        engine = engine_for(tds_server, min_size=0)
-        try:
+        async with running_engine(tds_server, min_size=0) as engine:
             with pytest.raises(ConfigError, match="not an AsyncSession: every attempt"):
                 await run_transaction(async_sessionmaker(engine)(), noop)
             with pytest.raises(ConfigError, match="must be an async_sessionmaker .*got int"):
@@ -178,8 +182,6 @@ def test_async_run_transaction_checks_its_arguments(tds_server: Any) -> None:
                 await run_transaction(engine, "not callable")  # type: ignore[arg-type]
             with pytest.raises(ConfigError, match=r"verify: must be an async callable\(session\)"):
                 await run_transaction(engine, noop, verify=1)  # type: ignore[arg-type]
-        finally:
-            await shutdown(engine)
 
     asyncio.run(main())
 
@@ -188,10 +190,9 @@ def test_async_run_transaction_reruns_and_reports_unknown_commits(tds_server: An
     records: list[Any] = []
 
     async def main() -> None:
-        engine = engine_for(tds_server)
-        engine.pool.mssql_pool.add_listener(events.append,
-                                            kinds=["retry_attempt", "commit_unknown"])
-        try:
+        async with running_engine(tds_server) as engine:
+            engine.pool.mssql_pool.add_listener(events.append,
+                                                kinds=["retry_attempt", "commit_unknown"])
             await two_accounts(engine)
             Session = async_sessionmaker(engine)
             tds_server.fail_next(1205, match=r"UPDATE acct", severity=13)
@@ -216,8 +217,6 @@ def test_async_run_transaction_reruns_and_reports_unknown_commits(tds_server: An
             assert await run_transaction(engine, core_transfer, "s4", 0, 1, 1, policy=policy(),
                                          verify=landed_core("s4")) == "s4"
             assert engine.pool.mssql_pool.events.flush()
-        finally:
-            await shutdown(engine)
 
     events: list[Any] = []
     asyncio.run(main())
@@ -247,8 +246,7 @@ def test_async_units_own_error_reaches_the_caller_once_rolled_back(tds_server: A
         raise mine
 
     async def main() -> tuple[int, int, int]:
-        engine = engine_for(tds_server)
-        try:
+        async with running_engine(tds_server) as engine:
             await two_accounts(engine)
             stats = engine.pool.mssql_pool.get_stats
             before = stats().get("connections_discarded", 0)
@@ -258,8 +256,6 @@ def test_async_units_own_error_reaches_the_caller_once_rolled_back(tds_server: A
             async with engine.connect() as conn:
                 bal = (await conn.execute(text("SELECT bal FROM acct WHERE id = 0"))).scalar()
             return before, stats().get("connections_discarded", 0), int(bal)
-        finally:
-            await shutdown(engine)
 
     before, after, bal = asyncio.run(main())
     assert calls == [1]
@@ -284,16 +280,13 @@ def test_async_lost_commit_is_unknown_whatever_the_classifier(
     loose = Classifier().with_exception(exc_type, **rule)
 
     async def main() -> None:
-        engine = engine_for(tds_server)
-        try:
+        async with running_engine(tds_server) as engine:
             await two_accounts(engine)
             tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
             with pytest.raises(CommitUnknownError):
                 await run_transaction(async_sessionmaker(engine), orm_transfer, "u1", 0, 1, 1,
                                       policy=policy(classifier=loose,
                                                     retry_on=lambda e: loose.classify(e).retryable))
-        finally:
-            await shutdown(engine)
 
     asyncio.run(main())
     _bal, ledger = read_state(tds_server)
@@ -310,31 +303,22 @@ def landed_core(tid: str) -> Any:
 
 
 def test_async_verify_is_retried_under_the_policy_then_gives_up(tds_server: Any) -> None:
-    records: list[Any] = []
-
     async def unreadable(conn: Any) -> bool:
         await conn.execute(text("SELECT tid FROM no_such_table"))
         return True
 
-    async def main() -> None:
-        engine = engine_for(tds_server)
-        try:
+    async def main() -> tuple[list[Any], CommitUnknownError]:
+        async with running_engine(tds_server) as engine:
             await two_accounts(engine)
-            tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
-            tds_server.fail_next(40613, match=r"FROM ledger")     # verify's first try
-            assert await run_transaction(engine, core_transfer, "v1", 0, 1, 1,
-                                         verify=landed_core("v1"),
-                                         policy=policy(on_retry=records.append)) == "v1"
-            tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
-            with pytest.raises(CommitUnknownError, match=r"verify\(\) could not tell") as ei:
-                await run_transaction(engine, core_transfer, "v2", 1, 0, 1, verify=unreadable,
-                                      policy=policy())
-            assert "208" in str(ei.value)                 # what verify() ran into
-            assert [a.error for a in ei.value.attempts] == [ei.value.original]  # the COMMIT
-        finally:
-            await shutdown(engine)
+            moves = {"v1": (0, 1, 1), "v2": (1, 0, 1)}
 
-    asyncio.run(main())
+            async def run(tid: str, **kw: Any) -> object:
+                return await run_transaction(engine, core_transfer, tid, *moves[tid], **kw)
+
+            return await verify_retried_then_given_up(tds_server, run, landed_core("v1"),
+                                                      unreadable)
+
+    records, _error = asyncio.run(main())
     assert [r.number for r in records] == [40613]
     bal, ledger = read_state(tds_server)
     assert sorted(t for t, *_ in ledger) == ["v1", "v2"]   # each landed once, not re-run
@@ -343,63 +327,38 @@ def test_async_verify_is_retried_under_the_policy_then_gives_up(tds_server: Any)
 
 @pytest.mark.parametrize("seed", [7])
 def test_async_engine_transfers_survive_chaos_and_a_restart(tds_server: Any, seed: int) -> None:
-    outcomes: dict[str, str] = {}
-    planned: dict[str, tuple[int, int, int]] = {}
-    unexpected: list[BaseException] = []
-    faults: Counter[str] = Counter()
-
-    async def main() -> None:
+    async def main() -> tuple[Any, Counter[str]]:
         engine = engine_for(tds_server, min_size=2, max_size=6)
         Session = async_sessionmaker(engine)
-        stop = threading.Event()
         from mssql_pool import ConnectionPool
 
         with ConnectionPool(tds_server.url, min_size=1, max_size=1) as setup:
             setup_bank(setup)
 
-        async def worker(n: int) -> None:
-            rnd = random.Random(seed * 100 + n)
-            for i in range(20):
-                src, dst = rnd.sample(range(ACCOUNTS), 2)
-                amount = rnd.randint(1, 50)
-                tid = f"e{n}-{i}"
-                planned[tid] = (src, dst, amount)
-                try:
-                    await run_transaction(Session, orm_transfer, tid, src, dst, amount,
-                                          policy=policy(), verify=landed(tid))
-                    outcomes[tid] = "ok"
-                except CommitUnknownError:
-                    outcomes[tid] = "unknown"
-                except Exception as exc:  # noqa: BLE001 - asserted on below
-                    outcomes[tid] = f"error {type(exc).__name__}"
-                    unexpected.append(exc)
-                if n == 0 and i == 10:       # a restart in the middle: every session gone
+        async def unit(tid: str, src: int, dst: int, amount: int) -> str:
+            try:
+                return await run_transaction(Session, orm_transfer, tid, src, dst, amount,
+                                             policy=policy(), verify=landed(tid))
+            finally:
+                if tid == "e0-10":           # a restart in the middle: every session gone
                     tds_server.stop()
                     tds_server.start()
 
-        chaos_thread = threading.Thread(target=chaos, name="chaos", daemon=True,
-                                        args=(tds_server, stop, random.Random(seed), faults,
-                                              lambda: len(outcomes)))
-        chaos_thread.start()
         try:
-            await asyncio.wait_for(asyncio.gather(*(worker(n) for n in range(6))), 70)
+            return await transfers_under_chaos(tds_server, seed, 6, 20, "e", unit, 70)
         finally:
-            stop.set()
-            chaos_thread.join(5.0)
-            tds_server.clear_faults()
             await shutdown(engine)
 
-    asyncio.run(main())
-    assert unexpected == [], [repr(e) for e in unexpected[:5]]
-    summary = check_invariants(tds_server, outcomes, planned)
+    book, faults = asyncio.run(main())
+    assert book.unexpected == [], [repr(e) for e in book.unexpected[:5]]
+    summary = check_invariants(tds_server, book.outcomes, book.planned)
     assert summary == Counter({"ok": 6 * 20})
     assert sum(faults.values()) > 5
 
 
 def test_a_cancelled_session_unit_leaves_no_transaction(tds_server: Any) -> None:
     async def main() -> dict[str, int]:
-        engine = engine_for(tds_server, max_size=2)
-        try:
+        async with running_engine(tds_server, max_size=2) as engine:
             async with engine.begin() as conn:
                 await conn.run_sync(Base.metadata.create_all)
                 await conn.execute(text("INSERT INTO acct (id, bal) VALUES (0, 1000)"))
@@ -426,8 +385,6 @@ def test_a_cancelled_session_unit_leaves_no_transaction(tds_server: Any) -> None
                 assert (await conn.execute(text("SELECT bal FROM acct WHERE id = 0"))
                         ).scalar() == 1000
             return pool.get_stats()
-        finally:
-            await shutdown(engine)
 
     stats = asyncio.run(main())
     assert stats["statements_cancelled"] >= 1
@@ -440,16 +397,13 @@ def test_a_units_checkouts_wait_no_longer_than_its_policy_allows(tds_server: Any
     from mssql_pool.retry import RetryPolicy
 
     async def main() -> None:
-        engine = engine_for(tds_server, max_size=1, timeout=10.0)
-        try:
+        async with running_engine(tds_server, max_size=1, timeout=10.0) as engine:
             async with engine.connect() as held:
                 await held.execute(text("SELECT 1"))
                 with pytest.raises(PoolTimeout) as ei:
                     await run_transaction(engine, core_transfer, "x", 0, 1, 1,
                                           policy=RetryPolicy(max_attempts=1, deadline=0.3))
                 assert ei.value.waited < 5.0
-        finally:
-            await shutdown(engine)
 
     asyncio.run(main())
 

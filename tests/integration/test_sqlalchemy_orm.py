@@ -4,13 +4,15 @@ re-run under injected deadlocks, ambiguous commits."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 sqlalchemy = pytest.importorskip("sqlalchemy")
 
+from bank import chaos_during, paced  # noqa: E402
 from sqlalchemy import (  # noqa: E402
     ForeignKey,
     String,
@@ -339,34 +341,26 @@ def test_concurrent_orm_transfers_under_chaos_apply_exactly_once(
                 errors.append(exc)
             done.append(1)
 
-    stop = threading.Event()
-
-    def chaos() -> None:
-        rnd = random.Random(99)
-        mark = 0
-        while not stop.wait(0.005):
-            if len(done) < mark + 4:
-                continue
-            mark = len(done)
+    def chaos(server: TdsServer, stop: threading.Event, rnd: random.Random,
+              counts: Counter[str], progress: Callable[[], int]) -> None:
+        for _ in paced(stop, progress, 4):
             what = rnd.choice(["1205", "kill", "drop_commit", "none"])
+            counts[what] += 1
             if what == "1205":
-                tds_server.fail_next(1205, match="UPDATE account")
+                server.fail_next(1205, match="UPDATE account")
             elif what == "kill":
-                tds_server.kill_all()
+                server.kill_all()
             elif what == "drop_commit":
-                tds_server.drop_next(match="^COMMIT TRAN", after_execute=True)
+                server.drop_next(match="^COMMIT TRAN", after_execute=True)
 
     workers = [threading.Thread(target=worker, args=(k,), name=f"orm-{k}", daemon=True)
                for k in range(threads)]
-    monkey = threading.Thread(target=chaos, name="orm-chaos", daemon=True)
-    monkey.start()
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join(45)
-    stop.set()
-    monkey.join(5)
-    tds_server.clear_faults()
+    with chaos_during(tds_server, random.Random(99), Counter(), lambda: len(done),
+                      inject=chaos):
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join(45)
     assert not any(t.is_alive() for t in workers)
     # a killed session's rollback must have completed (the server logs a failed undo step)
     assert not any("undo step failed" in r.getMessage() for r in caplog.records)

@@ -24,10 +24,12 @@ from bank import (
     INITIAL,
     Book,
     assert_only_transfer,
-    chaos,
+    chaos_during,
     check_invariants,
     landed,
+    moves,
     policy,
+    pool_options,
     read_state,
     setup_bank,
     transfer,
@@ -44,44 +46,30 @@ PER_THREAD = 40
 
 
 def make_pool(server: Any, **kw: Any) -> ConnectionPool:
-    opts: dict[str, Any] = {"min_size": 2, "max_size": THREADS, "timeout": 10.0, "name": "tx"}
-    opts.update(kw)
-    return ConnectionPool(server.url, **opts)
+    return ConnectionPool(server.url, **pool_options("tx", THREADS, **kw))
 
 
 def run_workload(server: Any, pool: ConnectionPool, *, verify: bool,
                  seed: int) -> tuple[dict[str, str], dict[str, tuple[int, int, int]],
                                      Counter[str], list[BaseException]]:
     book = Book()
-    outcomes, planned, unexpected = book.outcomes, book.planned, book.unexpected
-    stop = threading.Event()
     faults: Counter[str] = Counter()
 
     def worker(n: int) -> None:
-        rnd = random.Random(seed * 100 + n)
-        for i in range(PER_THREAD):
-            src, dst = rnd.sample(range(ACCOUNTS), 2)
-            amount = rnd.randint(1, 50)
-            tid = f"t{n}-{i}"
+        for tid, move in moves(seed * 100 + n, PER_THREAD, f"t{n}"):
             kw: dict[str, Any] = {"verify": landed(tid)} if verify else {}
-            book.run(tid, (src, dst, amount), partial(
-                pool.run_transaction, transfer, tid, src, dst, amount, policy=policy(), **kw))
+            book.run(tid, move, partial(
+                pool.run_transaction, transfer, tid, *move, policy=policy(), **kw))
 
     threads = [threading.Thread(target=worker, args=(n,), name=f"transfer-{n}", daemon=True)
                for n in range(THREADS)]
-    chaos_thread = threading.Thread(target=chaos, name="chaos", daemon=True,
-                                    args=(server, stop, random.Random(seed), faults,
-                                          lambda: len(outcomes)))
-    chaos_thread.start()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(45.0)
-    stop.set()
-    chaos_thread.join(5.0)
-    server.clear_faults()
+    with chaos_during(server, random.Random(seed), faults, lambda: len(book.outcomes)):
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(45.0)
     assert not any(t.is_alive() for t in threads), "a worker hung"
-    return outcomes, planned, faults, unexpected
+    return book.outcomes, book.planned, faults, book.unexpected
 
 
 @pytest.mark.parametrize("verify,seed", [(False, 5), (True, 11)], ids=["plain", "verify"])

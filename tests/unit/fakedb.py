@@ -38,7 +38,7 @@ from typing import Any
 __all__ = ["FakeDB", "FakeClock", "pool_factory", "FakeConnection", "FakeCursor", "Error",
            "OperationalError", "InterfaceError", "ProgrammingError", "disconnect_error",
            "refused_error", "syntax_error", "eof_error", "not_connected_error",
-           "query_timeout_error"]
+           "query_timeout_error", "wait_for"]
 
 
 class Error(Exception):
@@ -426,3 +426,13 @@ def pool_factory(db: FakeDB, clock: FakeClock, **defaults: Any) -> Iterator[Call
     finally:
         for pool in pools:
             pool.close()
+
+
+def wait_for(predicate: Callable[[], Any], limit: float = 10.0) -> None:
+    """Poll ``predicate`` until it holds (a real wait, for tests with threads); fail after
+    ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.001)

@@ -36,9 +36,7 @@ def aio_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("mssql_pool-aio-")]
 
 
-def test_roundtrip_cursor_commit_and_repr() -> None:
-    db = FakeDB()
-
+def test_roundtrip_cursor_commit_and_repr(db: FakeDB) -> None:
     async def main() -> None:
         async with make(db, name="rt") as pool:
             async with pool.connection() as conn:
@@ -58,9 +56,8 @@ def test_roundtrip_cursor_commit_and_repr() -> None:
     asyncio.run(main())
 
 
-def test_driver_calls_run_in_the_pools_named_threads_never_on_the_loop() -> None:
+def test_driver_calls_run_in_the_pools_named_threads_never_on_the_loop(db: FakeDB) -> None:
     seen: list[str] = []
-    db = FakeDB()
 
     def connect() -> Any:
         seen.append(threading.current_thread().name)
@@ -83,9 +80,7 @@ def test_driver_calls_run_in_the_pools_named_threads_never_on_the_loop() -> None
     asyncio.run(main())
 
 
-def test_waiters_are_served_first_come_first_served() -> None:
-    db = FakeDB()
-
+def test_waiters_are_served_first_come_first_served(db: FakeDB) -> None:
     async def main() -> None:
         async with make(db, max_size=1) as pool:
             held = await pool.getconn()
@@ -109,9 +104,7 @@ def test_waiters_are_served_first_come_first_served() -> None:
     asyncio.run(main())
 
 
-def test_timeout_raises_pool_timeout_and_the_slot_stays_usable() -> None:
-    db = FakeDB()
-
+def test_timeout_raises_pool_timeout_and_the_slot_stays_usable(db: FakeDB) -> None:
     async def main() -> None:
         async with make(db, max_size=1) as pool:
             held = await pool.getconn()
@@ -129,9 +122,7 @@ def test_timeout_raises_pool_timeout_and_the_slot_stays_usable() -> None:
     asyncio.run(main())
 
 
-def test_a_cancelled_waiter_loses_nothing() -> None:
-    db = FakeDB()
-
+def test_a_cancelled_waiter_loses_nothing(db: FakeDB) -> None:
     async def main() -> None:
         async with make(db, max_size=1) as pool:
             held = await pool.getconn()
@@ -186,8 +177,7 @@ def test_what_arrives_with_the_cancellation_is_passed_on(delivered: Any) -> None
 
 
 @pytest.mark.parametrize("how", ["timeout", "cancel"])
-def test_a_checkout_given_up_while_connecting_is_handed_back(how: str) -> None:
-    db = FakeDB()
+def test_a_checkout_given_up_while_connecting_is_handed_back(db: FakeDB, how: str) -> None:
     gate = threading.Event()
 
     def slow_connect() -> Any:
@@ -240,9 +230,7 @@ def test_one_operation_at_a_time_per_connection() -> None:
     asyncio.run(main())
 
 
-def test_max_waiting_sheds_load() -> None:
-    db = FakeDB()
-
+def test_max_waiting_sheds_load(db: FakeDB) -> None:
     async def main() -> None:
         async with make(db, max_size=1, max_waiting=1) as pool:
             held = await pool.getconn()
@@ -257,9 +245,7 @@ def test_max_waiting_sheds_load() -> None:
     asyncio.run(main())
 
 
-def test_close_fails_waiters_and_joins_the_threads() -> None:
-    db = FakeDB()
-
+def test_close_fails_waiters_and_joins_the_threads(db: FakeDB) -> None:
     async def main() -> None:
         pool = make(db, max_size=1, name="closing")
         held = await pool.getconn()
@@ -285,8 +271,7 @@ def test_close_fails_waiters_and_joins_the_threads() -> None:
     asyncio.run(main())
 
 
-def test_options_are_the_sync_pools_and_validated_once() -> None:
-    db = FakeDB()
+def test_options_are_the_sync_pools_and_validated_once(db: FakeDB) -> None:
     with pytest.raises(ConfigError, match="max_size"):
         AsyncConnectionPool(connect=db.connect, min_size=3, max_size=2)
     with pytest.raises(ConfigError, match="cancel_timeout"):
@@ -302,8 +287,7 @@ def test_options_are_the_sync_pools_and_validated_once() -> None:
     asyncio.run(bad_timeout())
 
 
-def test_a_pool_belongs_to_one_event_loop() -> None:
-    db = FakeDB()
+def test_a_pool_belongs_to_one_event_loop(db: FakeDB) -> None:
     pool = make(db)
 
     async def use() -> None:
@@ -314,8 +298,7 @@ def test_a_pool_belongs_to_one_event_loop() -> None:
         asyncio.run(use())
 
 
-def test_run_transaction_reruns_the_unit_after_a_disconnect() -> None:
-    db = FakeDB()
+def test_run_transaction_reruns_the_unit_after_a_disconnect(db: FakeDB) -> None:
     calls: list[int] = []
 
     async def unit(conn: Any, x: int) -> int:
@@ -340,9 +323,7 @@ def test_run_transaction_reruns_the_unit_after_a_disconnect() -> None:
     asyncio.run(main())
 
 
-def test_a_connection_dropped_unreturned_gives_its_permit_back() -> None:
-    db = FakeDB()
-
+def test_a_connection_dropped_unreturned_gives_its_permit_back(db: FakeDB) -> None:
     async def main() -> None:
         async with make(db, max_size=1) as pool:
             conn = await pool.getconn()
@@ -354,12 +335,11 @@ def test_a_connection_dropped_unreturned_gives_its_permit_back() -> None:
     asyncio.run(main())
 
 
-def test_a_failed_checkout_whose_task_is_cancelled_meanwhile_returns_its_permit() -> None:
+def test_a_failed_checkout_whose_task_is_cancelled_meanwhile_returns_its_permit(db: FakeDB) -> None:
     """The worker's checkout fails and the task is cancelled before it has seen the
     failure: the permit must still come back."""
     import time
 
-    db = FakeDB()
     release = threading.Event()
     failed = threading.Event()
 
@@ -385,11 +365,10 @@ def test_a_failed_checkout_whose_task_is_cancelled_meanwhile_returns_its_permit(
     asyncio.run(main())
 
 
-def test_a_connection_checked_out_for_a_waiter_that_left_goes_back() -> None:
+def test_a_connection_checked_out_for_a_waiter_that_left_goes_back(db: FakeDB) -> None:
     """Under contention a returning task checks a connection out for the oldest waiter in
     the same worker hop; if that waiter is cancelled meanwhile, the connection goes back
     and the permit comes free."""
-    db = FakeDB()
     release = threading.Event()
 
     async def main() -> None:

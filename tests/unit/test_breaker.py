@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from unittest.mock import Mock
 
 import pymssql
 import pytest
@@ -274,16 +275,10 @@ def test_guarded_connect_retries_transient_logins() -> None:
 
 
 def test_guarded_connect_auth_fails_at_once() -> None:
-    clock = FakeClock()
-    calls = []
-
-    def connect() -> object:
-        calls.append(1)
-        raise _login(18456, "Login failed for user 'app'.")
-
+    connect = Mock(side_effect=_login(18456, "Login failed for user 'app'."))
     with pytest.raises(pymssql.OperationalError, match="Login failed"):
-        guarded_connect(connect, policy=_policy(clock))
-    assert calls == [1]
+        guarded_connect(connect, policy=_policy(FakeClock()))
+    assert connect.call_count == 1
 
 
 def test_guarded_connect_open_circuit_fails_fast_without_login() -> None:

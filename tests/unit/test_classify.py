@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pickle
 import socket
-from collections.abc import Callable
 
 import pymssql
 import pytest
 from pymssql import _mssql
+from pymssql_shapes import connect_error, db_exc, raised_in_handler
 
 from mssql_pool import classify as C
 from mssql_pool.classify import (
@@ -40,33 +40,9 @@ DBLIB_20018 = (
 
 
 # --------------------------------------------------------------------------- shape builders
-def db_exc(number: int, text: str) -> _mssql.MSSQLDatabaseException:
-    # What _mssql raises: args == ((number, bytes),). (Never read .text on a hand-made
-    # one: it is a NULL char* and segfaults.)
-    return _mssql.MSSQLDatabaseException((number, text.encode()))
-
-
-def raised_in_handler(
-    inner: BaseException, outer: Callable[[BaseException], Exception]
-) -> Exception:
-    """Raise ``outer(inner)`` while handling ``inner``, as pymssql does (sets __context__)."""
-    try:
-        try:
-            raise inner
-        except BaseException as e:
-            raise outer(e)  # noqa: B904 - implicit chaining is the point
-    except Exception as exc:  # noqa: BLE001
-        return exc
-
-
 def execute_error(number: int, text: str, cls: type[Exception] = pymssql.OperationalError):
     """cursor.execute(): args[0] number, args[1] bytes; __context__ the _mssql error."""
     return raised_in_handler(db_exc(number, text + DBLIB_20018), lambda e: cls(*e.args[0]))
-
-
-def connect_error(number: int, text: str) -> Exception:
-    """pymssql.connect(): args[0] is a tuple (number, bytes)."""
-    return raised_in_handler(db_exc(number, text), lambda e: pymssql.OperationalError(e.args[0]))
 
 
 def commit_error(number: int, text: str) -> Exception:

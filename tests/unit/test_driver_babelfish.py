@@ -1,17 +1,17 @@
 """Babelfish for PostgreSQL at the driver boundary: 3903 in its wording, generic 33557097.
 
-The shapes are pymssql's (built as in test_classify.py); the texts are what Babelfish
+The shapes are pymssql's (tests/unit/pymssql_shapes.py); the texts are what Babelfish
 4.2 sends (seen with pymssql 2.4.6).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pymssql
 import pytest
 from pymssql import _mssql
+from pymssql_shapes import connect_error, db_exc, raised_in_handler
 
 from mssql_pool._driver import extract, is_no_transaction, rollback
 from mssql_pool.classify import ErrorKind, classify
@@ -24,26 +24,9 @@ BBF_3903 = "ROLLBACK can only be used in transaction blocks"
 SQLSERVER_3903 = "The ROLLBACK TRANSACTION request has no corresponding BEGIN TRANSACTION."
 
 
-def db_exc(number: int, text: str) -> _mssql.MSSQLDatabaseException:
-    return _mssql.MSSQLDatabaseException((number, text.encode()))
-
-
-def chained(inner: BaseException, outer: Callable[[BaseException], Exception]) -> Exception:
-    try:
-        try:
-            raise inner
-        except BaseException as e:
-            raise outer(e)  # noqa: B904 - implicit chaining is the point
-    except Exception as exc:  # noqa: BLE001
-        return exc
-
-
 def execute_error(number: int, text: str) -> Exception:
-    return chained(db_exc(number, text + DBLIB), lambda e: pymssql.OperationalError(*e.args[0]))
-
-
-def connect_error(number: int, text: str) -> Exception:
-    return chained(db_exc(number, text), lambda e: pymssql.OperationalError(e.args[0]))
+    return raised_in_handler(db_exc(number, text + DBLIB),
+                             lambda e: pymssql.OperationalError(*e.args[0]))
 
 
 # --------------------------------------------------------------------------- classification

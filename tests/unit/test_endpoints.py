@@ -97,6 +97,17 @@ def endpoints(clock: FakeClock, *partners: str, **kw: Any) -> EndpointRouter:
                      clock=clock, name="t", **kw)
 
 
+def primary_refused_once() -> tuple[EndpointRouter, FakeNet]:
+    """A router with the primary alone, whose one login was refused (its circuit opens at
+    the first failure), and the network that refused it (still refusing)."""
+    net = FakeNet()
+    eps = endpoints(FakeClock())
+    net.behaviour["primary"] = refused("primary")
+    with pytest.raises(pymssql.OperationalError):
+        eps.connect(KW, net.dial)
+    return eps, net
+
+
 # ----------------------------------------------------------------------------- Endpoint
 
 
@@ -191,11 +202,7 @@ def test_dead_primary_is_probed_later_not_on_every_connect() -> None:
 
 
 def test_single_endpoint_open_circuit_fails_fast_naming_it() -> None:
-    clock, net = FakeClock(), FakeNet()
-    eps = endpoints(clock)
-    net.behaviour["primary"] = refused("primary")
-    with pytest.raises(pymssql.OperationalError):
-        eps.connect(KW, net.dial)
+    eps, net = primary_refused_once()
     with pytest.raises(CircuitOpenError) as ei:
         eps.connect(KW, net.dial)
     assert ei.value.endpoint == "primary:1433" and len(net.dials) == 1
@@ -442,11 +449,7 @@ def test_forked_child_gets_fresh_locks_and_circuits() -> None:
 
     from mssql_pool import endpoints as mod
 
-    clock, net = FakeClock(), FakeNet()
-    eps = endpoints(clock)
-    net.behaviour["primary"] = refused("primary")
-    with pytest.raises(pymssql.OperationalError):
-        eps.connect(KW, net.dial)
+    eps, net = primary_refused_once()
     assert eps.breaker("primary:1433").state.value == "open"  # type: ignore[union-attr]
     eps._lock.acquire()                  # as if another thread held it at fork time
     mod._instances.after_fork()

@@ -30,6 +30,20 @@ def bus(**kw: Any) -> EventBus:
     return EventBus("t", clock=lambda: 5.0, **kw)
 
 
+class GatedListener:
+    """A listener that sets ``entered`` on each call, waits for ``gate``, then records the
+    event's conn_id in ``got``."""
+
+    def __init__(self) -> None:
+        self.gate, self.entered = threading.Event(), threading.Event()
+        self.got: list[int | None] = []
+
+    def __call__(self, ev: PoolEvent) -> None:
+        self.entered.set()
+        assert self.gate.wait(WAIT)
+        self.got.append(ev.conn_id)
+
+
 def test_emit_builds_a_frozen_event_with_only_the_fields_that_apply() -> None:
     b = bus()
     rec = EventRecorder()
@@ -107,14 +121,7 @@ def test_listeners_run_on_named_daemon_threads_not_the_emitters() -> None:
 
 def test_a_slow_listener_delays_only_itself() -> None:
     b = bus()
-    gate, entered = threading.Event(), threading.Event()
-    slow_got: list[PoolEvent] = []
-
-    def slow(ev: PoolEvent) -> None:
-        entered.set()
-        assert gate.wait(WAIT)
-        slow_got.append(ev)
-
+    slow = GatedListener()
     fast = EventRecorder()
     b.add(slow)
     b.add(fast)
@@ -128,12 +135,12 @@ def test_a_slow_listener_delays_only_itself() -> None:
     t = threading.Thread(target=emitter)
     t.start()
     # every emit returns and the fast listener gets everything while the slow one is stuck
-    assert emitted.wait(WAIT) and entered.wait(WAIT)
+    assert emitted.wait(WAIT) and slow.entered.wait(WAIT)
     assert fast.wait_for("checkout", WAIT, count=20)
-    assert slow_got == []
-    gate.set()
+    assert slow.got == []
+    slow.gate.set()
     assert b.flush(WAIT)
-    assert [e.conn_id for e in slow_got] == list(range(20))   # in order, none lost
+    assert slow.got == list(range(20))   # in order, none lost
     t.join(WAIT)
     b.close()
 
@@ -183,52 +190,38 @@ def test_a_listener_removing_itself_gets_no_further_events() -> None:
 
 def test_remove_from_another_thread_drops_the_queued_events() -> None:
     b = bus()
-    gate, entered = threading.Event(), threading.Event()
-    got: list[int | None] = []
-
-    def slow(ev: PoolEvent) -> None:
-        entered.set()
-        gate.wait(WAIT)
-        got.append(ev.conn_id)
-
+    slow = GatedListener()
     b.add(slow)
     for i in range(5):
         b.emit(EventKind.CONNECT, conn_id=i)
-    assert entered.wait(WAIT)
+    assert slow.entered.wait(WAIT)
     assert b.remove(slow)            # returns at once although slow is mid-call
     b.emit(EventKind.CONNECT, conn_id=99)
-    gate.set()
+    slow.gate.set()
     assert b.flush(WAIT)
     thread = [t for t in threading.enumerate() if t.name == "mssql_pool-t-listener-1"]
     for t in thread:
         t.join(WAIT)
         assert not t.is_alive()
-    assert got == [0]                # the call in progress finished; 1-4 and 99 dropped
+    assert slow.got == [0]           # the call in progress finished; 1-4 and 99 dropped
     b.close()
 
 
 def test_a_full_queue_drops_new_events_counts_them_and_warns_once(
         caplog: pytest.LogCaptureFixture) -> None:
     b = bus(queue_size=2)
-    gate, entered = threading.Event(), threading.Event()
-    got: list[int | None] = []
-
-    def slow(ev: PoolEvent) -> None:
-        entered.set()
-        gate.wait(WAIT)
-        got.append(ev.conn_id)
-
+    slow = GatedListener()
     b.add(slow)
     b.emit(EventKind.CONNECT, conn_id=0)
-    assert entered.wait(WAIT)        # 0 is being delivered, the queue is empty
+    assert slow.entered.wait(WAIT)   # 0 is being delivered, the queue is empty
     with caplog.at_level(logging.WARNING, logger="mssql_pool.events"):
         for i in range(1, 6):
             b.emit(EventKind.CONNECT, conn_id=i)
     assert b.dropped == 3 and "dropped=3" in repr(b)
     assert len([r for r in caplog.records if "events behind" in r.getMessage()]) == 1
-    gate.set()
+    slow.gate.set()
     assert b.flush(WAIT)
-    assert got == [0, 1, 2]
+    assert slow.got == [0, 1, 2]
     b.close()
 
 

@@ -29,16 +29,6 @@ WAIT = 10.0
 
 
 @pytest.fixture
-def db() -> FakeDB:
-    return FakeDB()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def make_pool(db: FakeDB, clock: FakeClock) -> Iterator[Any]:
     with pool_factory(db, clock) as make:
         yield make

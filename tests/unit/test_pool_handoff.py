@@ -15,21 +15,13 @@ import weakref
 from typing import Any
 
 import pytest
-from fakedb import FakeClock, FakeDB, OperationalError
+from fakedb import FakeClock, FakeDB, OperationalError, wait_for
 
 from mssql_pool import ConnectionPool, PoolCircuitOpen, PoolTimeout
 from mssql_pool._state import Waiter
 from mssql_pool.errors import CircuitOpenError, PoolError
 from mssql_pool.maintenance import Maintenance
 from mssql_pool.retry import FixedBackoff, RetryPolicy
-
-
-def wait_for(predicate: Any, limit: float = 10.0) -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.002)
 
 
 def in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
@@ -453,16 +445,6 @@ def test_connect_policy_deadline_is_honoured(db: FakeDB) -> None:
         assert 2 <= db.round_trips <= 5
     finally:
         pool.close()
-
-
-@pytest.fixture
-def db() -> FakeDB:
-    return FakeDB()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 # ---------------------------------------------------------------- options in PoolConfig

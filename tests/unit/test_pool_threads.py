@@ -5,20 +5,30 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fakedb import FakeDB
+from fakedb import FakeDB, wait_for
 
 from mssql_pool import ConnectionPool, PoolTimeout
 
 
-def wait_for(predicate: Any, limit: float = 5.0) -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.001)
+def returned_to_a_waiter(pool: ConnectionPool, held: Any, waiting: Callable[[], bool], *,
+                         invalidate: bool = False) -> tuple[Any, Any]:
+    """Return ``held`` (invalidated first if asked) once a thread waits in ``getconn`` and
+    ``waiting()`` holds; the connection that thread got, and ``held``'s driver connection."""
+    held_raw = held.raw
+    got: list[Any] = []
+    t = threading.Thread(target=lambda: got.append(pool.getconn(timeout=10)))
+    t.start()
+    wait_for(waiting)
+    if invalidate:
+        held.invalidate("test")
+    pool.putconn(held)
+    t.join(10)
+    assert len(got) == 1
+    return got[0], held_raw
 
 
 def test_many_threads_never_share_a_connection() -> None:
@@ -104,16 +114,10 @@ def test_discarded_connection_frees_slot_for_waiter() -> None:
     db = FakeDB()
     pool = ConnectionPool(connect=db.connect, min_size=0, max_size=1, background=False)
     held = pool.getconn()
-    held_raw = held.raw
-    got: list[Any] = []
-    t = threading.Thread(target=lambda: got.append(pool.getconn(timeout=10)))
-    t.start()
-    wait_for(lambda: pool.get_stats()["requests_waiting"] == 1)
-    held.invalidate("test")
-    pool.putconn(held)
-    t.join(10)
-    assert len(got) == 1 and got[0].raw is not held_raw and db.connects == 2
-    pool.putconn(got[0])
+    got, held_raw = returned_to_a_waiter(
+        pool, held, lambda: pool.get_stats()["requests_waiting"] == 1, invalidate=True)
+    assert got.raw is not held_raw and db.connects == 2
+    pool.putconn(got)
     pool.close()
 
 
@@ -134,16 +138,11 @@ def test_returned_connection_reaches_caller_in_connect_backoff() -> None:
     db = FakeDB()
     pool = ConnectionPool(connect=db.connect, min_size=0, max_size=2, background=False)
     held = pool.getconn()
-    held_raw = held.raw
     db.fail_next("connect", 100)
-    got: list[Any] = []
-    t = threading.Thread(target=lambda: got.append(pool.getconn(timeout=10)))
-    t.start()
-    wait_for(lambda: pool.get_stats()["connections_errors"] >= 1)
-    pool.putconn(held)
-    t.join(10)
-    assert len(got) == 1 and got[0].raw is held_raw
-    pool.putconn(got[0])
+    got, held_raw = returned_to_a_waiter(
+        pool, held, lambda: pool.get_stats()["connections_errors"] >= 1)
+    assert got.raw is held_raw
+    pool.putconn(got)
     pool.close()
 
 

@@ -38,24 +38,27 @@ class Config:
         return self.backend
 
 
-def test_babelfish_is_chosen_when_its_start_script_exists(
+@pytest.fixture
+def with_script(
     conftest: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> ModuleType:
+    """The conftest, with a Babelfish start script where it looks for one."""
     script = tmp_path / "start.sh"
     script.write_text("#!/bin/sh\n")
     monkeypatch.setattr(conftest, "BABELFISH_START", script)
-    assert conftest._choose_backend(Config("auto")) == ("babelfish", "")
-    assert conftest._choose_backend(Config("babelfish")) == ("babelfish", "")
+    return conftest
+
+
+def test_babelfish_is_chosen_when_its_start_script_exists(with_script: ModuleType) -> None:
+    assert with_script._choose_backend(Config("auto")) == ("babelfish", "")
+    assert with_script._choose_backend(Config("babelfish")) == ("babelfish", "")
 
 
 def test_a_url_wins_over_babelfish(
-    conftest: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    with_script: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    script = tmp_path / "start.sh"
-    script.write_text("#!/bin/sh\n")
-    monkeypatch.setattr(conftest, "BABELFISH_START", script)
     monkeypatch.setenv("MSSQL_POOL_TEST_URL", "mssql://sa:x@127.0.0.1:1433/master")
-    assert conftest._choose_backend(Config("auto")) == ("url", "")
+    assert with_script._choose_backend(Config("auto")) == ("url", "")
 
 
 def test_without_the_script_babelfish_skips_with_one_reason(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import pickle
 import random
+from unittest.mock import Mock
 
 import pymssql
 import pytest
 from fakedb import FakeClock
+from pymssql_shapes import err
 
 from mssql_pool import retry as R
 from mssql_pool.classify import ErrorKind, retry_if_kind
@@ -24,11 +26,6 @@ from mssql_pool.retry import (
     connect_policy,
     set_testing,
 )
-
-
-def err(number: int, text: str = "x") -> pymssql.OperationalError:
-    return pymssql.OperationalError(number, text.encode())
-
 
 DEADLOCK = 1205
 SYNTAX = 102
@@ -236,15 +233,10 @@ def test_call_retries_then_returns() -> None:
 
 def test_call_non_retryable_propagates_at_once() -> None:
     clock = FakeClock()
-    calls = []
-
-    def work() -> None:
-        calls.append(1)
-        raise err(18456, "Login failed")
-
+    work = Mock(side_effect=err(18456, "Login failed"))
     with pytest.raises(pymssql.OperationalError):
         policy(clock).call(work)
-    assert calls == [1] and clock.slept == []
+    assert work.call_count == 1 and clock.slept == []
 
 
 def test_never_retries_bare_exception_by_default() -> None:

@@ -47,6 +47,24 @@ def watch(adapter: MssqlPoolAdapter) -> Counter[str]:
     return seen
 
 
+Watched = tuple[ConnectionPool, MssqlPoolAdapter, Counter[str]]
+
+
+def watched_adapter(make_pool: Callable[..., ConnectionPool]) -> Watched:
+    """A new pool, its adapter, and the adapter's events counted by name (:func:`watch`)."""
+    pool = make_pool()
+    adapter = MssqlPoolAdapter(pool)
+    return pool, adapter, watch(adapter)
+
+
+def lent_with_an_update(make_pool: Callable[..., ConnectionPool]) -> tuple[ConnectionPool, Any]:
+    """A new pool, and a connection its adapter lent with an UPDATE in its transaction."""
+    pool = make_pool()
+    conn = MssqlPoolAdapter(pool).connect()
+    conn.cursor().execute("UPDATE t SET x = 1")
+    return pool, conn
+
+
 # --------------------------------------------------------------------------- the adapter
 
 def test_one_record_per_driver_connection(db: FakeDB, make_pool: Callable[..., Any]) -> None:
@@ -68,9 +86,7 @@ def test_one_record_per_driver_connection(db: FakeDB, make_pool: Callable[..., A
 
 def test_invalidate_discards_and_soft_invalidate_retires_on_next_checkout(
         db: FakeDB, make_pool: Callable[..., Any]) -> None:
-    pool = make_pool()
-    adapter = MssqlPoolAdapter(pool)
-    seen = watch(adapter)
+    pool, adapter, seen = watched_adapter(make_pool)
     conn = adapter.connect()
     raw = conn.dbapi_connection.raw
     conn.invalidate()
@@ -108,9 +124,7 @@ def test_a_checkout_listener_disconnect_gets_a_fresh_connection(
 
 def test_dispose_drains_and_recreate_shares_pool_and_listeners(
         db: FakeDB, make_pool: Callable[..., Any]) -> None:
-    pool = make_pool()
-    adapter = MssqlPoolAdapter(pool)
-    seen = watch(adapter)
+    pool, adapter, seen = watched_adapter(make_pool)
     conn = adapter.connect()
     raw = conn.dbapi_connection.raw
     conn.close()
@@ -136,11 +150,7 @@ def test_status_and_gauges(make_pool: Callable[..., Any]) -> None:
 
 def test_rollback_is_one_round_trip_and_clears_the_work(
         db: FakeDB, make_pool: Callable[..., Any]) -> None:
-    pool = make_pool()
-    adapter = MssqlPoolAdapter(pool)
-    conn = adapter.connect()
-    cur = conn.cursor()
-    cur.execute("UPDATE t SET x = 1")
+    pool, conn = lent_with_an_update(make_pool)
     before = db.round_trips
     conn.rollback()
     assert db.round_trips == before + 1
@@ -152,10 +162,7 @@ def test_rollback_is_one_round_trip_and_clears_the_work(
 
 def test_commit_is_one_batch_and_leaves_nothing_to_reset(
         db: FakeDB, make_pool: Callable[..., Any]) -> None:
-    pool = make_pool()
-    adapter = MssqlPoolAdapter(pool)
-    conn = adapter.connect()
-    conn.cursor().execute("UPDATE t SET x = 1")
+    pool, conn = lent_with_an_update(make_pool)
     before = db.round_trips
     conn.commit()
     assert db.round_trips == before + 1
@@ -169,10 +176,7 @@ def test_a_failed_commit_is_pymssqls_commit_error(
         db: FakeDB, make_pool: Callable[..., Any]) -> None:
     import pymssql
 
-    pool = make_pool()
-    adapter = MssqlPoolAdapter(pool)
-    conn = adapter.connect()
-    conn.cursor().execute("UPDATE t SET x = 1")
+    pool, conn = lent_with_an_update(make_pool)
     db.kill(conn.dbapi_connection)
     with pytest.raises(pymssql.OperationalError) as info:
         conn.commit()
@@ -187,10 +191,7 @@ def test_a_failed_rollback_is_a_dbapi_error_and_marks_the_connection_dead(
         db: FakeDB, make_pool: Callable[..., Any]) -> None:
     import pymssql
 
-    pool = make_pool()
-    adapter = MssqlPoolAdapter(pool)
-    conn = adapter.connect()
-    conn.cursor().execute("UPDATE t SET x = 1")
+    pool, conn = lent_with_an_update(make_pool)
     db.kill(conn.dbapi_connection)
     with pytest.raises(pymssql.OperationalError):
         conn.rollback()

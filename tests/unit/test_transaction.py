@@ -14,6 +14,7 @@ from typing import Any
 import pymssql
 import pytest
 from fakedb import FakeClock
+from pymssql_shapes import err
 
 from mssql_pool.errors import (
     CommitUnknownError,
@@ -30,10 +31,6 @@ from mssql_pool.transaction import (
     run_transaction,
     transactional,
 )
-
-
-def err(number: int, text: str = "x") -> pymssql.OperationalError:
-    return pymssql.OperationalError(number, text.encode())
 
 
 def dead() -> pymssql.OperationalError:

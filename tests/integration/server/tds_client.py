@@ -17,6 +17,17 @@ def connect(server: TdsServer, **kw: Any) -> pymssql.Connection:
     return pymssql.connect(**server.connect_kwargs(**kw))
 
 
+def committed(server: TdsServer, *statements: str) -> tuple[pymssql.Connection, Any]:
+    """A connection to ``server`` in pymssql's default mode (a transaction open) that ran
+    ``statements`` and committed them; and its cursor."""
+    conn = connect(server)
+    cur = conn.cursor()
+    for sql in statements:
+        cur.execute(sql)
+    conn.commit()
+    return conn, cur
+
+
 def scalar(cur: Any, sql: str) -> Any:
     """The first column of the first row of ``sql``."""
     cur.execute(sql)

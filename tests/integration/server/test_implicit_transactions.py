@@ -32,11 +32,9 @@ def trancount(cur: Any) -> int:
 
 
 @pytest.fixture
-def table(tds_server: TdsServer) -> str:
-    with pymssql.connect(**tds_server.connect_kwargs(autocommit=True)) as conn:
-        cur = conn.cursor()
-        cur.execute("CREATE TABLE it (id INT PRIMARY KEY, v INT)")
-        cur.execute("INSERT INTO it VALUES (1, 10), (2, 20)")
+def table(tds_server: TdsServer, run_sql: Callable[..., None]) -> str:
+    run_sql(tds_server, "CREATE TABLE it (id INT PRIMARY KEY, v INT)",
+            "INSERT INTO it VALUES (1, 10), (2, 20)")
     return "it"
 
 

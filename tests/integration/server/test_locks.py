@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pymssql
 import pytest
@@ -21,6 +22,12 @@ def wait_until_blocked(server: TdsServer, spid: int, timeout: float = 5.0) -> No
     raise AssertionError(f"session {spid} never started waiting")
 
 
+def two_sessions(server: TdsServer) -> tuple[Any, Any, Any, Any]:
+    """Two connections in pymssql's default mode (a transaction open) and a cursor on each."""
+    a, b = connect(server), connect(server)
+    return a, b, a.cursor(), b.cursor()
+
+
 @pytest.fixture
 def accounts(tds_server: TdsServer) -> TdsServer:
     conn = connect(tds_server, autocommit=True)
@@ -32,8 +39,7 @@ def accounts(tds_server: TdsServer) -> TdsServer:
 
 
 def test_writers_of_the_same_row_wait_for_the_commit(accounts: TdsServer) -> None:
-    a, b = connect(accounts), connect(accounts)
-    ca, cb = a.cursor(), b.cursor()
+    a, b, ca, cb = two_sessions(accounts)
     ca.execute("UPDATE acct SET bal = bal - 10 WHERE id = 1")
     b_spid = scalar(cb, "SELECT @@SPID")
     waiter = Background(lambda: cb.execute("UPDATE acct SET bal = bal + 1 WHERE id = 1"))
@@ -50,8 +56,7 @@ def test_writers_of_the_same_row_wait_for_the_commit(accounts: TdsServer) -> Non
 
 
 def test_writers_of_different_rows_do_not_wait(accounts: TdsServer) -> None:
-    a, b = connect(accounts), connect(accounts)
-    ca, cb = a.cursor(), b.cursor()
+    a, b, ca, cb = two_sessions(accounts)
     ca.execute("UPDATE acct SET bal = 1 WHERE id = 1")
     cb.execute("SET LOCK_TIMEOUT 0")
     start = time.monotonic()
@@ -66,8 +71,7 @@ def test_writers_of_different_rows_do_not_wait(accounts: TdsServer) -> None:
 
 
 def test_lock_timeout_gives_1222_and_the_transaction_lives(accounts: TdsServer) -> None:
-    a, b = connect(accounts), connect(accounts)
-    ca, cb = a.cursor(), b.cursor()
+    a, b, ca, cb = two_sessions(accounts)
     ca.execute("UPDATE acct SET bal = 0 WHERE id = 1")
     cb.execute("UPDATE acct SET bal = 222 WHERE id = 2")  # b's transaction has work in it
     cb.execute("SET LOCK_TIMEOUT 250")
@@ -90,8 +94,7 @@ def test_lock_timeout_gives_1222_and_the_transaction_lives(accounts: TdsServer) 
 
 def test_deadlock_victim_gets_1205_and_its_transaction_is_rolled_back(
         accounts: TdsServer) -> None:
-    a, b = connect(accounts), connect(accounts)
-    ca, cb = a.cursor(), b.cursor()
+    a, b, ca, cb = two_sessions(accounts)
     ca.execute("UPDATE acct SET bal = bal - 50 WHERE id = 1")
     ca.execute("INSERT INTO acct VALUES (10, 10)")
     cb.execute("UPDATE acct SET bal = bal - 7 WHERE id = 2")
@@ -116,8 +119,7 @@ def test_deadlock_victim_gets_1205_and_its_transaction_is_rolled_back(
 
 def test_reads_see_committed_data_and_rollback_restores_every_change(
         accounts: TdsServer) -> None:
-    a, b = connect(accounts), connect(accounts)
-    ca, cb = a.cursor(), b.cursor()
+    a, b, ca, cb = two_sessions(accounts)
     ca.execute("UPDATE acct SET bal = 0 WHERE id = 1")
     ca.execute("DELETE FROM acct WHERE id = 2")
     ca.execute("INSERT INTO acct VALUES (5, 5)")

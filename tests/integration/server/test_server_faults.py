@@ -8,7 +8,7 @@ import time
 
 import pymssql
 import pytest
-from tds_client import Background, connect, wait_until
+from tds_client import Background, committed, connect, wait_until
 
 from mssql_pool.testing import TdsServer
 
@@ -44,11 +44,8 @@ def test_kill_idle_session_closes_it(tds_server: TdsServer) -> None:
 
 
 def test_fail_next_deadlock_rolls_back_the_transaction(tds_server: TdsServer) -> None:
-    conn = connect(tds_server)
-    cur = conn.cursor()
-    cur.execute("CREATE TABLE acct (id INT PRIMARY KEY, bal INT)")
-    cur.execute("INSERT INTO acct VALUES (1, 100)")
-    conn.commit()
+    conn, cur = committed(tds_server, "CREATE TABLE acct (id INT PRIMARY KEY, bal INT)",
+                          "INSERT INTO acct VALUES (1, 100)")
     cur.execute("UPDATE acct SET bal = 50 WHERE id = 1")
     tds_server.fail_next(1205, match=r"UPDATE", times=1)
     with pytest.raises(pymssql.OperationalError) as info:
@@ -89,13 +86,14 @@ def test_fail_next_severity_20_closes_the_connection(tds_server: TdsServer) -> N
     assert wait_until(lambda: tds_server.stats()["sessions_open"] == 0)
 
 
-def test_drop_next_after_commit_keeps_the_row(tds_server: TdsServer) -> None:
-    conn = connect(tds_server)
-    cur = conn.cursor()
-    cur.execute("CREATE TABLE orders (id INT PRIMARY KEY)")
-    conn.commit()
+@pytest.mark.parametrize("after_execute,rows", [(True, 1), (False, 0)],
+                         ids=["after_commit_keeps_the_row", "before_execute_loses_the_row"])
+def test_drop_next(tds_server: TdsServer, after_execute: bool, rows: int) -> None:
+    """A COMMIT whose reply is dropped after it ran is committed although the client saw a
+    dead connection; one dropped before it ran is not."""
+    conn, cur = committed(tds_server, "CREATE TABLE orders (id INT PRIMARY KEY)")
     cur.execute("INSERT INTO orders VALUES (1)")
-    tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=True)
+    tds_server.drop_next(match=r"\bCOMMIT\b", after_execute=after_execute)
     with pytest.raises(pymssql.OperationalError) as info:
         conn.commit()
     text = str(info.value)
@@ -103,22 +101,7 @@ def test_drop_next_after_commit_keeps_the_row(tds_server: TdsServer) -> None:
     other = connect(tds_server)
     c2 = other.cursor()
     c2.execute("SELECT COUNT(*) FROM orders")
-    assert c2.fetchone()[0] == 1  # committed although the client saw a dead connection
-
-
-def test_drop_next_before_execute_loses_the_row(tds_server: TdsServer) -> None:
-    conn = connect(tds_server)
-    cur = conn.cursor()
-    cur.execute("CREATE TABLE orders (id INT PRIMARY KEY)")
-    conn.commit()
-    cur.execute("INSERT INTO orders VALUES (1)")
-    tds_server.drop_next(match=r"\bCOMMIT\b")
-    with pytest.raises(pymssql.OperationalError):
-        conn.commit()
-    other = connect(tds_server)
-    c2 = other.cursor()
-    c2.execute("SELECT COUNT(*) FROM orders")
-    assert c2.fetchone()[0] == 0
+    assert c2.fetchone()[0] == rows
 
 
 def test_delay_next_with_client_timeout_gives_20003(tds_server: TdsServer) -> None:
@@ -177,11 +160,7 @@ def test_blackhole_times_out_then_heal(tds_server: TdsServer) -> None:
 
 
 def test_restart_keeps_data_and_drops_sessions(tds_server: TdsServer) -> None:
-    conn = connect(tds_server)
-    cur = conn.cursor()
-    cur.execute("CREATE TABLE kept (id INT)")
-    cur.execute("INSERT INTO kept VALUES (5)")
-    conn.commit()
+    conn, cur = committed(tds_server, "CREATE TABLE kept (id INT)", "INSERT INTO kept VALUES (5)")
     port = tds_server.port
     tds_server.stop()
     assert tds_server.sessions() == []

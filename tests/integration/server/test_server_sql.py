@@ -7,7 +7,7 @@ import decimal
 
 import pymssql
 import pytest
-from tds_client import connect, scalar
+from tds_client import committed, connect, scalar
 
 from mssql_pool.testing import TdsServer
 
@@ -59,10 +59,7 @@ def test_types_round_trip(tds_server: TdsServer, version: str) -> None:
 
 
 def test_transaction_rollback_undoes_rows(tds_server: TdsServer) -> None:
-    conn = connect(tds_server)
-    cur = conn.cursor()
-    cur.execute("CREATE TABLE r (id INT)")
-    conn.commit()
+    conn, cur = committed(tds_server, "CREATE TABLE r (id INT)")
     cur.execute("INSERT INTO r VALUES (1)")
     other = connect(tds_server, autocommit=True).cursor()
     conn.rollback()
@@ -114,10 +111,7 @@ def _reset(conn: pymssql.Connection) -> None:
 
 def test_sp_reset_connection(tds_server: TdsServer) -> None:
     tds_server._engine.add_database("other")
-    conn = connect(tds_server)
-    cur = conn.cursor()
-    cur.execute("CREATE TABLE keep (id INT)")
-    conn.commit()
+    conn, cur = committed(tds_server, "CREATE TABLE keep (id INT)")
     cur.execute("INSERT INTO keep VALUES (1)")
     cur.execute("CREATE TABLE #tmp (v INT)")
     cur.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
