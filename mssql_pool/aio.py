@@ -63,13 +63,13 @@ from .transaction import (
     _check_unit,
     _commit,
     _CommitOutcome,
+    _failed,
     _isolation_sql,
     _Landed,
     _retrying,
     _rollback,
     _start,
     _unit_error_info,
-    _users_own,
     _verify_failed,
 )
 
@@ -1034,20 +1034,48 @@ async def run_transaction(
     """
     _check_unit(fn, verify, kind="an async callable")
     iso = _isolation_sql(isolation_level)
+
+    async def attempt(state: RetryPolicy, classifier: Classifier) -> Any:
+        return await _one_unit(pool, fn, args, kwargs, iso, classifier, state)
+
+    check: Callable[[RetryPolicy], Awaitable[bool]] | None = None
+    if verify is not None:
+        landed = verify
+
+        async def check(vstate: RetryPolicy) -> bool:      # verify= on a fresh connection
+            vconn = await _acquire(pool, vstate)
+            try:
+                return bool(await landed(vconn))
+            finally:
+                await pool.putconn(vconn)
+
+    return cast(T, await _run_attempts(pool, attempt, policy, idempotent=idempotent,
+                                      check=check))
+
+
+async def _run_attempts(pool: Any, attempt: Callable[[RetryPolicy, Classifier], Awaitable[Any]],
+                       policy: RetryPolicy | None, *, idempotent: bool,
+                       check: Callable[[RetryPolicy], Awaitable[bool]] | None) -> Any:
+    """The retry loop of the async runners (this module's and SQLAlchemy's): ``attempt``
+    until it returns, under :mod:`mssql_pool.transaction`'s rules. ``check`` is
+    ``verify=`` in a fresh connection or session; ``pool`` is anything whose ``events``
+    (or None) get the unit's ``retry_attempt`` and ``commit_unknown`` events."""
     state, classifier = _start(policy)
     while True:
         try:
-            return cast(T, await _one_unit(pool, fn, args, kwargs, iso, classifier, state))
+            return await attempt(state, classifier)
         except _CommitOutcome as outcome:
-            decided = await _resolve_commit(pool, outcome, state, idempotent=idempotent,
-                                            verify=verify, classifier=classifier)
-            if isinstance(decided, _Landed):
-                return cast(T, decided.result)
+            decided = _before_verify(pool, outcome, state, idempotent=idempotent,
+                                     verify=check is not None, classifier=classifier)
+            if decided is None:
+                assert check is not None        # without one, _before_verify raised
+                verified = await _verified(pool, check, outcome, state)
+                if isinstance(verified, _Landed):
+                    return verified.result
+                decided = verified
             state = _retrying(pool, decided)
         except Exception as exc:
-            if _users_own(exc, classifier):
-                raise          # the application's own error, rolled back: never retried
-            state = _retrying(pool, state.increment(exc))
+            state = _failed(pool, exc, state, classifier)
         await _pause(state)
         state = state.begin()
 
@@ -1084,31 +1112,6 @@ async def _one_unit(pool: AsyncConnectionPool, fn: Callable[..., Awaitable[Any]]
         raise
     finally:
         await pool.putconn(conn)
-
-
-async def _resolve_commit(
-    pool: AsyncConnectionPool,
-    outcome: _CommitOutcome,
-    state: RetryPolicy,
-    *,
-    idempotent: bool,
-    verify: Callable[[AsyncConnection], Awaitable[bool]] | None,
-    classifier: Classifier,
-) -> RetryPolicy | _Landed:
-    decided = _before_verify(pool, outcome, state, idempotent=idempotent,
-                             verify=verify is not None, classifier=classifier)
-    if decided is not None:
-        return decided
-    assert verify is not None        # without one, _before_verify raised
-
-    async def check(vstate: RetryPolicy) -> bool:      # verify= on a fresh connection
-        vconn = await _acquire(pool, vstate)
-        try:
-            return bool(await verify(vconn))
-        finally:
-            await pool.putconn(vconn)
-
-    return await _verified(pool, check, outcome, state)
 
 
 async def _verified(pool: Any,

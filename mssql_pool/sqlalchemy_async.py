@@ -49,8 +49,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
-from .aio import AsyncConnection, AsyncConnectionPool, _pause, _verified
-from .classify import get_default_classifier
+from .aio import AsyncConnection, AsyncConnectionPool, _run_attempts
+from .classify import Classifier, get_default_classifier
 from .errors import ConfigError
 from .errors import PoolTimeout as _PoolTimeout
 from .reset import SESSION
@@ -68,14 +68,9 @@ from .sqlalchemy import (
     pool_events,
 )
 from .transaction import (
-    _before_verify,
     _check_unit,
     _CommitOutcome,
-    _Landed,
-    _retrying,
-    _start,
     _unit_error_info,
-    _users_own,
     commit_outcome_unknown,
 )
 
@@ -540,28 +535,25 @@ async def run_transaction(
     """
     _check_unit(fn, verify, kind="an async callable", target="session")
     opener = _opener(session_factory_or_engine)
-    events = _Events(pool_events(session_factory_or_engine))  # retry_attempt, commit_unknown
-    state, classifier = _start(policy)
-    while True:
-        try:
-            return cast(T, await _unit(opener, fn, args, kwargs, state))
-        except _CommitOutcome as outcome:
-            rerun = _before_verify(events, outcome, state, idempotent=idempotent,
-                                   verify=verify is not None, classifier=classifier)
-            if rerun is not None:
-                state = _retrying(events, rerun)
-            else:
-                assert verify is not None    # without one, _before_verify raised
-                decided = await _verify(events, opener, verify, outcome, state)
-                if isinstance(decided, _Landed):
-                    return cast(T, decided.result)
-                state = _retrying(events, decided)
-        except Exception as exc:
-            if _users_own(exc, classifier):
-                raise          # the application's own error, rolled back: never retried
-            state = _retrying(events, state.increment(exc))
-        await _pause(state)
-        state = state.begin()
+
+    async def attempt(state: RetryPolicy, classifier: Classifier) -> Any:
+        return await _unit(opener, fn, args, kwargs, state)
+
+    check: Callable[[RetryPolicy], Awaitable[bool]] | None = None
+    if verify is not None:
+        landed = verify
+
+        async def check(vstate: RetryPolicy) -> bool:      # verify= in a fresh session
+            target = await _open(opener)
+            try:
+                return bool(await landed(target))
+            finally:
+                await target.close()
+
+    # the unit's retry_attempt and commit_unknown events go to the pool under the engine
+    events = _Events(pool_events(session_factory_or_engine))
+    return cast(T, await _run_attempts(events, attempt, policy, idempotent=idempotent,
+                                      check=check))
 
 
 class _Events:
@@ -571,17 +563,4 @@ class _Events:
 
     def __init__(self, events: Any) -> None:
         self.events = events
-
-
-async def _verify(events: _Events, opener: Callable[[], Any],
-                  verify: Callable[[Any], Awaitable[bool]],
-                  outcome: _CommitOutcome, state: RetryPolicy) -> RetryPolicy | _Landed:
-    async def check(vstate: RetryPolicy) -> bool:      # verify= in a fresh session
-        target = await _open(opener)
-        try:
-            return bool(await verify(target))
-        finally:
-            await target.close()
-
-    return await _verified(events, check, outcome, state)
 

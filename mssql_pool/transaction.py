@@ -373,11 +373,20 @@ def run_transaction(
                 return cast(T, decided.result)
             state = _retrying(pool, decided)
         except Exception as exc:
-            if _users_own(exc, classifier):
-                raise          # the application's own error, rolled back: never retried
-            state = _retrying(pool, state.increment(exc))  # raises exc or RetryExhausted
+            state = _failed(pool, exc, state, classifier)
         state.wait()
         state = state.begin()
+
+
+def _failed(pool: Any, exc: Exception, state: RetryPolicy, classifier: Classifier
+            ) -> RetryPolicy:
+    """The policy state of the next attempt after one failed with ``exc``, announced as a
+    ``retry_attempt`` event of ``pool`` (anything with ``events``, or None). Raises ``exc``
+    itself when it is the application's own error (rolled back: never retried) or one the
+    policy does not retry, and :class:`RetryExhausted` when the policy is spent."""
+    if _users_own(exc, classifier):
+        raise exc
+    return _retrying(pool, state.increment(exc))
 
 
 def _users_own(exc: BaseException, classifier: Classifier) -> bool:
@@ -624,8 +633,6 @@ def run(
                     raise
                 return result
         except Exception as exc:
-            if _users_own(exc, classifier):
-                raise
-            state = _retrying(pool, state.increment(exc))
+            state = _failed(pool, exc, state, classifier)
         state.wait()
         state = state.begin()

@@ -199,9 +199,11 @@ def test_a_checkout_given_up_while_connecting_is_handed_back(db: FakeDB, how: st
             if how == "cancel":
                 assert pool._gate.free == 0      # the worker still holds the permit
             else:
-                # the core's own wait timed out in the worker, which gave the permit back;
-                # the connect in flight goes on and joins the idle set
-                assert pool._gate.free == 1
+                # the core's own wait timed out in the worker, which gives the permit back
+                # (just after the caller was told: a bounded wait); the connect in flight
+                # goes on and joins the idle set
+                await until(lambda: pool._gate.free == 1)
+                assert pool.get_stats()["pool_available"] == 0     # still connecting
             gate.set()
             await until(lambda: pool._gate.free == 1
                         and pool.get_stats()["pool_available"] == 1)
