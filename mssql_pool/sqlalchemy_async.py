@@ -65,6 +65,7 @@ from .sqlalchemy import (
     _engine_timeout,
     _EngineConnection,
     _Gauges,
+    _read_any_version,
     _translate_pool_args,
 )
 from .transaction import (
@@ -449,7 +450,9 @@ def create_async_engine(url: str | URL, *, pool: AsyncConnectionPool | None = No
             conninfo = _conninfo(u, connect_args)
         apool = AsyncConnectionPool(conninfo, **opts)
     adapter = AsyncMssqlPoolAdapter(apool, **adapter_args)
-    return _sa_create_async_engine(u, pool=adapter, **kwargs)
+    engine = _sa_create_async_engine(u, pool=adapter, **kwargs)
+    _read_any_version(engine.sync_engine.dialect)     # Babelfish's @@VERSION, as sync
+    return engine
 
 
 # --------------------------------------------------------------------------- run_transaction
