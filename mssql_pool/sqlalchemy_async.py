@@ -64,6 +64,7 @@ from .sqlalchemy import (
     _EngineConnection,
     _Gauges,
     _opener_for,
+    _read_any_version,
     _translate_pool_args,
     pool_events,
 )
@@ -437,7 +438,9 @@ def create_async_engine(url: str | URL, *, pool: AsyncConnectionPool | None = No
     else:
         apool = AsyncConnectionPool(_conninfo(u, kwargs, opts), **opts)
     adapter = AsyncMssqlPoolAdapter(apool, **adapter_args)
-    return _sa_create_async_engine(u, pool=adapter, **kwargs)
+    engine = _sa_create_async_engine(u, pool=adapter, **kwargs)
+    _read_any_version(engine.sync_engine.dialect)     # Babelfish's @@VERSION, as sync
+    return engine
 
 
 # --------------------------------------------------------------------------- run_transaction

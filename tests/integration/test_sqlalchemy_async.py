@@ -56,7 +56,8 @@ class Ledger(Base):
 def engine_for(server: Any, **kw: Any) -> AsyncEngine:
     kw.setdefault("min_size", 1)
     kw.setdefault("max_size", 4)
-    kw.setdefault("timeout", 10.0)
+    if "pool_timeout" not in kw:        # the pool's own timeout would win over it
+        kw.setdefault("timeout", 10.0)
     return create_async_engine(server.url.replace("mssql://", "mssql+pymssql://"), **kw)
 
 
@@ -141,6 +142,7 @@ def test_core_orm_and_the_pool_under_the_engine(tds_server: Any) -> None:
 def test_engine_checkout_timeout_is_sqlalchemys_timeout_error(tds_server: Any) -> None:
     async def main() -> None:
         async with running_engine(tds_server, max_size=1, pool_timeout=0.2) as engine:
+            assert engine.pool.mssql_pool.config.timeout == 0.2
             async with engine.connect() as held:
                 await held.execute(text("SELECT 1"))
                 with pytest.raises(sqlalchemy.exc.TimeoutError) as ei:
