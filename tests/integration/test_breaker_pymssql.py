@@ -142,7 +142,7 @@ def test_open_circuit_fails_fast_without_logins(tds_server: Any) -> None:
     for _ in range(50):
         with pytest.raises(CircuitOpenError) as ei:
             guarded_connect(lambda: pymssql.connect(**kw), breaker=breaker)
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 2.0      # 50 refusals without a socket each (generous)
     assert logins(tds_server) - before == 2
     assert isinstance(ei.value.last_error, pymssql.OperationalError)
     assert 0 < ei.value.retry_in <= 30.0
