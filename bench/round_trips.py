@@ -74,6 +74,7 @@ from mssql_pool.testing.round_trips import Request, requests_per_unit, server_re
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 
+from _timed import run_threads  # noqa: E402
 from tcp_proxy import TcpProxy  # noqa: E402
 
 try:
@@ -261,35 +262,8 @@ def trace_one(proxy: TcpProxy, c: Contender, unit: Unit) -> list[Request]:
 def run_for(server: TdsServer, c: Contender, unit: Unit, threads: int,
             seconds: float) -> tuple[float, float]:
     """``unit`` on ``threads`` threads for ``seconds``: (units/s, requests per unit)."""
-    stop = threading.Event()
-    counts = [0] * threads
-    errors: list[BaseException] = []
-
-    def worker(k: int) -> None:
-        n = k
-        try:
-            while not stop.is_set():
-                unit.run(c, n)
-                n += threads
-                counts[k] += 1
-        except BaseException as exc:  # noqa: BLE001 - reported after the run
-            errors.append(exc)
-
-    workers = [threading.Thread(target=worker, args=(k,), name=f"rt-bench-{k}", daemon=True)
-               for k in range(threads)]
-    before = server.stats()["requests"]
-    start = time.perf_counter()
-    for t in workers:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in workers:
-        t.join()
-    elapsed = time.perf_counter() - start
-    if errors:
-        raise RuntimeError(f"{c.name} {unit.name}: {errors[0]!r}") from errors[0]
-    done = sum(counts)
-    return done / elapsed, (server.stats()["requests"] - before) / max(done, 1)
+    return run_threads(server, lambda n: unit.run(c, n), threads, seconds,
+                       f"{c.name} {unit.name}")
 
 
 def fmt_trips(value: Fraction) -> str:

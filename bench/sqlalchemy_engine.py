@@ -30,11 +30,10 @@ import logging
 import platform
 import random
 import statistics
-import threading
-import time
 from collections.abc import Callable
 
 import sqlalchemy
+from _timed import run_threads
 from sqlalchemy import Integer, String, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -87,30 +86,7 @@ def run_for(server: TdsServer, engine: Engine, unit: Callable[[Engine, int], Non
     """Run ``unit`` on ``threads`` threads for ``seconds``: (units/s, round trips/unit)."""
     for i in range(threads):       # warm: every pooled connection open and initialised
         unit(engine, i)
-    stop = threading.Event()
-    counts = [0] * threads
-
-    def worker(k: int) -> None:
-        n = k
-        while not stop.is_set():
-            unit(engine, n)
-            n += threads
-            counts[k] += 1
-
-    workers = [threading.Thread(target=worker, args=(k,), name=f"bench-{k}", daemon=True)
-               for k in range(threads)]
-    before = server.stats()["requests"]
-    start = time.perf_counter()
-    for t in workers:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in workers:
-        t.join()
-    elapsed = time.perf_counter() - start
-    requests = server.stats()["requests"] - before
-    done = sum(counts)
-    return done / elapsed, requests / max(done, 1)
+    return run_threads(server, lambda n: unit(engine, n), threads, seconds, "engine")
 
 
 def main(argv: list[str] | None = None) -> int:
